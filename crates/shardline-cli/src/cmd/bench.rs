@@ -1,0 +1,327 @@
+//! `shardline bench`: each stage measured against the way it is usually written in Python, in
+//! the same run, on the same data. Wall time and peak memory of each side come from the kernel's
+//! accounting of the child process (wait4), so both are measured the same way.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use bytes::Bytes;
+use futures::stream::{StreamExt, TryStreamExt};
+use shardline_store::Store;
+use shardline_store::garage::LocalGarage;
+
+use crate::progress::Ui;
+
+/// The benchmarks.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// The manifest step over a local tree and over a local S3 server, beside the Python peer
+    /// (os.walk / boto3 paginator, pandas, LabelEncoder, train_test_split, json, to_parquet).
+    Manifest(ManifestArgs),
+}
+
+/// Flags of `shardline bench manifest`.
+#[derive(Debug, clap::Args)]
+pub struct ManifestArgs {
+    /// Objects in the local tree.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub objects: usize,
+    /// Classes (first-level prefixes) of both datasets.
+    #[arg(long, default_value_t = 500)]
+    pub classes: usize,
+    /// Objects on the S3 server (0 skips the S3 runs).
+    #[arg(long, default_value_t = 100_000)]
+    pub s3_objects: usize,
+    /// Extra per-request latency for the remote-store S3 runs, in milliseconds (0 skips them).
+    #[arg(long, default_value_t = 20)]
+    pub latency_ms: u64,
+    /// Skip the local-tree runs.
+    #[arg(long)]
+    pub skip_local: bool,
+    /// Runs of each tool per case; the fastest is reported.
+    #[arg(long, default_value_t = 1)]
+    pub repeat: usize,
+    /// Where the generated data and outputs live (reused across runs).
+    #[arg(long, default_value = "bench/data")]
+    pub dir: PathBuf,
+    /// The Python peer script.
+    #[arg(long, default_value = "bench/peer_manifest.py")]
+    pub peer: PathBuf,
+    /// The Python interpreter (with pandas, pyarrow, scikit-learn and boto3; see bench/requirements.txt).
+    #[arg(long, default_value = "python3")]
+    pub python: String,
+}
+
+/// One measured run.
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    seconds: f64,
+    peak_mib: f64,
+}
+
+/// Runs a command to completion and measures its wall time and peak resident memory.
+fn measure(command: &mut std::process::Command, log: &Path) -> Result<Sample> {
+    let file = std::fs::File::create(log)?;
+    let started = Instant::now();
+    let child = command
+        .stdin(Stdio::null())
+        .stdout(file.try_clone()?)
+        .stderr(file)
+        .spawn()
+        .with_context(|| format!("bench: cannot start {command:?}"))?;
+    let (status, peak_kib) = wait4(child.id())?;
+    let seconds = started.elapsed().as_secs_f64();
+    if status != 0 {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let tail: Vec<&str> = text.lines().rev().take(15).collect();
+        bail!(
+            "bench: {command:?} failed with status {status}; the end of {}:\n{}",
+            log.display(),
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
+    }
+    Ok(Sample {
+        seconds,
+        peak_mib: peak_kib as f64 / 1024.0,
+    })
+}
+
+/// Waits for a child and returns its exit status and peak RSS in KiB, which only wait4 reports
+/// per child.
+#[allow(unsafe_code)]
+fn wait4(pid: u32) -> Result<(i32, i64)> {
+    let mut status: libc::c_int = 0;
+    // SAFETY: an all-zero rusage is a valid value of this plain C struct.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `pid` is our own child, not yet waited for (std's Child is never waited on here),
+    // and both pointers are to live locals.
+    let waited = unsafe { libc::wait4(pid as libc::pid_t, &mut status, 0, &mut usage) };
+    if waited < 0 {
+        return Err(std::io::Error::last_os_error()).context("bench: wait4");
+    }
+    let code = if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else {
+        128 + libc::WTERMSIG(status)
+    };
+    Ok((code, usage.ru_maxrss))
+}
+
+fn best(
+    repeat: usize,
+    mut run: impl FnMut() -> Result<Sample>,
+) -> Result<Sample> {
+    let mut best: Option<Sample> = None;
+    for _ in 0..repeat.max(1) {
+        let sample = run()?;
+        if best.is_none_or(|b| sample.seconds < b.seconds) {
+            best = Some(sample);
+        }
+    }
+    best.context("bench: no run")
+}
+
+/// One row pair of the result table.
+struct Case {
+    name: String,
+    objects: usize,
+    ours: Sample,
+    peer: Sample,
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into())
+}
+
+fn local_tree(root: &Path, objects: usize, classes: usize, ui: &Ui) -> Result<PathBuf> {
+    let tree = root.join(format!("local-{objects}x{classes}"));
+    let source = tree.join("source");
+    let marker = tree.join("COMPLETE");
+    if marker.exists() {
+        return Ok(source);
+    }
+    if tree.exists() {
+        std::fs::remove_dir_all(&tree)?;
+    }
+    let bar = ui.bar("creating", Some(objects as u64), "files");
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    std::thread::scope(|scope| -> Result<()> {
+        let workers: Vec<_> = (0..threads)
+            .map(|t| {
+                let (source, bar) = (&source, &bar);
+                scope.spawn(move || -> Result<()> {
+                    for class in (t..classes).step_by(threads) {
+                        let dir = source.join(format!("class-{class:04}"));
+                        std::fs::create_dir_all(&dir)?;
+                        for i in (class..objects).step_by(classes) {
+                            std::fs::write(dir.join(format!("{i:08}.jpg")), i.to_le_bytes())?;
+                            bar.inc(1);
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for worker in workers {
+            worker.join().map_err(|_| anyhow::anyhow!("bench: a writer thread panicked"))??;
+        }
+        Ok(())
+    })?;
+    bar.finish_and_clear();
+    std::fs::write(&marker, b"")?;
+    Ok(source)
+}
+
+async fn fill_bucket(store: &Store, objects: usize, classes: usize, ui: &Ui) -> Result<()> {
+    let bar = ui.bar("uploading", Some(objects as u64), "objects");
+    futures::stream::iter(0..objects)
+        .map(|i| {
+            let bar = &bar;
+            async move {
+                let key = format!("class-{:04}/{i:08}.jpg", i % classes);
+                store.put(&key, Bytes::copy_from_slice(&i.to_le_bytes())).await?;
+                bar.inc(1);
+                Ok::<_, anyhow::Error>(())
+            }
+        })
+        .buffer_unordered(64)
+        .try_collect::<()>()
+        .await?;
+    bar.finish_and_clear();
+    Ok(())
+}
+
+struct Runner<'a> {
+    args: &'a ManifestArgs,
+    exe: PathBuf,
+    dir: PathBuf,
+    env: Vec<(&'static str, String)>,
+}
+
+impl Runner<'_> {
+    fn pair(&self, name: &str, objects: usize, source: &str, latency_ms: u64, ui: &Ui) -> Result<Case> {
+        let tag = name.replace([' ', '/', ','], "_");
+        let out_ours = self.dir.join(format!("out-{tag}-shardline"));
+        let out_peer = self.dir.join(format!("out-{tag}-peer"));
+        ui.say(format!("  {name}: shardline ..."));
+        let ours = best(self.args.repeat, || {
+            let _ = std::fs::remove_dir_all(&out_ours);
+            let mut command = std::process::Command::new(&self.exe);
+            command
+                .args(["--quiet", "manifest", "--source", source, "--out"])
+                .arg(&out_ours)
+                .arg(format!("--simulate-latency-ms={latency_ms}"))
+                .envs(self.env.iter().map(|(k, v)| (*k, v.as_str())));
+            measure(&mut command, &self.dir.join(format!("{tag}-shardline.log")))
+        })?;
+        ui.say(format!("  {name}: python peer ..."));
+        let peer = best(self.args.repeat, || {
+            let _ = std::fs::remove_dir_all(&out_peer);
+            let mut command = std::process::Command::new(&self.args.python);
+            command
+                .arg(&self.args.peer)
+                .args(["--source", source, "--out"])
+                .arg(&out_peer)
+                .arg(format!("--latency-ms={latency_ms}"))
+                .envs(self.env.iter().map(|(k, v)| (*k, v.as_str())));
+            measure(&mut command, &self.dir.join(format!("{tag}-peer.log")))
+        })?;
+        Ok(Case {
+            name: name.to_string(),
+            objects,
+            ours,
+            peer,
+        })
+    }
+}
+
+fn table(cases: &[Case]) -> String {
+    let mut out = String::new();
+    out.push_str(&format!(
+        "manifest step, {} cores, {}\n\n",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        cpu_model()
+    ));
+    out.push_str("| case | tool | objects | wall s | objects/s | peak RSS MiB | speed-up | memory |\n");
+    out.push_str("|---|---|---:|---:|---:|---:|---:|---:|\n");
+    for case in cases {
+        for (tool, sample) in [("shardline", case.ours), ("python peer", case.peer)] {
+            let (speed, memory) = if tool == "shardline" {
+                (
+                    format!("{:.1}x", case.peer.seconds / sample.seconds),
+                    format!("{:.2}x", sample.peak_mib / case.peer.peak_mib),
+                )
+            } else {
+                ("1.0x".to_string(), "1.00x".to_string())
+            };
+            out.push_str(&format!(
+                "| {} | {tool} | {} | {:.2} | {:.0} | {:.0} | {speed} | {memory} |\n",
+                case.name,
+                case.objects,
+                sample.seconds,
+                case.objects as f64 / sample.seconds,
+                sample.peak_mib
+            ));
+        }
+    }
+    out
+}
+
+async fn manifest(args: ManifestArgs, ui: &Ui) -> Result<()> {
+    if !args.peer.is_file() {
+        bail!(
+            "bench: the peer script {} is missing; run from the repository root or pass --peer",
+            args.peer.display()
+        );
+    }
+    std::fs::create_dir_all(&args.dir)?;
+    let dir = args.dir.canonicalize()?;
+    let mut runner = Runner {
+        args: &args,
+        exe: std::env::current_exe()?,
+        dir: dir.clone(),
+        env: Vec::new(),
+    };
+    let mut cases = Vec::new();
+    if !args.skip_local {
+        let source = local_tree(&dir, args.objects, args.classes, ui)?;
+        let source = source.to_str().context("bench: --dir must be UTF-8")?.to_string();
+        let name = format!("local {} / {} classes", args.objects, args.classes);
+        cases.push(runner.pair(&name, args.objects, &source, 0, ui)?);
+    }
+    if args.s3_objects > 0 {
+        ui.say("  starting a local Garage S3 server ...");
+        let garage = LocalGarage::start(&dir.join("garage"), "bench")?;
+        runner.env = garage.env();
+        let url = garage.url("pets");
+        let store = Store::open_with(&url, &runner.env)?;
+        fill_bucket(&store, args.s3_objects, args.classes, ui).await?;
+        let name = format!("s3 loopback {} / {} classes", args.s3_objects, args.classes);
+        cases.push(runner.pair(&name, args.s3_objects, &url, 0, ui)?);
+        if args.latency_ms > 0 {
+            let name = format!("s3 +{}ms/request", args.latency_ms);
+            cases.push(runner.pair(&name, args.s3_objects, &url, args.latency_ms, ui)?);
+        }
+    }
+    let text = table(&cases);
+    println!("{text}");
+    std::fs::write(dir.join("manifest-bench.md"), &text)?;
+    Ok(())
+}
+
+/// Runs a benchmark.
+pub async fn run(command: Command, ui: &Ui) -> Result<()> {
+    match command {
+        Command::Manifest(args) => manifest(args, ui).await,
+    }
+}

@@ -1,0 +1,132 @@
+//! `shardline manifest`: flags, validation, progress and the summary of the manifest step.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use indicatif::ProgressBar;
+use object_store::throttle::{ThrottleConfig, ThrottledStore};
+use shardline_manifest::{Config, Outcome, Progress, Split};
+use shardline_store::Store;
+
+use crate::progress::Ui;
+
+/// Flags of `shardline manifest`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The store to list: its first-level prefixes are the class labels
+    /// (s3://b/pets/cat/x.jpg with --source s3://b/pets is class "cat").
+    #[arg(long, value_name = "URL")]
+    pub source: String,
+    /// Where to write the manifests, dataset.parquet, dataset.csv, labels.json and lineage.json.
+    #[arg(long, value_name = "URL")]
+    pub out: String,
+    /// Channel fractions; channels are train, validation and test, fractions sum to 1.
+    #[arg(long, default_value = "train=0.8,validation=0.1,test=0.1")]
+    pub split: String,
+    /// Seed of the stable hash that assigns objects to channels.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Fail unless every class has at least this many objects in every channel.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub min_per_class: usize,
+    /// Replace an output that holds a different dataset (another source or other settings).
+    #[arg(long)]
+    pub force: bool,
+    /// Also write <channel>.augmented.manifest (JSON Lines with source-ref, class, class-id).
+    #[arg(long)]
+    pub augmented: bool,
+    /// How many class prefixes to list at once.
+    #[arg(long, default_value_t = 32, value_name = "N")]
+    pub concurrency: usize,
+    /// Benchmarks only: add this much latency to every listing request, to model a remote store.
+    #[arg(long, default_value_t = 0, value_name = "MS", hide = true)]
+    pub simulate_latency_ms: u64,
+}
+
+struct Bars {
+    classes: ProgressBar,
+}
+
+impl Progress for Bars {
+    fn classes_found(&self, classes: usize) {
+        self.classes.set_length(classes as u64);
+    }
+    fn class_listed(&self, _objects: usize) {
+        self.classes.inc(1);
+    }
+    fn writing(&self) {
+        self.classes.finish_and_clear();
+    }
+}
+
+/// Validates the flags into the step's settings, before any I/O.
+pub fn config(args: &Args) -> Result<Config> {
+    let split: Split = args.split.parse()?;
+    if args.concurrency == 0 {
+        anyhow::bail!("manifest: --concurrency must be at least 1");
+    }
+    Ok(Config {
+        split,
+        seed: args.seed,
+        min_per_class: args.min_per_class,
+        force: args.force,
+        augmented: args.augmented,
+        concurrency: args.concurrency,
+    })
+}
+
+fn open(url: &str, flag: &str, latency_ms: u64) -> Result<Store> {
+    let store = Store::open(url).with_context(|| format!("manifest: {flag} {url}"))?;
+    if latency_ms == 0 {
+        return Ok(store);
+    }
+    let delay = Duration::from_millis(latency_ms);
+    let throttle = ThrottleConfig {
+        wait_list_per_call: delay,
+        // One S3 page holds 1,000 keys: spread a page's latency over its entries.
+        wait_list_per_entry: delay / 1000,
+        wait_list_with_delimiter_per_call: delay,
+        ..ThrottleConfig::default()
+    };
+    let backend = Arc::new(ThrottledStore::new(store.backend(), throttle));
+    Ok(Store::with_backend(backend, store.location().clone()))
+}
+
+/// Runs the step and prints its summary.
+pub async fn run(args: Args, ui: &Ui) -> Result<()> {
+    let config = config(&args)?;
+    let source = open(&args.source, "--source", args.simulate_latency_ms)?;
+    let out = open(&args.out, "--out", 0)?;
+    let started = Instant::now();
+    let bars = Bars {
+        classes: ui.bar("listing", Some(0), "classes"),
+    };
+    let report = shardline_manifest::run(&source, &out, &config, &bars).await?;
+    bars.classes.finish_and_clear();
+    let elapsed = started.elapsed().as_secs_f64();
+    let lineage = &report.lineage;
+    let what = match report.outcome {
+        Outcome::Created => "written".to_string(),
+        Outcome::Unchanged => "unchanged (already up to date)".to_string(),
+        Outcome::Replaced => "replaced (--force)".to_string(),
+        Outcome::Updated { added, removed } => format!(
+            "updated: {added} new object(s), {removed} removed; existing objects kept their channels"
+        ),
+    };
+    ui.say(format!(
+        "manifest {what}: {} objects in {} classes from {} in {elapsed:.2}s ({:.0} objects/s)",
+        lineage.listing.objects,
+        lineage.listing.classes,
+        lineage.source,
+        lineage.listing.objects as f64 / elapsed.max(1e-9)
+    ));
+    let totals: Vec<String> = lineage.totals.iter().map(|(c, n)| format!("{c}={n}")).collect();
+    ui.say(format!("  channels: {}", totals.join(" ")));
+    ui.say(format!("  outputs:  {}", report.out));
+    for name in lineage.outputs.keys() {
+        ui.say(format!("            {name}"));
+    }
+    ui.say("            lineage.json");
+    Ok(())
+}

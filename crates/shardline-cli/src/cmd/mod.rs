@@ -1,0 +1,6 @@
+//! One module per subcommand: flags, their validation, and the call into the library.
+
+pub mod bench;
+pub mod datagen;
+pub mod manifest;
+pub mod quickstart;

@@ -1,0 +1,93 @@
+//! The `shardline` command: from a data lake of labelled objects to a trained and served model.
+//!
+//! This binary is the only place that prints to the terminal: it parses flags into validated
+//! settings (reporting bad input before any work starts), draws progress, and calls the library
+//! crates.
+
+mod cmd;
+mod progress;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+/// Shardline takes a data lake of labelled objects to a trained and served model,
+/// data-parallel at every stage, with lineage from the raw objects to the endpoint.
+///
+/// Stores are named by URL: a local path or file:///path (the default), s3://bucket/prefix
+/// (endpoint, region and credentials from AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID,
+/// AWS_SECRET_ACCESS_KEY, AWS_ALLOW_HTTP), or memory://name for tests.
+#[derive(Debug, Parser)]
+#[command(name = "shardline", version, propagate_version = true, max_term_width = 100)]
+struct Cli {
+    /// Print nothing but errors (no progress bars, no summary).
+    #[arg(short, long, global = true)]
+    quiet: bool,
+    /// More log output on stderr (-v: info, -vv: debug). SHARDLINE_LOG takes tracing filters.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the whole flow on a generated dataset, locally, and say where the outputs are.
+    Quickstart(cmd::quickstart::Args),
+    /// Generate a synthetic labelled dataset laid out as <out>/<class_label>/<id>.<ext>.
+    #[command(subcommand)]
+    Datagen(cmd::datagen::Command),
+    /// List a store whose first-level prefixes are class labels and write channel manifests,
+    /// the dataset table and a lineage record.
+    Manifest(cmd::manifest::Args),
+    /// Measure a stage against its usual Python implementation and print a table.
+    #[command(subcommand)]
+    Bench(cmd::bench::Command),
+}
+
+fn init_tracing(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = EnvFilter::try_from_env("SHARDLINE_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.verbose);
+    let ui = progress::Ui::new(cli.quiet);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Quickstart(args) => cmd::quickstart::run(args, &ui).await,
+            Command::Datagen(command) => cmd::datagen::run(command, &ui).await,
+            Command::Manifest(args) => cmd::manifest::run(args, &ui).await,
+            Command::Bench(command) => cmd::bench::run(command, &ui).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            ui.clear();
+            eprintln!("error: {error}");
+            for cause in error.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,68 @@
+//! Terminal output: progress bars when stderr is a terminal, plain lines otherwise, nothing with
+//! `--quiet`.
+
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+/// How the command talks to the person at the terminal.
+pub struct Ui {
+    quiet: bool,
+    bars: MultiProgress,
+}
+
+impl Ui {
+    /// Draws bars only when stderr is a terminal and `--quiet` is off.
+    pub fn new(quiet: bool) -> Ui {
+        let target = if !quiet && std::io::stderr().is_terminal() {
+            ProgressDrawTarget::stderr()
+        } else {
+            ProgressDrawTarget::hidden()
+        };
+        Ui {
+            quiet,
+            bars: MultiProgress::with_draw_target(target),
+        }
+    }
+
+    /// A bar counting `unit`s up to `len` (a spinner when `len` is unknown).
+    pub fn bar(&self, message: &str, len: Option<u64>, unit: &str) -> ProgressBar {
+        let bar = match len {
+            Some(len) => {
+                let bar = ProgressBar::new(len);
+                bar.set_style(
+                    ProgressStyle::with_template(&format!(
+                        "{{msg:>10}} [{{bar:30}}] {{pos}}/{{len}} {unit} ({{per_sec}}, eta {{eta}})"
+                    ))
+                    .unwrap_or_else(|_| ProgressStyle::default_bar())
+                    .progress_chars("=> "),
+                );
+                bar
+            }
+            None => {
+                let bar = ProgressBar::new_spinner();
+                bar.set_style(
+                    ProgressStyle::with_template(&format!("{{spinner}} {{msg}} {{pos}} {unit} ({{per_sec}})"))
+                        .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+                );
+                bar.enable_steady_tick(Duration::from_millis(120));
+                bar
+            }
+        };
+        bar.set_message(message.to_string());
+        self.bars.add(bar)
+    }
+
+    /// Prints a line of the command's result to stdout, unless quiet.
+    pub fn say(&self, line: impl AsRef<str>) {
+        if !self.quiet {
+            self.bars.suspend(|| println!("{}", line.as_ref()));
+        }
+    }
+
+    /// Removes any bars before an error is printed.
+    pub fn clear(&self) {
+        let _ = self.bars.clear();
+    }
+}

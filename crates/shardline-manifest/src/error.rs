@@ -1,0 +1,88 @@
+//! The one public error type of the manifest crate.
+
+/// What went wrong in the manifest step. Every message names the input at fault and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The `--split` value is invalid.
+    #[error("manifest: bad --split: {0}")]
+    BadSplit(String),
+    /// The source holds no objects.
+    #[error(
+        "manifest: the source {source_uri} holds no objects; lay the data out as <source>/<class_label>/<object>"
+    )]
+    EmptySource {
+        /// The source URI.
+        source_uri: String,
+    },
+    /// The source does not exist.
+    #[error("manifest: the source {source_uri} does not exist; check the path or bucket")]
+    MissingSource {
+        /// The source URI.
+        source_uri: String,
+    },
+    /// Objects sit directly under the source, without a class prefix.
+    #[error(
+        "manifest: {count} object(s) sit directly under {source_uri} with no class prefix (e.g. {examples}); move each into <source>/<class_label>/ or delete it"
+    )]
+    Unlabelled {
+        /// The source URI.
+        source_uri: String,
+        /// How many such objects.
+        count: usize,
+        /// A few of their keys.
+        examples: String,
+    },
+    /// A class has too few objects for the split and minimum.
+    #[error(
+        "manifest: class {class:?} has {objects} object(s), which split as {counts} — fewer than --min-per-class {min} in some channel; lower --min-per-class, change --split or add data"
+    )]
+    TooFewObjects {
+        /// The class label.
+        class: String,
+        /// Its object count.
+        objects: usize,
+        /// The counts per channel it would get.
+        counts: String,
+        /// The minimum asked for.
+        min: usize,
+    },
+    /// The output already holds a different dataset.
+    #[error(
+        "manifest: the output {out_uri} already holds a dataset {what}; choose another --out, or pass --force to replace it"
+    )]
+    OutputTaken {
+        /// The output URI.
+        out_uri: String,
+        /// How it differs.
+        what: String,
+    },
+    /// An existing output's files do not match its lineage record.
+    #[error(
+        "manifest: {file} in {out_uri} does not match its lineage record (it was changed or damaged); pass --force to rebuild the output from scratch"
+    )]
+    OutputTampered {
+        /// The output URI.
+        out_uri: String,
+        /// The file that differs.
+        file: String,
+    },
+    /// A manifest file could not be parsed.
+    #[error("manifest: {uri} is not a valid manifest: {reason}")]
+    BadManifest {
+        /// The manifest's URI.
+        uri: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The table could not be encoded.
+    #[error("manifest: writing {file} failed: {reason}")]
+    Encode {
+        /// The output file.
+        file: String,
+        /// Why.
+        reason: String,
+    },
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] shardline_store::Error),
+}

@@ -1,0 +1,164 @@
+//! Atomic publication of a set of objects under one output prefix.
+//!
+//! Object stores make single objects atomic, not groups of them. A step that writes several files
+//! (manifests and their lineage record, say) stages every file under
+//! `.shardline/staging/<id>/`, then writes one small commit record `.shardline/commit.json`
+//! naming them, then moves them into place in the order given (the lineage record last) and
+//! deletes the record. The record is the point of no return:
+//!
+//! - a crash before it is written leaves only staged files, which the next run deletes;
+//! - a crash after it is written is rolled forward by the next writer or reader that calls
+//!   [`recover`], which finishes the moves.
+//!
+//! So a reader that calls [`recover`] first never sees a mix of old and new files.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result, Store};
+
+/// The folder under an output prefix where Shardline keeps its bookkeeping.
+pub const CONTROL_DIR: &str = ".shardline";
+const RECORD: &str = ".shardline/commit.json";
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Record {
+    id: String,
+    files: Vec<String>,
+}
+
+/// A set of files being staged for atomic publication under a store's prefix.
+#[derive(Debug)]
+pub struct Commit<'a> {
+    store: &'a Store,
+    id: String,
+    files: Vec<String>,
+}
+
+fn staging_key(id: &str, name: &str) -> String {
+    format!("{CONTROL_DIR}/staging/{id}/{name}")
+}
+
+/// A fresh identifier for a commit: unique per process and moment, so that two writers never
+/// share a staging folder.
+fn commit_id() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    let seed = format!("{nanos}-{}", std::process::id());
+    format!("{:016x}", xxhash_rust::xxh3::xxh3_64(seed.as_bytes()))
+}
+
+impl<'a> Commit<'a> {
+    /// Starts a commit under `store`'s prefix.
+    pub fn begin(store: &'a Store) -> Commit<'a> {
+        Commit {
+            store,
+            id: commit_id(),
+            files: Vec::new(),
+        }
+    }
+
+    /// Stages one file, to be published under `name` (relative to the store's prefix).
+    pub async fn stage(&mut self, name: &str, bytes: Bytes) -> Result<()> {
+        self.store.put(&staging_key(&self.id, name), bytes).await?;
+        self.files.push(name.to_string());
+        Ok(())
+    }
+
+    /// Publishes the staged files in the order they were staged: stage the file that marks the
+    /// output complete (its lineage record) last.
+    pub async fn publish(self) -> Result<()> {
+        let record = Record {
+            id: self.id,
+            files: self.files,
+        };
+        let bytes = serde_json::to_vec(&record).map_err(|e| Error::BadCommitRecord {
+            url: self.store.uri_of(RECORD),
+            reason: e.to_string(),
+        })?;
+        self.store.put(RECORD, Bytes::from(bytes)).await?;
+        roll_forward(self.store, &record).await
+    }
+}
+
+async fn roll_forward(store: &Store, record: &Record) -> Result<()> {
+    for name in &record.files {
+        let staged = staging_key(&record.id, name);
+        // A staged file that is gone was already moved before an earlier crash.
+        if store.exists(&staged).await? {
+            store.rename(&staged, name).await?;
+        }
+    }
+    store.delete(RECORD).await?;
+    store
+        .delete_prefix(&format!("{CONTROL_DIR}/staging/{}", record.id))
+        .await
+}
+
+/// Finishes a commit that a crashed writer left under `store`'s prefix, and deletes staged files
+/// that no commit record names. Returns whether a commit was rolled forward.
+pub async fn recover(store: &Store) -> Result<bool> {
+    let rolled = match store.get_opt(RECORD).await? {
+        Some(bytes) => {
+            let record: Record =
+                serde_json::from_slice(&bytes).map_err(|e| Error::BadCommitRecord {
+                    url: store.uri_of(RECORD),
+                    reason: e.to_string(),
+                })?;
+            tracing::warn!(url = %store.uri(), id = %record.id, "finishing an interrupted commit");
+            roll_forward(store, &record).await?;
+            true
+        }
+        None => false,
+    };
+    store
+        .delete_prefix(&format!("{CONTROL_DIR}/staging"))
+        .await?;
+    Ok(rolled)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn publish_moves_files_into_place() {
+        let store = Store::open("memory://commit-publish/out").expect("open");
+        let mut commit = Commit::begin(&store);
+        commit.stage("a.txt", Bytes::from_static(b"a")).await.expect("stage");
+        commit.stage("lineage.json", Bytes::from_static(b"{}")).await.expect("stage");
+        assert!(!store.exists("a.txt").await.expect("exists"));
+        commit.publish().await.expect("publish");
+        assert_eq!(store.get("a.txt").await.expect("get"), Bytes::from_static(b"a"));
+        assert!(store.exists("lineage.json").await.expect("exists"));
+        assert!(store.list_all(CONTROL_DIR).await.expect("list").is_empty());
+    }
+
+    #[tokio::test]
+    async fn recover_rolls_an_interrupted_commit_forward() {
+        let store = Store::open("memory://commit-recover/out").expect("open");
+        // Simulate a writer that wrote the record, moved one file and crashed.
+        store.put(&staging_key("x1", "b.txt"), Bytes::from_static(b"b")).await.expect("put");
+        store.put("a.txt", Bytes::from_static(b"a")).await.expect("put");
+        let record = Record {
+            id: "x1".into(),
+            files: vec!["a.txt".into(), "b.txt".into()],
+        };
+        let bytes = serde_json::to_vec(&record).expect("json");
+        store.put(RECORD, Bytes::from(bytes)).await.expect("put");
+        assert!(recover(&store).await.expect("recover"));
+        assert_eq!(store.get("b.txt").await.expect("get"), Bytes::from_static(b"b"));
+        assert!(store.list_all(CONTROL_DIR).await.expect("list").is_empty());
+    }
+
+    #[tokio::test]
+    async fn recover_discards_uncommitted_staging() {
+        let store = Store::open("memory://commit-discard/out").expect("open");
+        store.put(&staging_key("x2", "a.txt"), Bytes::from_static(b"a")).await.expect("put");
+        assert!(!recover(&store).await.expect("recover"));
+        assert!(!store.exists("a.txt").await.expect("exists"));
+        assert!(store.list_all("").await.expect("list").is_empty());
+    }
+}

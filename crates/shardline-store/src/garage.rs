@@ -1,0 +1,189 @@
+//! A single-node Garage S3 server on loopback, for tests and benchmarks.
+//!
+//! Shardline's S3 path is tested against a real S3-compatible server, not a mock. This module
+//! starts `garage server` (found on `PATH`, or at `$GARAGE_BIN`) in a temporary directory with
+//! `replication_factor = 1`, assigns the layout, imports a key and creates a bucket with the
+//! `garage` CLI, and stops the server when dropped.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The region Garage is configured with; S3 clients must sign for it.
+pub const REGION: &str = "garage";
+const KEY_ID: &str = "GK5ba1d100000000000000000a";
+const SECRET: &str = "5ba1d1e000000000000000000000000000000000000000000000000000000001";
+
+/// Why a local Garage could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum GarageError {
+    /// The binary is missing.
+    #[error(
+        "the garage binary was not found ({0}); install it with `cargo install garage --locked` (see .ci/run) or set GARAGE_BIN"
+    )]
+    Missing(std::io::Error),
+    /// A setup step failed.
+    #[error("garage setup failed at `{step}`: {detail}")]
+    Setup {
+        /// The CLI step that failed.
+        step: String,
+        /// Its output.
+        detail: String,
+    },
+    /// Local I/O failed.
+    #[error("garage: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A running single-node Garage server with one bucket and one key.
+#[derive(Debug)]
+pub struct LocalGarage {
+    child: Child,
+    dir: PathBuf,
+    config: PathBuf,
+    /// `http://127.0.0.1:<port>` of the S3 API.
+    pub endpoint: String,
+    /// The bucket created for the caller.
+    pub bucket: String,
+}
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn binary() -> String {
+    std::env::var("GARAGE_BIN").unwrap_or_else(|_| "garage".to_string())
+}
+
+impl LocalGarage {
+    /// Starts a server whose data lives under `dir` (created; reused content is wiped) and
+    /// creates `bucket` with a read-write key.
+    pub fn start(dir: &Path, bucket: &str) -> Result<LocalGarage, GarageError> {
+        if dir.exists() {
+            std::fs::remove_dir_all(dir)?;
+        }
+        std::fs::create_dir_all(dir)?;
+        let (s3_port, rpc_port) = (free_port()?, free_port()?);
+        let config = dir.join("garage.toml");
+        std::fs::write(
+            &config,
+            format!(
+                r#"metadata_dir = "{d}/meta"
+data_dir = "{d}/data"
+db_engine = "lmdb"
+replication_factor = 1
+rpc_bind_addr = "127.0.0.1:{rpc_port}"
+rpc_public_addr = "127.0.0.1:{rpc_port}"
+rpc_secret = "{secret}"
+
+[s3_api]
+s3_region = "{REGION}"
+api_bind_addr = "127.0.0.1:{s3_port}"
+root_domain = ".s3.garage.localhost"
+"#,
+                d = dir.display(),
+                secret = "5ba1d1e000000000000000000000000000000000000000000000000000000000",
+            ),
+        )?;
+        let log = std::fs::File::create(dir.join("garage.log"))?;
+        let child = Command::new(binary())
+            .arg("-c")
+            .arg(&config)
+            .arg("server")
+            .env("RUST_LOG", "warn")
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .map_err(GarageError::Missing)?;
+        let mut garage = LocalGarage {
+            child,
+            dir: dir.to_path_buf(),
+            config,
+            endpoint: format!("http://127.0.0.1:{s3_port}"),
+            bucket: bucket.to_string(),
+        };
+        garage.setup()?;
+        Ok(garage)
+    }
+
+    fn cli(&self, args: &[&str]) -> Result<String, GarageError> {
+        let output = Command::new(binary())
+            .arg("-c")
+            .arg(&self.config)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(GarageError::Missing)?;
+        if output.status.success() {
+            Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+        } else {
+            Err(GarageError::Setup {
+                step: args.join(" "),
+                detail: format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&output.stdout),
+                    String::from_utf8_lossy(&output.stderr)
+                ),
+            })
+        }
+    }
+
+    fn setup(&mut self) -> Result<(), GarageError> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let node = loop {
+            match self.cli(&["node", "id", "-q"]) {
+                Ok(id) if id.trim().len() >= 64 => break id.trim()[..64].to_string(),
+                result => {
+                    if let Some(status) = self.child.try_wait()? {
+                        let log = std::fs::read_to_string(self.dir.join("garage.log"))
+                            .unwrap_or_default();
+                        return Err(GarageError::Setup {
+                            step: "server".into(),
+                            detail: format!("exited with {status}: {log}"),
+                        });
+                    }
+                    if Instant::now() > deadline {
+                        return Err(GarageError::Setup {
+                            step: "node id".into(),
+                            detail: format!("{result:?}"),
+                        });
+                    }
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            }
+        };
+        self.cli(&["layout", "assign", &node, "-z", "dc1", "-c", "10G"])?;
+        self.cli(&["layout", "apply", "--version", "1"])?;
+        self.cli(&["key", "import", KEY_ID, SECRET, "-n", "shardline", "--yes"])?;
+        self.cli(&["bucket", "create", &self.bucket])?;
+        self.cli(&[
+            "bucket", "allow", "--read", "--write", "--owner", &self.bucket, "--key", KEY_ID,
+        ])?;
+        Ok(())
+    }
+
+    /// The environment variables an S3 client needs to reach this server, in the standard AWS
+    /// names that [`crate::Store::open`] reads.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ENDPOINT_URL", self.endpoint.clone()),
+            ("AWS_REGION", REGION.to_string()),
+            ("AWS_ACCESS_KEY_ID", KEY_ID.to_string()),
+            ("AWS_SECRET_ACCESS_KEY", SECRET.to_string()),
+            ("AWS_ALLOW_HTTP", "true".to_string()),
+        ]
+    }
+
+    /// The `s3://` URL of a prefix in the bucket.
+    pub fn url(&self, prefix: &str) -> String {
+        format!("s3://{}/{}", self.bucket, prefix.trim_matches('/'))
+    }
+}
+
+impl Drop for LocalGarage {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

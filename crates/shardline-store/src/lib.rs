@@ -1,0 +1,321 @@
+//! Shardline's storage layer.
+//!
+//! Every stage reads and writes through a [`Store`]: an `object_store` backend (local files,
+//! memory or an S3-compatible server) plus the prefix the user named. Keys handed to and returned
+//! by a [`Store`] are relative to that prefix, so the stages never see bucket names or absolute
+//! paths. Multi-object outputs are published with [`commit::Commit`] so that a crash never leaves a
+//! half-written output that looks complete.
+//!
+//! This crate knows nothing about datasets, images or manifests.
+
+pub mod commit;
+mod error;
+pub mod garage;
+mod location;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::stream::{BoxStream, StreamExt, TryStreamExt};
+use object_store::aws::AmazonS3Builder;
+use object_store::local::LocalFileSystem;
+use object_store::memory::InMemory;
+use object_store::path::Path;
+use object_store::{BackoffConfig, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig};
+
+pub use error::{Error, Result};
+pub use location::{Location, Scheme};
+pub use object_store::ObjectMeta;
+
+/// An object store together with the prefix that a user named: the unit every stage reads from
+/// and writes to.
+#[derive(Debug, Clone)]
+pub struct Store {
+    inner: Arc<dyn ObjectStore>,
+    location: Location,
+    root: Path,
+}
+
+/// One object found by a listing, with its key relative to the listed store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Object {
+    /// The key relative to the store's prefix, `/`-separated.
+    pub key: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// The store's entity tag, when it gives one.
+    pub etag: Option<String>,
+    /// Last modification time in microseconds since the Unix epoch.
+    pub last_modified_us: i64,
+}
+
+/// The result of a listing with a `/` delimiter: the first-level "directories" and the objects
+/// that sit directly at the listed level.
+#[derive(Debug, Clone, Default)]
+pub struct Level {
+    /// Names of the common prefixes below the listed level, without slashes, sorted.
+    pub prefixes: Vec<String>,
+    /// Objects directly at the listed level.
+    pub objects: Vec<Object>,
+}
+
+/// How retries are done against remote stores: exponential backoff on transient errors
+/// (connection failures, 5xx, throttling), never on 4xx answers such as bad credentials.
+pub fn retry_config() -> RetryConfig {
+    RetryConfig {
+        backoff: BackoffConfig {
+            init_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(5),
+            base: 2.0,
+        },
+        max_retries: 5,
+        retry_timeout: Duration::from_secs(60),
+    }
+}
+
+fn memory_stores() -> &'static Mutex<HashMap<String, Arc<InMemory>>> {
+    static STORES: OnceLock<Mutex<HashMap<String, Arc<InMemory>>>> = OnceLock::new();
+    STORES.get_or_init(Default::default)
+}
+
+impl Store {
+    /// Opens the store a URL names. S3 endpoints, regions and credentials come from the standard
+    /// AWS environment variables (`AWS_ENDPOINT_URL`, `AWS_REGION`, `AWS_ACCESS_KEY_ID`,
+    /// `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, `AWS_ALLOW_HTTP`). Opening does no I/O.
+    pub fn open(url: &str) -> Result<Store> {
+        Store::open_with(url, &[])
+    }
+
+    /// Opens a store like [`Store::open`], with settings that take precedence over the
+    /// environment, given under the same names (`AWS_ENDPOINT_URL`, `AWS_ACCESS_KEY_ID`, ...).
+    pub fn open_with(url: &str, settings: &[(&str, String)]) -> Result<Store> {
+        let location = Location::parse(url)?;
+        let inner: Arc<dyn ObjectStore> = match location.scheme {
+            Scheme::Local => Arc::new(LocalFileSystem::new()),
+            Scheme::Memory => {
+                let mut stores = memory_stores().lock().unwrap_or_else(|e| e.into_inner());
+                stores.entry(location.bucket.clone()).or_default().clone()
+            }
+            Scheme::S3 => {
+                let mut builder = AmazonS3Builder::from_env()
+                    .with_bucket_name(&location.bucket)
+                    .with_retry(retry_config());
+                let has_region = |name: &str| {
+                    std::env::var_os(name).is_some() || settings.iter().any(|(k, _)| *k == name)
+                };
+                if !has_region("AWS_REGION") && !has_region("AWS_DEFAULT_REGION") {
+                    builder = builder.with_region("us-east-1");
+                }
+                for (name, value) in settings {
+                    let key = name.to_ascii_lowercase().parse().map_err(|source| Error::Config {
+                        url: location.uri(),
+                        source,
+                    })?;
+                    builder = builder.with_config(key, value);
+                }
+                let s3 = builder.build().map_err(|source| Error::Config {
+                    url: location.uri(),
+                    source,
+                })?;
+                Arc::new(s3)
+            }
+        };
+        Ok(Store::with_backend(inner, location))
+    }
+
+    /// Wraps an existing backend (for example a throttled or instrumented one) at a location.
+    pub fn with_backend(inner: Arc<dyn ObjectStore>, location: Location) -> Store {
+        let root = Path::from(location.prefix.as_str());
+        Store {
+            inner,
+            location,
+            root,
+        }
+    }
+
+    /// The parsed location of this store.
+    pub fn location(&self) -> &Location {
+        &self.location
+    }
+
+    /// The canonical URI of the store's prefix, ending in `/`.
+    pub fn uri(&self) -> String {
+        self.location.uri()
+    }
+
+    /// The full URI of a key below this store.
+    pub fn uri_of(&self, key: &str) -> String {
+        format!("{}{}", self.uri(), key)
+    }
+
+    /// The backend, for wrapping it (throttling, metrics) with [`Store::with_backend`].
+    pub fn backend(&self) -> Arc<dyn ObjectStore> {
+        self.inner.clone()
+    }
+
+    /// A store rooted at `relative` below this one, sharing the same backend.
+    pub fn child(&self, relative: &str) -> Store {
+        Store::with_backend(self.inner.clone(), self.location.join(relative))
+    }
+
+    fn path(&self, key: &str) -> Path {
+        let key = key.trim_matches('/');
+        if self.location.prefix.is_empty() {
+            Path::from(key)
+        } else if key.is_empty() {
+            self.root.clone()
+        } else {
+            Path::from(format!("{}/{}", self.location.prefix, key))
+        }
+    }
+
+    fn relative(&self, path: &Path) -> String {
+        let full = path.as_ref();
+        if self.location.prefix.is_empty() {
+            return full.to_string();
+        }
+        full.strip_prefix(self.location.prefix.as_str())
+            .map(|rest| rest.trim_start_matches('/').to_string())
+            .unwrap_or_else(|| full.to_string())
+    }
+
+    fn object(&self, meta: ObjectMeta) -> Object {
+        Object {
+            key: self.relative(&meta.location),
+            size: meta.size,
+            etag: meta.e_tag,
+            last_modified_us: meta.last_modified.timestamp_micros(),
+        }
+    }
+
+    fn fail(&self, key: &str, source: object_store::Error) -> Error {
+        Error::from_object_store(self.uri_of(key), source)
+    }
+
+    /// Lists one level below `relative` with a `/` delimiter.
+    pub async fn list_level(&self, relative: &str) -> Result<Level> {
+        let prefix = self.path(relative);
+        let listing = self
+            .inner
+            .list_with_delimiter(Some(&prefix))
+            .await
+            .map_err(|e| self.fail(relative, e))?;
+        let mut prefixes: Vec<String> = listing
+            .common_prefixes
+            .iter()
+            .filter_map(|p| p.filename().map(str::to_string))
+            .collect();
+        prefixes.sort();
+        let objects = listing
+            .objects
+            .into_iter()
+            .map(|meta| self.object(meta))
+            .collect();
+        Ok(Level { prefixes, objects })
+    }
+
+    /// Lists every object below `relative`, recursively, as a stream.
+    pub fn list(&self, relative: &str) -> BoxStream<'_, Result<Object>> {
+        let prefix = self.path(relative);
+        let relative = relative.to_string();
+        self.inner
+            .list(Some(&prefix))
+            .map(move |item| match item {
+                Ok(meta) => Ok(self.object(meta)),
+                Err(e) => Err(self.fail(&relative, e)),
+            })
+            .boxed()
+    }
+
+    /// Lists every object below `relative` into a vector.
+    pub async fn list_all(&self, relative: &str) -> Result<Vec<Object>> {
+        self.list(relative).try_collect().await
+    }
+
+    /// Reads a whole object.
+    pub async fn get(&self, key: &str) -> Result<Bytes> {
+        let result = self
+            .inner
+            .get(&self.path(key))
+            .await
+            .map_err(|e| self.fail(key, e))?;
+        result.bytes().await.map_err(|e| self.fail(key, e))
+    }
+
+    /// Reads a whole object, or `None` when it does not exist.
+    pub async fn get_opt(&self, key: &str) -> Result<Option<Bytes>> {
+        match self.get(key).await {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Writes a whole object. The write is atomic: readers see the old object or the new one,
+    /// never a part (a temporary file and a rename locally, a single PUT on S3).
+    pub async fn put(&self, key: &str, bytes: Bytes) -> Result<()> {
+        self.inner
+            .put(&self.path(key), PutPayload::from_bytes(bytes))
+            .await
+            .map_err(|e| self.fail(key, e))?;
+        Ok(())
+    }
+
+    /// Whether an object exists.
+    pub async fn exists(&self, key: &str) -> Result<bool> {
+        match self.inner.head(&self.path(key)).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(self.fail(key, e)),
+        }
+    }
+
+    /// Deletes an object; deleting a missing object is not an error.
+    pub async fn delete(&self, key: &str) -> Result<()> {
+        match self.inner.delete(&self.path(key)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.fail(key, e)),
+        }
+    }
+
+    /// Moves an object to a new key, replacing what was there. Atomic on local files (a rename);
+    /// a copy then a delete on S3.
+    pub async fn rename(&self, from: &str, to: &str) -> Result<()> {
+        self.inner
+            .rename(&self.path(from), &self.path(to))
+            .await
+            .map_err(|e| self.fail(from, e))
+    }
+
+    /// Deletes every object below `relative`.
+    pub async fn delete_prefix(&self, relative: &str) -> Result<()> {
+        let objects = self.list_all(relative).await?;
+        futures::stream::iter(objects)
+            .map(|object| async move { self.delete(&object.key).await })
+            .buffer_unordered(16)
+            .try_collect::<()>()
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn keys_are_relative_to_the_prefix() {
+        let store = Store::open("memory://unit-keys/base").expect("open");
+        store
+            .put("cat/1.jpg", Bytes::from_static(b"x"))
+            .await
+            .expect("put");
+        let objects = store.list_all("").await.expect("list");
+        assert_eq!(objects.len(), 1);
+        assert_eq!(objects[0].key, "cat/1.jpg");
+        assert_eq!(store.uri_of("cat/1.jpg"), "memory://unit-keys/base/cat/1.jpg");
+        let child = store.child("cat");
+        assert_eq!(child.list_all("").await.expect("list")[0].key, "1.jpg");
+    }
+}
