@@ -19,7 +19,12 @@ use tracing_subscriber::EnvFilter;
 /// (endpoint, region and credentials from AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID,
 /// AWS_SECRET_ACCESS_KEY, AWS_ALLOW_HTTP), or memory://name for tests.
 #[derive(Debug, Parser)]
-#[command(name = "shardline", version, propagate_version = true, max_term_width = 100)]
+#[command(
+    name = "shardline",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
 struct Cli {
     /// Print nothing but errors (no progress bars, no summary).
     #[arg(short, long, global = true)]
@@ -52,7 +57,8 @@ fn init_tracing(verbose: u8) {
         1 => "info",
         _ => "debug",
     };
-    let filter = EnvFilter::try_from_env("SHARDLINE_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let filter =
+        EnvFilter::try_from_env("SHARDLINE_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -64,7 +70,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.verbose);
     let ui = progress::Ui::new(cli.quiet);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

@@ -43,8 +43,10 @@ impl Ui {
             None => {
                 let bar = ProgressBar::new_spinner();
                 bar.set_style(
-                    ProgressStyle::with_template(&format!("{{spinner}} {{msg}} {{pos}} {unit} ({{per_sec}})"))
-                        .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+                    ProgressStyle::with_template(&format!(
+                        "{{spinner}} {{msg}} {{pos}} {unit} ({{per_sec}})"
+                    ))
+                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
                 );
                 bar.enable_steady_tick(Duration::from_millis(120));
                 bar

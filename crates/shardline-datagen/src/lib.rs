@@ -141,7 +141,10 @@ fn inside(class: usize, x: f32, y: f32) -> bool {
         "triangle" => y > -0.6 && x.abs() < 0.9 * (0.95 - y) / 1.55,
         "diamond" => x.abs() + y.abs() < 1.0,
         "cross" => {
-            let (u, v) = ((x + y) * std::f32::consts::FRAC_1_SQRT_2, (x - y) * std::f32::consts::FRAC_1_SQRT_2);
+            let (u, v) = (
+                (x + y) * std::f32::consts::FRAC_1_SQRT_2,
+                (x - y) * std::f32::consts::FRAC_1_SQRT_2,
+            );
             (u.abs() < 0.22 && v.abs() < 0.95) || (v.abs() < 0.22 && u.abs() < 0.95)
         }
         "plus" => (x.abs() < 0.22 && y.abs() < 0.95) || (y.abs() < 0.22 && x.abs() < 0.95),
@@ -162,7 +165,11 @@ fn inside(class: usize, x: f32, y: f32) -> bool {
 pub fn draw(config: &ShapesConfig, class: usize, index: usize) -> RgbImage {
     let size = config.size;
     let mut rng = Rng::new(config.seed, class, index);
-    let background = [rng.range(0.0, 110.0), rng.range(0.0, 110.0), rng.range(0.0, 110.0)];
+    let background = [
+        rng.range(0.0, 110.0),
+        rng.range(0.0, 110.0),
+        rng.range(0.0, 110.0),
+    ];
     let foreground = [
         rng.range(140.0, 255.0),
         rng.range(140.0, 255.0),
@@ -258,20 +265,38 @@ mod tests {
     #[test]
     fn the_same_seed_draws_the_same_bytes() {
         let c = config(Format::Png);
-        assert_eq!(encode(&c, 3, 1).expect("png"), encode(&c, 3, 1).expect("png"));
-        assert_ne!(encode(&c, 3, 1).expect("png"), encode(&c, 3, 0).expect("png"));
-        let other = ShapesConfig { seed: 8, ..c.clone() };
-        assert_ne!(encode(&c, 3, 1).expect("png"), encode(&other, 3, 1).expect("png"));
+        assert_eq!(
+            encode(&c, 3, 1).expect("png"),
+            encode(&c, 3, 1).expect("png")
+        );
+        assert_ne!(
+            encode(&c, 3, 1).expect("png"),
+            encode(&c, 3, 0).expect("png")
+        );
+        let other = ShapesConfig {
+            seed: 8,
+            ..c.clone()
+        };
+        assert_ne!(
+            encode(&c, 3, 1).expect("png"),
+            encode(&other, 3, 1).expect("png")
+        );
     }
 
     #[test]
     fn every_shape_covers_part_of_the_image() {
-        let c = ShapesConfig { size: 64, ..config(Format::Png) };
-        for class in 0..SHAPES.len() {
+        let c = ShapesConfig {
+            size: 64,
+            ..config(Format::Png)
+        };
+        for (class, shape) in SHAPES.iter().enumerate() {
             let image = draw(&c, class, 0);
-            let bright = image.pixels().filter(|p| p.0.iter().map(|&v| u32::from(v)).sum::<u32>() > 3 * 125).count();
+            let bright = image
+                .pixels()
+                .filter(|p| p.0.iter().map(|&v| u32::from(v)).sum::<u32>() > 3 * 125)
+                .count();
             let share = bright as f32 / (64.0 * 64.0);
-            assert!((0.02..0.6).contains(&share), "{}: {share}", SHAPES[class]);
+            assert!((0.02..0.6).contains(&share), "{shape}: {share}");
         }
     }
 
@@ -285,9 +310,20 @@ mod tests {
 
     #[test]
     fn rejects_out_of_range_settings() {
-        let bad = ShapesConfig { classes: 11, ..config(Format::Png) };
-        assert!(bad.validate().expect_err("11 classes").to_string().contains("1 to 10"));
-        let bad = ShapesConfig { size: 4, ..config(Format::Png) };
+        let bad = ShapesConfig {
+            classes: 11,
+            ..config(Format::Png)
+        };
+        assert!(
+            bad.validate()
+                .expect_err("11 classes")
+                .to_string()
+                .contains("1 to 10")
+        );
+        let bad = ShapesConfig {
+            size: 4,
+            ..config(Format::Png)
+        };
         assert!(bad.validate().is_err());
     }
 }

@@ -66,8 +66,7 @@ pub fn parse_manifest(uri: &str, bytes: &[u8]) -> Result<Manifest, Error> {
         uri: uri.to_string(),
         reason,
     };
-    let value: Value =
-        serde_json::from_slice(bytes).map_err(|e| bad(format!("not JSON ({e})")))?;
+    let value: Value = serde_json::from_slice(bytes).map_err(|e| bad(format!("not JSON ({e})")))?;
     let items = value
         .as_array()
         .ok_or_else(|| bad("it is not a JSON array".into()))?;
@@ -140,8 +139,13 @@ mod tests {
             (b"[{\"prefix\":\"s3://b/\"}, 3]", "entry 1"),
             (b"[", "not JSON"),
         ] {
-            let err = parse_manifest("s3://b/x.manifest", bytes).expect_err(needle).to_string();
-            assert!(err.contains(needle) && err.contains("s3://b/x.manifest"), "{err}");
+            let err = parse_manifest("s3://b/x.manifest", bytes)
+                .expect_err(needle)
+                .to_string();
+            assert!(
+                err.contains(needle) && err.contains("s3://b/x.manifest"),
+                "{err}"
+            );
         }
     }
 }

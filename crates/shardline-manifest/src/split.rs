@@ -46,9 +46,11 @@ impl FromStr for Channel {
         Channel::ALL
             .into_iter()
             .find(|c| c.name() == name)
-            .ok_or_else(|| Error::BadSplit(format!(
-                "unknown channel {name:?}; the channels are train, validation and test"
-            )))
+            .ok_or_else(|| {
+                Error::BadSplit(format!(
+                    "unknown channel {name:?}; the channels are train, validation and test"
+                ))
+            })
     }
 }
 
@@ -69,7 +71,10 @@ impl Split {
         parts.sort_by_key(|(c, _)| *c);
         for pair in parts.windows(2) {
             if pair[0].0 == pair[1].0 {
-                return Err(Error::BadSplit(format!("channel {} is given twice", pair[0].0)));
+                return Err(Error::BadSplit(format!(
+                    "channel {} is given twice",
+                    pair[0].0
+                )));
             }
         }
         for (channel, fraction) in &parts {

@@ -13,12 +13,12 @@ use shardline_store::commit::{self, Commit};
 use shardline_store::{Object, Store};
 use tracing::{Instrument, info_span};
 
+use crate::Error;
 use crate::assign::assign_class;
 use crate::record::{self, Labels, ListingRecord, ManifestLineage, Settings};
 use crate::sagemaker::{self, AugmentedRecord};
 use crate::split::{Channel, Split};
 use crate::table::{self, Row};
-use crate::Error;
 
 /// The name of the lineage record in an output.
 pub const LINEAGE: &str = "lineage.json";
@@ -107,7 +107,9 @@ pub async fn run(
     progress: &dyn Progress,
 ) -> Result<Report, Error> {
     let span = info_span!("manifest", source = %source.uri(), out = %out.uri());
-    run_in_span(source, out, config, progress).instrument(span).await
+    run_in_span(source, out, config, progress)
+        .instrument(span)
+        .await
 }
 
 async fn run_in_span(
@@ -117,7 +119,9 @@ async fn run_in_span(
     progress: &dyn Progress,
 ) -> Result<Report, Error> {
     check_locations(source, out)?;
+    let started = std::time::Instant::now();
     let listing = list_source(source, config.concurrency, progress).await?;
+    tracing::info!(seconds = started.elapsed().as_secs_f64(), "listed");
 
     commit::recover(out).await?;
     let existing = read_existing(out, source, config).await?;
@@ -125,16 +129,20 @@ async fn run_in_span(
 
     let labels = Labels::new(listing.iter().map(|(c, _)| c.clone()).collect());
     let previous_channels = existing.as_ref().map(|e| &e.channels);
-    let (rows, counts) = build_rows(&listing, &labels, config, previous_channels)?;
-    drop(listing);
+    let (rows, counts) = build_rows(listing, &labels, config, previous_channels)?;
+    tracing::info!(seconds = started.elapsed().as_secs_f64(), "assigned");
 
     let outputs = render(source, &rows, &labels, config)?;
+    tracing::info!(seconds = started.elapsed().as_secs_f64(), "rendered");
     let mut lineage = lineage_record(source, config, &rows, &labels, &counts, &outputs);
     let outcome = match &existing {
         None => Outcome::Created,
         Some(e) if e.replaced => Outcome::Replaced,
         Some(e) => {
-            let added = rows.iter().filter(|r| !e.channels.contains_key(&r.key)).count();
+            let added = rows
+                .iter()
+                .filter(|r| !e.channels.contains_key(&r.key))
+                .count();
             let removed = e.channels.len() + added - rows.len();
             if added == 0 && removed == 0 {
                 lineage.previous = e.record.previous.clone();
@@ -162,6 +170,7 @@ async fn run_in_span(
     }
     tx.stage(LINEAGE, Bytes::from(lineage_bytes)).await?;
     tx.publish().await?;
+    tracing::info!(seconds = started.elapsed().as_secs_f64(), "committed");
     if let Some(e) = &existing {
         for stale in e.record.outputs.keys() {
             if !lineage.outputs.contains_key(stale) {
@@ -221,7 +230,12 @@ async fn list_source(
         });
     }
     if !level.objects.is_empty() {
-        let examples: Vec<&str> = level.objects.iter().take(3).map(|o| o.key.as_str()).collect();
+        let examples: Vec<&str> = level
+            .objects
+            .iter()
+            .take(3)
+            .map(|o| o.key.as_str())
+            .collect();
         return Err(Error::Unlabelled {
             source_uri: source.uri(),
             count: level.objects.len(),
@@ -231,12 +245,9 @@ async fn list_source(
     progress.classes_found(level.prefixes.len());
     let mut classes: Vec<(String, Vec<Object>)> = futures::stream::iter(level.prefixes)
         .map(|class| async move {
-            let mut objects: Vec<Object> = source
-                .list(&class)
-                // Zero-byte "folder" markers that some S3 tools create are not objects.
-                .try_filter(|o| futures::future::ready(!o.key.ends_with('/')))
-                .try_collect()
-                .await?;
+            let mut objects = source.list_all(&class).await?;
+            // Zero-byte "folder" markers that some S3 tools create are not objects.
+            objects.retain(|o| !o.key.ends_with('/'));
             objects.sort_unstable_by(|a, b| a.key.cmp(&b.key));
             progress.class_listed(objects.len());
             Ok::<_, Error>((class, objects))
@@ -343,7 +354,7 @@ async fn read_existing(
 type Counts = BTreeMap<String, BTreeMap<String, u64>>;
 
 fn build_rows(
-    listing: &[(String, Vec<Object>)],
+    listing: Vec<(String, Vec<Object>)>,
     labels: &Labels,
     config: &Config,
     previous: Option<&HashMap<String, Channel>>,
@@ -352,7 +363,7 @@ fn build_rows(
     let mut rows = Vec::with_capacity(total);
     let mut counts = Counts::new();
     let channels: Vec<Channel> = config.split.channels().collect();
-    for (label, (class, objects)) in listing.iter().enumerate() {
+    for (label, (class, objects)) in listing.into_iter().enumerate() {
         let keys: Vec<&str> = objects.iter().map(|o| o.key.as_str()).collect();
         let prior: Vec<Option<usize>> = keys
             .iter()
@@ -384,15 +395,17 @@ fn build_rows(
         for channel in &channels {
             class_counts.insert(channel.name().to_string(), 0);
         }
-        for (object, index) in objects.iter().zip(assigned) {
+        drop(keys);
+        // The listing is consumed, so its strings move into the table rather than being copied.
+        for (object, index) in objects.into_iter().zip(assigned) {
             let channel = channels[index];
             *class_counts.entry(channel.name().to_string()).or_default() += 1;
             rows.push(Row {
-                key: object.key.clone(),
+                key: object.key,
                 label: label as u32,
                 channel,
                 size: object.size,
-                etag: object.etag.clone(),
+                etag: object.etag,
                 last_modified_us: object.last_modified_us,
             });
         }
@@ -441,17 +454,19 @@ fn render(
                     .filter(|r| r.channel == channel)
                     .map(|r| (format!("{prefix}{}", r.key), r))
                     .collect();
-                let bytes = sagemaker::write_augmented(uris.iter().map(|(uri, r)| {
-                    AugmentedRecord {
+                let bytes =
+                    sagemaker::write_augmented(uris.iter().map(|(uri, r)| AugmentedRecord {
                         source_ref: uri,
                         class: &labels.classes[r.label as usize],
                         class_id: r.label,
-                    }
-                }));
+                    }));
                 files.push((format!("{channel}.augmented.manifest"), bytes));
             }
         }
-        files.push(("dataset.csv".to_string(), table::to_csv(rows, &labels.classes)?));
+        files.push((
+            "dataset.csv".to_string(),
+            table::to_csv(rows, &labels.classes)?,
+        ));
         files.push(("labels.json".to_string(), record::to_json(labels)));
         let parquet = parquet.join().map_err(|_| Error::Encode {
             file: "dataset.parquet".into(),

@@ -185,11 +185,27 @@ mod tests {
             .collect();
         assert_eq!(
             fields,
-            ["key", "class_label", "label", "channel", "size", "etag", "last_modified"]
+            [
+                "key",
+                "class_label",
+                "label",
+                "channel",
+                "size",
+                "etag",
+                "last_modified"
+            ]
         );
-        let first = reader.get_row_iter(None).expect("rows").next().expect("row").expect("ok");
+        let first = reader
+            .get_row_iter(None)
+            .expect("rows")
+            .next()
+            .expect("row")
+            .expect("ok");
         let text = first.to_string();
-        assert!(text.contains("cat/1.jpg") && text.contains("train"), "{text}");
+        assert!(
+            text.contains("cat/1.jpg") && text.contains("train"),
+            "{text}"
+        );
         // The same rows give the same bytes.
         assert_eq!(
             to_parquet(&rows, &labels).expect("parquet"),

@@ -94,7 +94,9 @@ async fn roll_forward(store: &Store, record: &Record) -> Result<()> {
     store.delete(RECORD).await?;
     store
         .delete_prefix(&format!("{CONTROL_DIR}/staging/{}", record.id))
-        .await
+        .await?;
+    store.remove_empty_dirs(CONTROL_DIR);
+    Ok(())
 }
 
 /// Finishes a commit that a crashed writer left under `store`'s prefix, and deletes staged files
@@ -116,6 +118,7 @@ pub async fn recover(store: &Store) -> Result<bool> {
     store
         .delete_prefix(&format!("{CONTROL_DIR}/staging"))
         .await?;
+    store.remove_empty_dirs(CONTROL_DIR);
     Ok(rolled)
 }
 
@@ -127,11 +130,20 @@ mod tests {
     async fn publish_moves_files_into_place() {
         let store = Store::open("memory://commit-publish/out").expect("open");
         let mut commit = Commit::begin(&store);
-        commit.stage("a.txt", Bytes::from_static(b"a")).await.expect("stage");
-        commit.stage("lineage.json", Bytes::from_static(b"{}")).await.expect("stage");
+        commit
+            .stage("a.txt", Bytes::from_static(b"a"))
+            .await
+            .expect("stage");
+        commit
+            .stage("lineage.json", Bytes::from_static(b"{}"))
+            .await
+            .expect("stage");
         assert!(!store.exists("a.txt").await.expect("exists"));
         commit.publish().await.expect("publish");
-        assert_eq!(store.get("a.txt").await.expect("get"), Bytes::from_static(b"a"));
+        assert_eq!(
+            store.get("a.txt").await.expect("get"),
+            Bytes::from_static(b"a")
+        );
         assert!(store.exists("lineage.json").await.expect("exists"));
         assert!(store.list_all(CONTROL_DIR).await.expect("list").is_empty());
     }
@@ -140,8 +152,14 @@ mod tests {
     async fn recover_rolls_an_interrupted_commit_forward() {
         let store = Store::open("memory://commit-recover/out").expect("open");
         // Simulate a writer that wrote the record, moved one file and crashed.
-        store.put(&staging_key("x1", "b.txt"), Bytes::from_static(b"b")).await.expect("put");
-        store.put("a.txt", Bytes::from_static(b"a")).await.expect("put");
+        store
+            .put(&staging_key("x1", "b.txt"), Bytes::from_static(b"b"))
+            .await
+            .expect("put");
+        store
+            .put("a.txt", Bytes::from_static(b"a"))
+            .await
+            .expect("put");
         let record = Record {
             id: "x1".into(),
             files: vec!["a.txt".into(), "b.txt".into()],
@@ -149,14 +167,20 @@ mod tests {
         let bytes = serde_json::to_vec(&record).expect("json");
         store.put(RECORD, Bytes::from(bytes)).await.expect("put");
         assert!(recover(&store).await.expect("recover"));
-        assert_eq!(store.get("b.txt").await.expect("get"), Bytes::from_static(b"b"));
+        assert_eq!(
+            store.get("b.txt").await.expect("get"),
+            Bytes::from_static(b"b")
+        );
         assert!(store.list_all(CONTROL_DIR).await.expect("list").is_empty());
     }
 
     #[tokio::test]
     async fn recover_discards_uncommitted_staging() {
         let store = Store::open("memory://commit-discard/out").expect("open");
-        store.put(&staging_key("x2", "a.txt"), Bytes::from_static(b"a")).await.expect("put");
+        store
+            .put(&staging_key("x2", "a.txt"), Bytes::from_static(b"a"))
+            .await
+            .expect("put");
         assert!(!recover(&store).await.expect("recover"));
         assert!(!store.exists("a.txt").await.expect("exists"));
         assert!(store.list_all("").await.expect("list").is_empty());

@@ -158,7 +158,14 @@ root_domain = ".s3.garage.localhost"
         self.cli(&["key", "import", KEY_ID, SECRET, "-n", "shardline", "--yes"])?;
         self.cli(&["bucket", "create", &self.bucket])?;
         self.cli(&[
-            "bucket", "allow", "--read", "--write", "--owner", &self.bucket, "--key", KEY_ID,
+            "bucket",
+            "allow",
+            "--read",
+            "--write",
+            "--owner",
+            &self.bucket,
+            "--key",
+            KEY_ID,
         ])?;
         Ok(())
     }

@@ -11,6 +11,7 @@
 pub mod commit;
 mod error;
 pub mod garage;
+mod local;
 mod location;
 
 use std::collections::HashMap;
@@ -36,6 +37,9 @@ pub struct Store {
     inner: Arc<dyn ObjectStore>,
     location: Location,
     root: Path,
+    /// The backend is object_store's own local file system, unwrapped, so listings may take
+    /// the direct walk in [`local`].
+    plain_local: bool,
 }
 
 /// One object found by a listing, with its key relative to the listed store.
@@ -109,10 +113,13 @@ impl Store {
                     builder = builder.with_region("us-east-1");
                 }
                 for (name, value) in settings {
-                    let key = name.to_ascii_lowercase().parse().map_err(|source| Error::Config {
-                        url: location.uri(),
-                        source,
-                    })?;
+                    let key =
+                        name.to_ascii_lowercase()
+                            .parse()
+                            .map_err(|source| Error::Config {
+                                url: location.uri(),
+                                source,
+                            })?;
                     builder = builder.with_config(key, value);
                 }
                 let s3 = builder.build().map_err(|source| Error::Config {
@@ -122,7 +129,11 @@ impl Store {
                 Arc::new(s3)
             }
         };
-        Ok(Store::with_backend(inner, location))
+        let plain_local = location.scheme == Scheme::Local;
+        Ok(Store {
+            plain_local,
+            ..Store::with_backend(inner, location)
+        })
     }
 
     /// Wraps an existing backend (for example a throttled or instrumented one) at a location.
@@ -132,6 +143,7 @@ impl Store {
             inner,
             location,
             root,
+            plain_local: false,
         }
     }
 
@@ -157,7 +169,10 @@ impl Store {
 
     /// A store rooted at `relative` below this one, sharing the same backend.
     pub fn child(&self, relative: &str) -> Store {
-        Store::with_backend(self.inner.clone(), self.location.join(relative))
+        Store {
+            plain_local: self.plain_local,
+            ..Store::with_backend(self.inner.clone(), self.location.join(relative))
+        }
     }
 
     fn path(&self, key: &str) -> Path {
@@ -216,8 +231,9 @@ impl Store {
         Ok(Level { prefixes, objects })
     }
 
-    /// Lists every object below `relative`, recursively, as a stream.
-    pub fn list(&self, relative: &str) -> BoxStream<'_, Result<Object>> {
+    /// Lists every object below `relative`, recursively, as a stream (object_store's listing on
+    /// every backend).
+    fn list(&self, relative: &str) -> BoxStream<'_, Result<Object>> {
         let prefix = self.path(relative);
         let relative = relative.to_string();
         self.inner
@@ -229,8 +245,22 @@ impl Store {
             .boxed()
     }
 
-    /// Lists every object below `relative` into a vector.
+    /// Lists every object below `relative`, recursively, in no particular order. Local
+    /// directories are walked on a blocking thread by [`local::list_dir`]; other stores page
+    /// through object_store's listing.
     pub async fn list_all(&self, relative: &str) -> Result<Vec<Object>> {
+        if let (Some(base), Some(dir)) = (
+            self.location.local_path(),
+            self.location.join(relative).local_path(),
+        ) && self.plain_local
+        {
+            return tokio::task::spawn_blocking(move || local::list_dir(&base, &dir))
+                .await
+                .map_err(|e| Error::Io {
+                    path: self.uri_of(relative),
+                    source: std::io::Error::other(e),
+                })?;
+        }
         self.list(relative).try_collect().await
     }
 
@@ -289,6 +319,28 @@ impl Store {
             .map_err(|e| self.fail(from, e))
     }
 
+    /// Removes the empty directories that deleting objects leaves below `relative` on a local
+    /// disk, `relative` itself included. Object stores have no directories, so elsewhere this
+    /// does nothing.
+    pub fn remove_empty_dirs(&self, relative: &str) {
+        fn prune(dir: &std::path::Path) -> bool {
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                return false;
+            };
+            let mut empty = true;
+            for entry in entries.flatten() {
+                let path = entry.path();
+                if !(path.is_dir() && prune(&path)) {
+                    empty = false;
+                }
+            }
+            empty && std::fs::remove_dir(dir).is_ok()
+        }
+        if let Some(root) = self.location.join(relative).local_path() {
+            prune(&root);
+        }
+    }
+
     /// Deletes every object below `relative`.
     pub async fn delete_prefix(&self, relative: &str) -> Result<()> {
         let objects = self.list_all(relative).await?;
@@ -314,7 +366,10 @@ mod tests {
         let objects = store.list_all("").await.expect("list");
         assert_eq!(objects.len(), 1);
         assert_eq!(objects[0].key, "cat/1.jpg");
-        assert_eq!(store.uri_of("cat/1.jpg"), "memory://unit-keys/base/cat/1.jpg");
+        assert_eq!(
+            store.uri_of("cat/1.jpg"),
+            "memory://unit-keys/base/cat/1.jpg"
+        );
         let child = store.child("cat");
         assert_eq!(child.list_all("").await.expect("list")[0].key, "1.jpg");
     }

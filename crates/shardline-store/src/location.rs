@@ -39,7 +39,9 @@ impl Location {
             reason: reason.to_string(),
         };
         if input.trim().is_empty() {
-            return Err(invalid("it is empty; give a path, file://, s3:// or memory:// URL"));
+            return Err(invalid(
+                "it is empty; give a path, file://, s3:// or memory:// URL",
+            ));
         }
         if let Some(rest) = input.strip_prefix("s3://") {
             let (bucket, prefix) = split_bucket(rest);
@@ -62,7 +64,9 @@ impl Location {
         }
         let path = if let Some(rest) = input.strip_prefix("file://") {
             if !rest.starts_with('/') {
-                return Err(invalid("a file:// URL needs an absolute path: file:///data/pets"));
+                return Err(invalid(
+                    "a file:// URL needs an absolute path: file:///data/pets",
+                ));
             }
             PathBuf::from(rest)
         } else if let Some((scheme, _)) = input.split_once("://") {
@@ -191,6 +195,9 @@ mod tests {
     fn join_appends_relative_paths() {
         let location = Location::parse("s3://b/pets").expect("valid");
         assert_eq!(location.join("cat/").uri(), "s3://b/pets/cat/");
-        assert_eq!(Location::parse("s3://b").expect("valid").join("x").prefix, "x");
+        assert_eq!(
+            Location::parse("s3://b").expect("valid").join("x").prefix,
+            "x"
+        );
     }
 }

@@ -8,7 +8,8 @@ use shardline_store::garage::LocalGarage;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_store_conforms() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let garage = LocalGarage::start(&dir.path().join("garage"), "conformance").expect("start garage");
+    let garage =
+        LocalGarage::start(&dir.path().join("garage"), "conformance").expect("start garage");
     let env = garage.env();
     let store = shardline_store::Store::open_with(&garage.url("root"), &env).expect("open");
     conformance::run(&store).await;
@@ -18,7 +19,9 @@ async fn s3_store_conforms() {
     bad.push(("AWS_SECRET_ACCESS_KEY", "0".repeat(64)));
     let store = shardline_store::Store::open_with(&garage.url("root"), &bad).expect("open");
     let err = store.list_level("").await.expect_err("bad secret");
-    assert!(matches!(err, shardline_store::Error::Denied { .. }), "{err}");
+    assert!(
+        matches!(err, shardline_store::Error::Denied { .. }),
+        "{err}"
+    );
     assert!(err.to_string().contains("s3://conformance/root/"), "{err}");
 }
-

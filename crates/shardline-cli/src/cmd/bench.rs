@@ -109,10 +109,7 @@ fn wait4(pid: u32) -> Result<(i32, i64)> {
     Ok((code, usage.ru_maxrss))
 }
 
-fn best(
-    repeat: usize,
-    mut run: impl FnMut() -> Result<Sample>,
-) -> Result<Sample> {
+fn best(repeat: usize, mut run: impl FnMut() -> Result<Sample>) -> Result<Sample> {
     let mut best: Option<Sample> = None;
     for _ in 0..repeat.max(1) {
         let sample = run()?;
@@ -173,7 +170,9 @@ fn local_tree(root: &Path, objects: usize, classes: usize, ui: &Ui) -> Result<Pa
             })
             .collect();
         for worker in workers {
-            worker.join().map_err(|_| anyhow::anyhow!("bench: a writer thread panicked"))??;
+            worker
+                .join()
+                .map_err(|_| anyhow::anyhow!("bench: a writer thread panicked"))??;
         }
         Ok(())
     })?;
@@ -189,7 +188,9 @@ async fn fill_bucket(store: &Store, objects: usize, classes: usize, ui: &Ui) -> 
             let bar = &bar;
             async move {
                 let key = format!("class-{:04}/{i:08}.jpg", i % classes);
-                store.put(&key, Bytes::copy_from_slice(&i.to_le_bytes())).await?;
+                store
+                    .put(&key, Bytes::copy_from_slice(&i.to_le_bytes()))
+                    .await?;
                 bar.inc(1);
                 Ok::<_, anyhow::Error>(())
             }
@@ -209,7 +210,14 @@ struct Runner<'a> {
 }
 
 impl Runner<'_> {
-    fn pair(&self, name: &str, objects: usize, source: &str, latency_ms: u64, ui: &Ui) -> Result<Case> {
+    fn pair(
+        &self,
+        name: &str,
+        objects: usize,
+        source: &str,
+        latency_ms: u64,
+        ui: &Ui,
+    ) -> Result<Case> {
         let tag = name.replace([' ', '/', ','], "_");
         let out_ours = self.dir.join(format!("out-{tag}-shardline"));
         let out_peer = self.dir.join(format!("out-{tag}-peer"));
@@ -252,7 +260,9 @@ fn table(cases: &[Case]) -> String {
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         cpu_model()
     ));
-    out.push_str("| case | tool | objects | wall s | objects/s | peak RSS MiB | speed-up | memory |\n");
+    out.push_str(
+        "| case | tool | objects | wall s | objects/s | peak RSS MiB | speed-up | memory |\n",
+    );
     out.push_str("|---|---|---:|---:|---:|---:|---:|---:|\n");
     for case in cases {
         for (tool, sample) in [("shardline", case.ours), ("python peer", case.peer)] {
@@ -295,7 +305,10 @@ async fn manifest(args: ManifestArgs, ui: &Ui) -> Result<()> {
     let mut cases = Vec::new();
     if !args.skip_local {
         let source = local_tree(&dir, args.objects, args.classes, ui)?;
-        let source = source.to_str().context("bench: --dir must be UTF-8")?.to_string();
+        let source = source
+            .to_str()
+            .context("bench: --dir must be UTF-8")?
+            .to_string();
         let name = format!("local {} / {} classes", args.objects, args.classes);
         cases.push(runner.pair(&name, args.objects, &source, 0, ui)?);
     }

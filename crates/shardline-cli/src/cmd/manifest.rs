@@ -121,7 +121,11 @@ pub async fn run(args: Args, ui: &Ui) -> Result<()> {
         lineage.source,
         lineage.listing.objects as f64 / elapsed.max(1e-9)
     ));
-    let totals: Vec<String> = lineage.totals.iter().map(|(c, n)| format!("{c}={n}")).collect();
+    let totals: Vec<String> = lineage
+        .totals
+        .iter()
+        .map(|(c, n)| format!("{c}={n}"))
+        .collect();
     ui.say(format!("  channels: {}", totals.join(" ")));
     ui.say(format!("  outputs:  {}", report.out));
     for name in lineage.outputs.keys() {

@@ -20,14 +20,27 @@ pub struct Args {
 
 /// Generates the shapes dataset and runs the manifest step on it.
 pub async fn run(args: Args, ui: &Ui) -> Result<()> {
+    if args.per_class < 20 {
+        anyhow::bail!(
+            "quickstart: --per-class {} is too small; use at least 20 so that every channel gets 2 images of each class",
+            args.per_class
+        );
+    }
     std::fs::create_dir_all(&args.dir)
         .with_context(|| format!("quickstart: cannot create {}", args.dir.display()))?;
     let dir = args.dir.canonicalize()?;
     let data = dir.join("data");
     let manifests = dir.join("manifests");
-    let utf8 = |p: &PathBuf| p.to_str().map(str::to_string).context("quickstart: --dir must be UTF-8");
+    let utf8 = |p: &PathBuf| {
+        p.to_str()
+            .map(str::to_string)
+            .context("quickstart: --dir must be UTF-8")
+    };
 
-    ui.say(format!("[1/2] datagen: the shapes dataset into {}", data.display()));
+    ui.say(format!(
+        "[1/2] datagen: the shapes dataset into {}",
+        data.display()
+    ));
     let shapes = datagen::ShapesArgs {
         out: utf8(&data)?,
         classes: 4,
@@ -38,13 +51,16 @@ pub async fn run(args: Args, ui: &Ui) -> Result<()> {
     };
     datagen::shapes(&shapes, ui).await?;
 
-    ui.say(format!("[2/2] manifest: channels, table and lineage into {}", manifests.display()));
+    ui.say(format!(
+        "[2/2] manifest: channels, table and lineage into {}",
+        manifests.display()
+    ));
     let manifest_args = manifest::Args {
         source: utf8(&data)?,
         out: utf8(&manifests)?,
         split: "train=0.8,validation=0.1,test=0.1".into(),
         seed: 42,
-        min_per_class: 5,
+        min_per_class: 2,
         force: false,
         augmented: true,
         concurrency: 32,
@@ -55,8 +71,14 @@ pub async fn run(args: Args, ui: &Ui) -> Result<()> {
     ui.say("");
     ui.say("quickstart done. Outputs:");
     ui.say(format!("  images     {}/<class>/<id>.jpg", data.display()));
-    ui.say(format!("  manifests  {}/{{train,validation,test}}.manifest", manifests.display()));
-    ui.say(format!("  table      {}/dataset.parquet (and dataset.csv)", manifests.display()));
+    ui.say(format!(
+        "  manifests  {}/{{train,validation,test}}.manifest",
+        manifests.display()
+    ));
+    ui.say(format!(
+        "  table      {}/dataset.parquet (and dataset.csv)",
+        manifests.display()
+    ));
     ui.say(format!("  lineage    {}/lineage.json", manifests.display()));
     ui.say("Stages still to come in Shardline: process, train, serve (see README.md).");
     Ok(())

@@ -15,14 +15,42 @@ pub async fn run(store: &Store) {
 
 async fn round_trip(store: &Store) {
     let data = Bytes::from_static(b"hello shardline");
-    store.put("rt/a b/\u{e9}t\u{e9}.bin", data.clone()).await.expect("put");
-    assert_eq!(store.get("rt/a b/\u{e9}t\u{e9}.bin").await.expect("get"), data);
-    assert!(store.exists("rt/a b/\u{e9}t\u{e9}.bin").await.expect("exists"));
-    store.put("rt/a b/\u{e9}t\u{e9}.bin", Bytes::from_static(b"v2")).await.expect("overwrite");
-    assert_eq!(store.get("rt/a b/\u{e9}t\u{e9}.bin").await.expect("get"), Bytes::from_static(b"v2"));
-    store.delete("rt/a b/\u{e9}t\u{e9}.bin").await.expect("delete");
-    store.delete("rt/a b/\u{e9}t\u{e9}.bin").await.expect("deleting twice is fine");
-    assert!(!store.exists("rt/a b/\u{e9}t\u{e9}.bin").await.expect("exists"));
+    store
+        .put("rt/a b/\u{e9}t\u{e9}.bin", data.clone())
+        .await
+        .expect("put");
+    assert_eq!(
+        store.get("rt/a b/\u{e9}t\u{e9}.bin").await.expect("get"),
+        data
+    );
+    assert!(
+        store
+            .exists("rt/a b/\u{e9}t\u{e9}.bin")
+            .await
+            .expect("exists")
+    );
+    store
+        .put("rt/a b/\u{e9}t\u{e9}.bin", Bytes::from_static(b"v2"))
+        .await
+        .expect("overwrite");
+    assert_eq!(
+        store.get("rt/a b/\u{e9}t\u{e9}.bin").await.expect("get"),
+        Bytes::from_static(b"v2")
+    );
+    store
+        .delete("rt/a b/\u{e9}t\u{e9}.bin")
+        .await
+        .expect("delete");
+    store
+        .delete("rt/a b/\u{e9}t\u{e9}.bin")
+        .await
+        .expect("deleting twice is fine");
+    assert!(
+        !store
+            .exists("rt/a b/\u{e9}t\u{e9}.bin")
+            .await
+            .expect("exists")
+    );
 }
 
 async fn missing_objects(store: &Store) {
@@ -30,13 +58,27 @@ async fn missing_objects(store: &Store) {
         Err(Error::NotFound { url }) => assert!(url.ends_with("nope/missing.txt"), "{url}"),
         other => panic!("expected NotFound, got {other:?}"),
     }
-    assert!(store.get_opt("nope/missing.txt").await.expect("get_opt").is_none());
+    assert!(
+        store
+            .get_opt("nope/missing.txt")
+            .await
+            .expect("get_opt")
+            .is_none()
+    );
     assert!(store.list_all("nope").await.expect("list").is_empty());
 }
 
 async fn levels_and_recursive_listing(store: &Store) {
-    for key in ["ls/dog/2.jpg", "ls/cat/1.jpg", "ls/cat/deep/3.jpg", "ls/loose.txt"] {
-        store.put(key, Bytes::from_static(b"12345")).await.expect("put");
+    for key in [
+        "ls/dog/2.jpg",
+        "ls/cat/1.jpg",
+        "ls/cat/deep/3.jpg",
+        "ls/loose.txt",
+    ] {
+        store
+            .put(key, Bytes::from_static(b"12345"))
+            .await
+            .expect("put");
     }
     let level = store.list_level("ls").await.expect("level");
     assert_eq!(level.prefixes, vec!["cat".to_string(), "dog".to_string()]);
@@ -56,16 +98,31 @@ async fn levels_and_recursive_listing(store: &Store) {
 
     // A child store sees keys relative to its own prefix.
     let child = store.child("ls");
-    let mut keys: Vec<String> = child.list_all("").await.expect("list").into_iter().map(|o| o.key).collect();
+    let mut keys: Vec<String> = child
+        .list_all("")
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|o| o.key)
+        .collect();
     keys.sort();
-    assert_eq!(keys, vec!["cat/1.jpg", "cat/deep/3.jpg", "dog/2.jpg", "loose.txt"]);
+    assert_eq!(
+        keys,
+        vec!["cat/1.jpg", "cat/deep/3.jpg", "dog/2.jpg", "loose.txt"]
+    );
     child.delete_prefix("").await.expect("delete prefix");
     assert!(store.list_all("ls").await.expect("list").is_empty());
 }
 
 async fn rename_replaces(store: &Store) {
-    store.put("mv/a", Bytes::from_static(b"new")).await.expect("put");
-    store.put("mv/b", Bytes::from_static(b"old")).await.expect("put");
+    store
+        .put("mv/a", Bytes::from_static(b"new"))
+        .await
+        .expect("put");
+    store
+        .put("mv/b", Bytes::from_static(b"old"))
+        .await
+        .expect("put");
     // Garage 2.5 stamps a copied object with the current millisecond, not with a time after the
     // destination's newest version (as its PUT does), so a copy onto an object written in the
     // same millisecond loses. Real outputs are never replaced that fast; the pause keeps this
@@ -73,19 +130,31 @@ async fn rename_replaces(store: &Store) {
     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     store.rename("mv/a", "mv/b").await.expect("rename");
     assert!(!store.exists("mv/a").await.expect("exists"));
-    assert_eq!(store.get("mv/b").await.expect("get"), Bytes::from_static(b"new"));
+    assert_eq!(
+        store.get("mv/b").await.expect("get"),
+        Bytes::from_static(b"new")
+    );
     store.delete_prefix("mv").await.expect("clean");
 }
 
 async fn commit_publishes_and_recovers(store: &Store) {
     let out = store.child("out");
     let mut tx = commit::Commit::begin(&out);
-    tx.stage("train.manifest", Bytes::from_static(b"[]")).await.expect("stage");
-    tx.stage("lineage.json", Bytes::from_static(b"{}")).await.expect("stage");
+    tx.stage("train.manifest", Bytes::from_static(b"[]"))
+        .await
+        .expect("stage");
+    tx.stage("lineage.json", Bytes::from_static(b"{}"))
+        .await
+        .expect("stage");
     assert!(!out.exists("train.manifest").await.expect("exists"));
     tx.publish().await.expect("publish");
     assert!(out.exists("train.manifest").await.expect("exists"));
     assert!(out.exists("lineage.json").await.expect("exists"));
-    assert!(out.list_all(commit::CONTROL_DIR).await.expect("list").is_empty());
+    assert!(
+        out.list_all(commit::CONTROL_DIR)
+            .await
+            .expect("list")
+            .is_empty()
+    );
     assert!(!commit::recover(&out).await.expect("nothing to recover"));
 }

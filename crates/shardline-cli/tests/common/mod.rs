@@ -1,0 +1,131 @@
+//! Running the real `shardline` binary in a temporary directory, as a user would.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// A temporary working directory and the environment the binary runs with.
+pub struct TestDir {
+    pub dir: tempfile::TempDir,
+    pub env: Vec<(&'static str, String)>,
+}
+
+/// The result of one run.
+pub struct Run {
+    pub output: Output,
+}
+
+impl Run {
+    pub fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.output.stdout).into_owned()
+    }
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.output.stderr).into_owned()
+    }
+    /// Asserts success and returns stdout.
+    pub fn ok(self) -> String {
+        assert!(
+            self.output.status.success(),
+            "expected success\nstdout:\n{}\nstderr:\n{}",
+            self.stdout(),
+            self.stderr()
+        );
+        self.stdout()
+    }
+    /// Asserts failure and returns stderr.
+    pub fn fails(self) -> String {
+        assert!(
+            !self.output.status.success(),
+            "expected failure\nstdout:\n{}\nstderr:\n{}",
+            self.stdout(),
+            self.stderr()
+        );
+        self.stderr()
+    }
+}
+
+impl TestDir {
+    pub fn new() -> TestDir {
+        TestDir {
+            dir: tempfile::tempdir().expect("tempdir"),
+            env: Vec::new(),
+        }
+    }
+
+    pub fn path(&self, relative: &str) -> PathBuf {
+        self.dir.path().join(relative)
+    }
+
+    /// The path of `relative` as a string argument.
+    pub fn arg(&self, relative: &str) -> String {
+        self.path(relative).to_str().expect("utf-8").to_string()
+    }
+
+    pub fn run(&self, args: &[&str]) -> Run {
+        let output = Command::new(env!("CARGO_BIN_EXE_shardline"))
+            .args(args)
+            .current_dir(self.dir.path())
+            .env_remove("AWS_ENDPOINT_URL")
+            .envs(self.env.iter().map(|(k, v)| (*k, v.as_str())))
+            .output()
+            .expect("run shardline");
+        Run { output }
+    }
+
+    /// Generates a small shapes dataset at `relative`.
+    pub fn shapes(&self, out: &str, classes: usize, per_class: usize) {
+        self.run(&[
+            "datagen",
+            "shapes",
+            "--out",
+            out,
+            "--classes",
+            &classes.to_string(),
+            "--per-class",
+            &per_class.to_string(),
+            "--size",
+            "16",
+        ])
+        .ok();
+    }
+}
+
+/// Every file below `dir`, relative, sorted.
+pub fn files(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                walk(root, &path, out);
+            } else {
+                out.push(
+                    path.strip_prefix(root)
+                        .expect("below")
+                        .to_string_lossy()
+                        .into_owned(),
+                );
+            }
+        }
+    }
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}
+
+/// Parses a SageMaker manifest into (prefix, keys).
+pub fn manifest(path: &Path) -> (String, Vec<String>) {
+    let value: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(path).expect("read manifest")).expect("json");
+    let items = value.as_array().expect("array");
+    let prefix = items[0]["prefix"].as_str().expect("prefix").to_string();
+    let keys = items[1..]
+        .iter()
+        .map(|v| v.as_str().expect("key").to_string())
+        .collect();
+    (prefix, keys)
+}

@@ -1,0 +1,121 @@
+//! The manifest step against a real S3-compatible server: a single-node Garage on loopback,
+//! started by this test (which fails, never skips, when Garage is missing).
+
+mod common;
+
+use common::{TestDir, manifest};
+use shardline_store::garage::LocalGarage;
+
+#[test]
+fn manifest_from_and_to_s3() {
+    let mut t = TestDir::new();
+    let garage = LocalGarage::start(&t.path("garage"), "lake").expect("start garage");
+    t.env = garage.env();
+
+    let source = garage.url("pets");
+    t.shapes(&source, 3, 30);
+    let out = garage.url("datasets/pets-v1");
+    let stdout = t
+        .run(&["manifest", "--source", &source, "--out", &out])
+        .ok();
+    assert!(stdout.contains("90 objects in 3 classes"), "{stdout}");
+
+    // Read the outputs back through a local copy made by a second run: S3 in, local out.
+    t.run(&["manifest", "--source", &source, "--out", "local-out"])
+        .ok();
+    let (prefix, keys) = manifest(&t.path("local-out/train.manifest"));
+    assert_eq!(prefix, "s3://lake/pets/");
+    assert_eq!(keys.len(), 72);
+    assert!(
+        keys.iter().all(|k| !k.starts_with("pets/")),
+        "keys are relative to the prefix"
+    );
+    let lineage: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(t.path("local-out/lineage.json")).expect("read"))
+            .expect("json");
+    assert_eq!(lineage["source"], "s3://lake/pets/");
+    assert_eq!(
+        lineage["totals"],
+        serde_json::json!({"train": 72, "validation": 9, "test": 9})
+    );
+
+    // The S3 output holds the same bytes as the local one, and a rerun is a no-op.
+    let stdout = t
+        .run(&["manifest", "--source", &source, "--out", &out])
+        .ok();
+    assert!(stdout.contains("unchanged"), "{stdout}");
+
+    // Objects without a class prefix, on S3.
+    t.run(&[
+        "datagen",
+        "shapes",
+        "--out",
+        &garage.url("flat"),
+        "--classes",
+        "1",
+        "--per-class",
+        "2",
+        "--size",
+        "8",
+    ])
+    .ok();
+    let err = t
+        .run(&["manifest", "--source", &garage.url(""), "--out", "x"])
+        .fails();
+    assert!(
+        err.contains("directly under s3://lake/") || err.contains("class"),
+        "{err}"
+    );
+
+    // An empty prefix and a missing bucket.
+    let err = t
+        .run(&[
+            "manifest",
+            "--source",
+            &garage.url("nothing-here"),
+            "--out",
+            "x",
+        ])
+        .fails();
+    assert!(err.contains("holds no objects"), "{err}");
+    let err = t
+        .run(&[
+            "manifest",
+            "--source",
+            "s3://no-such-bucket/pets",
+            "--out",
+            "x",
+        ])
+        .fails();
+    assert!(err.contains("no-such-bucket"), "{err}");
+}
+
+#[test]
+fn bad_credentials_and_unreachable_stores_are_reported() {
+    let mut t = TestDir::new();
+    let garage = LocalGarage::start(&t.path("garage"), "lake").expect("start garage");
+    t.env = garage.env();
+    t.shapes(&garage.url("pets"), 2, 10);
+
+    t.env.push(("AWS_SECRET_ACCESS_KEY", "0".repeat(64)));
+    let err = t
+        .run(&["manifest", "--source", &garage.url("pets"), "--out", "out"])
+        .fails();
+    assert!(
+        err.contains("access denied") && err.contains("AWS_ACCESS_KEY_ID"),
+        "{err}"
+    );
+    assert!(!t.path("out").exists());
+
+    t.env = garage.env();
+    t.env
+        .push(("AWS_ENDPOINT_URL", "http://127.0.0.1:9".to_string()));
+    let err = t
+        .run(&["manifest", "--source", &garage.url("pets"), "--out", "out"])
+        .fails();
+    assert!(
+        err.contains("reachable") && err.contains("AWS_ENDPOINT_URL"),
+        "{err}"
+    );
+    assert!(!t.path("out").exists());
+}
