@@ -7,7 +7,9 @@
 mod cmd;
 mod progress;
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
+use std::sync::Mutex;
 
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
@@ -46,22 +48,58 @@ enum Command {
     /// List a store whose first-level prefixes are class labels and write channel manifests,
     /// the dataset table and a lineage record.
     Manifest(cmd::manifest::Args),
+    /// Distribute each channel's objects to N processing instances; each writes its own
+    /// WebDataset shards (or runs your script under the SageMaker Processing contract).
+    Process(Box<cmd::process::Args>),
     /// Measure a stage against its usual Python implementation and print a table.
     #[command(subcommand)]
     Bench(cmd::bench::Command),
 }
 
+/// Everything logged by this process, kept so that an instance can upload its own log.
+static LOG: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+
+/// The log lines written so far by this process.
+pub fn log_buffer() -> Vec<u8> {
+    LOG.lock().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+struct Tee;
+
+impl std::io::Write for Tee {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        LOG.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(bytes);
+        std::io::stderr().write_all(bytes)?;
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
 fn init_tracing(verbose: u8) {
+    // An instance started by a launcher logs its progress at info level: that is its log file.
+    let instance = [
+        "SHARDLINE_RANK",
+        "OMPI_COMM_WORLD_RANK",
+        "SLURM_PROCID",
+        "JOB_COMPLETION_INDEX",
+    ]
+    .iter()
+    .any(|v| std::env::var_os(v).is_some());
     let default = match verbose {
-        0 => "warn",
-        1 => "info",
+        0 if !instance => "warn",
+        0 | 1 => "info",
         _ => "debug",
     };
     let filter =
         EnvFilter::try_from_env("SHARDLINE_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(|| Tee)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .init();
 }
@@ -85,6 +123,7 @@ fn main() -> ExitCode {
             Command::Quickstart(args) => cmd::quickstart::run(args, &ui).await,
             Command::Datagen(command) => cmd::datagen::run(command, &ui).await,
             Command::Manifest(args) => cmd::manifest::run(args, &ui).await,
+            Command::Process(args) => cmd::process::run(*args, &ui).await,
             Command::Bench(command) => cmd::bench::run(command, &ui).await,
         }
     });

@@ -19,7 +19,6 @@ use crate::{Error, Result, Store};
 
 /// The folder under an output prefix where Shardline keeps its bookkeeping.
 pub const CONTROL_DIR: &str = ".shardline";
-const RECORD: &str = ".shardline/commit.json";
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Record {
@@ -31,12 +30,26 @@ struct Record {
 #[derive(Debug)]
 pub struct Commit<'a> {
     store: &'a Store,
+    control: String,
     id: String,
     files: Vec<String>,
 }
 
-fn staging_key(id: &str, name: &str) -> String {
-    format!("{CONTROL_DIR}/staging/{id}/{name}")
+/// The bookkeeping folder of a commit scope: writers that publish independently under the same
+/// prefix at the same time (the instances of a job) each use their own scope.
+fn control(scope: Option<&str>) -> String {
+    match scope {
+        None => CONTROL_DIR.to_string(),
+        Some(scope) => format!("{CONTROL_DIR}/scopes/{scope}"),
+    }
+}
+
+fn staging_key(control: &str, id: &str, name: &str) -> String {
+    format!("{control}/staging/{id}/{name}")
+}
+
+fn record_key(control: &str) -> String {
+    format!("{control}/commit.json")
 }
 
 /// A fresh identifier for a commit: unique per process and moment, so that two writers never
@@ -53,8 +66,14 @@ fn commit_id() -> String {
 impl<'a> Commit<'a> {
     /// Starts a commit under `store`'s prefix.
     pub fn begin(store: &'a Store) -> Commit<'a> {
+        Commit::begin_scoped(store, None)
+    }
+
+    /// Starts a commit in its own scope, independent of other writers' scopes.
+    pub fn begin_scoped(store: &'a Store, scope: Option<&str>) -> Commit<'a> {
         Commit {
             store,
+            control: control(scope),
             id: commit_id(),
             files: Vec::new(),
         }
@@ -62,8 +81,19 @@ impl<'a> Commit<'a> {
 
     /// Stages one file, to be published under `name` (relative to the store's prefix).
     pub async fn stage(&mut self, name: &str, bytes: Bytes) -> Result<()> {
-        self.store.put(&staging_key(&self.id, name), bytes).await?;
+        self.store
+            .put(&staging_key(&self.control, &self.id, name), bytes)
+            .await?;
         self.files.push(name.to_string());
+        Ok(())
+    }
+
+    /// Abandons the commit, deleting what was staged.
+    pub async fn abort(self) -> Result<()> {
+        self.store
+            .delete_prefix(&format!("{}/staging/{}", self.control, self.id))
+            .await?;
+        self.store.remove_empty_dirs(CONTROL_DIR);
         Ok(())
     }
 
@@ -74,26 +104,27 @@ impl<'a> Commit<'a> {
             id: self.id,
             files: self.files,
         };
+        let key = record_key(&self.control);
         let bytes = serde_json::to_vec(&record).map_err(|e| Error::BadCommitRecord {
-            url: self.store.uri_of(RECORD),
+            url: self.store.uri_of(&key),
             reason: e.to_string(),
         })?;
-        self.store.put(RECORD, Bytes::from(bytes)).await?;
-        roll_forward(self.store, &record).await
+        self.store.put(&key, Bytes::from(bytes)).await?;
+        roll_forward(self.store, &self.control, &record).await
     }
 }
 
-async fn roll_forward(store: &Store, record: &Record) -> Result<()> {
+async fn roll_forward(store: &Store, control: &str, record: &Record) -> Result<()> {
     for name in &record.files {
-        let staged = staging_key(&record.id, name);
+        let staged = staging_key(control, &record.id, name);
         // A staged file that is gone was already moved before an earlier crash.
         if store.exists(&staged).await? {
             store.rename(&staged, name).await?;
         }
     }
-    store.delete(RECORD).await?;
+    store.delete(&record_key(control)).await?;
     store
-        .delete_prefix(&format!("{CONTROL_DIR}/staging/{}", record.id))
+        .delete_prefix(&format!("{control}/staging/{}", record.id))
         .await?;
     store.remove_empty_dirs(CONTROL_DIR);
     Ok(())
@@ -102,22 +133,27 @@ async fn roll_forward(store: &Store, record: &Record) -> Result<()> {
 /// Finishes a commit that a crashed writer left under `store`'s prefix, and deletes staged files
 /// that no commit record names. Returns whether a commit was rolled forward.
 pub async fn recover(store: &Store) -> Result<bool> {
-    let rolled = match store.get_opt(RECORD).await? {
+    recover_scoped(store, None).await
+}
+
+/// [`recover`] for one scope; other scopes are left alone.
+pub async fn recover_scoped(store: &Store, scope: Option<&str>) -> Result<bool> {
+    let control = control(scope);
+    let key = record_key(&control);
+    let rolled = match store.get_opt(&key).await? {
         Some(bytes) => {
             let record: Record =
                 serde_json::from_slice(&bytes).map_err(|e| Error::BadCommitRecord {
-                    url: store.uri_of(RECORD),
+                    url: store.uri_of(&key),
                     reason: e.to_string(),
                 })?;
             tracing::warn!(url = %store.uri(), id = %record.id, "finishing an interrupted commit");
-            roll_forward(store, &record).await?;
+            roll_forward(store, &control, &record).await?;
             true
         }
         None => false,
     };
-    store
-        .delete_prefix(&format!("{CONTROL_DIR}/staging"))
-        .await?;
+    store.delete_prefix(&format!("{control}/staging")).await?;
     store.remove_empty_dirs(CONTROL_DIR);
     Ok(rolled)
 }
@@ -165,7 +201,10 @@ mod tests {
             files: vec!["a.txt".into(), "b.txt".into()],
         };
         let bytes = serde_json::to_vec(&record).expect("json");
-        store.put(RECORD, Bytes::from(bytes)).await.expect("put");
+        store
+            .put(&record_key(CONTROL_DIR), Bytes::from(bytes))
+            .await
+            .expect("put");
         assert!(recover(&store).await.expect("recover"));
         assert_eq!(
             store.get("b.txt").await.expect("get"),

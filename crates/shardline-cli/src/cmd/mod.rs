@@ -3,4 +3,5 @@
 pub mod bench;
 pub mod datagen;
 pub mod manifest;
+pub mod process;
 pub mod quickstart;

@@ -1,0 +1,297 @@
+//! One processing instance: take this rank's share of every channel, turn each object into a
+//! tensor, write size-bounded shards, and publish them atomically with the instance's result
+//! record last. A rerun of a finished instance with the same job is a no-op.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use futures::stream::StreamExt;
+use serde::{Deserialize, Serialize};
+use shardline_lineage::{Digest, Hasher};
+use shardline_store::Store;
+use shardline_store::commit::{self, Commit};
+
+use crate::Error;
+use crate::distribute::share;
+use crate::identity::host;
+use crate::job::{Input, Job};
+use crate::shards::{ShardRecord, ShardWriter};
+use crate::transform::{self, Reject};
+
+/// Where an instance's result record lives under the output.
+pub fn result_key(host: &str) -> String {
+    format!(".shardline/instances/{host}.json")
+}
+
+/// An object that could not be processed, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Quarantined {
+    /// The channel.
+    pub channel: String,
+    /// The object's full URI.
+    pub uri: String,
+    /// Why it was skipped.
+    pub reason: String,
+}
+
+/// What an instance did in one channel.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChannelResult {
+    /// Objects assigned to this instance.
+    pub assigned: u64,
+    /// Samples written.
+    pub written: u64,
+    /// Objects quarantined.
+    pub quarantined: u64,
+    /// A digest of the assigned URIs, in order: the assignment, recorded for lineage.
+    pub assignment: Digest,
+    /// The shards written, in order.
+    pub shards: Vec<ShardRecord>,
+    /// Per colour channel: the sum of tensor values (for the recipe's mean).
+    pub sum: Vec<f64>,
+    /// Per colour channel: the sum of squared tensor values (for the recipe's std).
+    pub sum_sq: Vec<f64>,
+    /// Values summed per colour channel.
+    pub values: u64,
+}
+
+/// The result record of one instance, `.shardline/instances/algo-<i>.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstanceResult {
+    /// `algo-<rank+1>`.
+    pub host: String,
+    /// 0-based rank.
+    pub rank: usize,
+    /// The job this result belongs to.
+    pub job: Digest,
+    /// Per channel.
+    pub channels: BTreeMap<String, ChannelResult>,
+    /// Objects that were skipped, with reasons.
+    pub quarantine: Vec<Quarantined>,
+    /// Wall time of the processing, in seconds.
+    pub seconds: f64,
+    /// Objects per second.
+    pub records_per_second: f64,
+}
+
+/// Progress of one instance.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Tick {
+    /// Objects handled so far.
+    pub done: u64,
+    /// Objects assigned in all.
+    pub total: u64,
+    /// Objects quarantined so far.
+    pub errors: u64,
+}
+
+/// Reads the result record of an instance, if it finished.
+pub async fn read_result(out: &Store, host: &str) -> Result<Option<InstanceResult>, Error> {
+    match out.get_opt(&result_key(host)).await? {
+        Some(bytes) => Ok(serde_json::from_slice(&bytes).ok()),
+        None => Ok(None),
+    }
+}
+
+/// Runs instance `rank` of `job`, writing under `out`. Returns the result, or the earlier result
+/// when this instance already finished the same job (unless `force`).
+pub async fn run(
+    job: &Job,
+    rank: usize,
+    out: &Store,
+    force: bool,
+    progress: &(dyn Fn(Tick) + Send + Sync),
+) -> Result<InstanceResult, Error> {
+    let host = host(rank);
+    let digest = job.digest();
+    commit::recover_scoped(out, Some(&host)).await?;
+    let earlier = read_result(out, &host).await?;
+    if let Some(result) = &earlier
+        && result.job == digest
+        && !force
+    {
+        tracing::info!(%host, "already finished this job; nothing to do");
+        return Ok(result.clone());
+    }
+    let started = Instant::now();
+    let size = job.settings.instances;
+    let shares: Vec<(&Input, Vec<usize>)> = job
+        .inputs
+        .iter()
+        .map(|input| {
+            let uris = input.uris();
+            (input, share(&uris, rank, size, job.settings.distribution))
+        })
+        .collect();
+    let total: u64 = shares.iter().map(|(_, s)| s.len() as u64).sum();
+    let mut tick = Tick {
+        total,
+        ..Tick::default()
+    };
+    progress(tick);
+
+    let mut stores: HashMap<String, Store> = HashMap::new();
+    let mut tx = Commit::begin_scoped(out, Some(&host));
+    let mut channels = BTreeMap::new();
+    let mut quarantine = Vec::new();
+    let recipe = Arc::new(job.settings.recipe.clone());
+    let shape = recipe.shape();
+    for (input, positions) in shares {
+        let mut result = ChannelResult {
+            assigned: positions.len() as u64,
+            written: 0,
+            quarantined: 0,
+            assignment: Digest::of(b""),
+            shards: Vec::new(),
+            sum: vec![0.0; shape[2]],
+            sum_sq: vec![0.0; shape[2]],
+            values: 0,
+        };
+        let mut assignment = Hasher::new();
+        for root in &input.roots {
+            if !stores.contains_key(root) {
+                stores.insert(root.clone(), Store::open(root)?);
+            }
+        }
+        let mut writer = ShardWriter::new(&host, job.settings.shard_bytes);
+        let fetches = positions.iter().map(|&p| {
+            let record = &input.records[p];
+            let root = &input.roots[record.root];
+            let store = stores.get(root).cloned();
+            async move {
+                let uri = format!("{root}{}", record.key);
+                let bytes = match store {
+                    Some(store) => store.get(&record.key).await,
+                    None => unreachable_store(root),
+                };
+                (record, uri, bytes)
+            }
+        });
+        let mut fetched = futures::stream::iter(fetches).buffered(8);
+        let mut sequence = 0u64;
+        while let Some((record, uri, bytes)) = fetched.next().await {
+            assignment.update(uri.as_bytes());
+            assignment.update(b"\n");
+            let outcome = match bytes {
+                // A missing object is quarantined like a corrupt one; a store that fails is fatal.
+                Err(shardline_store::Error::NotFound { .. }) => {
+                    Err("the object does not exist".to_string())
+                }
+                Err(e) => return Err(e.into()),
+                Ok(bytes) => {
+                    let recipe = recipe.clone();
+                    let key = record.key.clone();
+                    let seed = job.settings.seed;
+                    tokio::task::spawn_blocking(move || {
+                        let mut resizer = fast_image_resize::Resizer::new();
+                        transform::process(&bytes, &key, seed, &recipe, &mut resizer)
+                    })
+                    .await
+                    .map_err(|e| format!("the decoder panicked: {e}"))
+                    .and_then(|r| r.map_err(|e: Reject| e.to_string()))
+                }
+            };
+            tick.done += 1;
+            match outcome {
+                Ok(tensor) => {
+                    for (c, value) in tensor
+                        .chunks_exact(shape[2])
+                        .flat_map(|px| px.iter().enumerate())
+                    {
+                        let v = f64::from(*value);
+                        result.sum[c] += v;
+                        result.sum_sq[c] += v * v;
+                    }
+                    result.values += (tensor.len() / shape[2]) as u64;
+                    let npy = transform::npy(&tensor, &shape);
+                    let label = record.label.to_string();
+                    let meta = serde_json::json!({
+                        "key": record.key,
+                        "source": uri,
+                        "class": record.class,
+                        "label": record.label,
+                    })
+                    .to_string();
+                    let basename = format!("{sequence:08}");
+                    sequence += 1;
+                    let files: [(&str, &[u8]); 3] = [
+                        ("npy", &npy),
+                        ("cls", label.as_bytes()),
+                        ("json", meta.as_bytes()),
+                    ];
+                    let closed = writer
+                        .add(&basename, &files)
+                        .map_err(|e| Error::io("shard", e))?;
+                    if let Some(shard) = closed {
+                        tx.stage(
+                            &format!("{}/{}", input.channel, shard.record.url),
+                            Bytes::from(shard.bytes),
+                        )
+                        .await?;
+                        result.shards.push(shard.record);
+                    }
+                    result.written += 1;
+                }
+                Err(reason) => {
+                    tracing::warn!(%uri, %reason, "quarantined");
+                    tick.errors += 1;
+                    result.quarantined += 1;
+                    quarantine.push(Quarantined {
+                        channel: input.channel.clone(),
+                        uri,
+                        reason,
+                    });
+                }
+            }
+            progress(tick);
+        }
+        if let Some(shard) = writer.close().map_err(|e| Error::io("shard", e))? {
+            tx.stage(
+                &format!("{}/{}", input.channel, shard.record.url),
+                Bytes::from(shard.bytes),
+            )
+            .await?;
+            result.shards.push(shard.record);
+        }
+        result.assignment = assignment.finish();
+        channels.insert(input.channel.clone(), result);
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let result = InstanceResult {
+        host: host.clone(),
+        rank,
+        job: digest,
+        channels,
+        quarantine,
+        seconds,
+        records_per_second: total as f64 / seconds.max(1e-9),
+    };
+    let bytes = serde_json::to_vec_pretty(&result).unwrap_or_default();
+    tx.stage(&result_key(&host), Bytes::from(bytes)).await?;
+    tx.publish().await?;
+    // Shards of an earlier, different run of this instance that the new run did not rewrite.
+    if let Some(earlier) = earlier {
+        for (channel, old) in &earlier.channels {
+            let kept: Vec<&str> = result
+                .channels
+                .get(channel)
+                .map(|c| c.shards.iter().map(|s| s.url.as_str()).collect())
+                .unwrap_or_default();
+            for shard in &old.shards {
+                if !kept.contains(&shard.url.as_str()) {
+                    out.delete(&format!("{channel}/{}", shard.url)).await?;
+                }
+            }
+        }
+    }
+    Ok(result)
+}
+
+fn unreachable_store(root: &str) -> Result<Bytes, shardline_store::Error> {
+    Err(shardline_store::Error::InvalidUrl {
+        url: root.to_string(),
+        reason: "no store was opened for this root".into(),
+    })
+}

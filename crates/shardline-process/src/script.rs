@@ -1,0 +1,382 @@
+//! The user's own processing program, run once per instance under the SageMaker Processing
+//! container contract:
+//!
+//! - this instance's share of each channel downloaded to `<root>/processing/input/<channel>/<key>`;
+//! - `<root>/config/resourceconfig.json` (`current_host`, `hosts`) and
+//!   `<root>/config/processingjobconfig.json` (the job request, SageMaker's field names);
+//! - the program's outputs under `<root>/processing/output/<name>/` uploaded, when it exits 0, to
+//!   `<out>/<name>/<host>/...` (per-instance names, so instances never collide);
+//! - on failure, the first KiB of `<root>/output/message` is reported.
+//!
+//! With `--root /opt/ml` the paths are exactly SageMaker's. `{root}` in the command is replaced by
+//! the instance's root.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use bytes::Bytes;
+use serde_json::json;
+use shardline_lineage::{Digest, FileRecord, PRODUCER};
+use shardline_store::Store;
+use shardline_store::commit::{self, Commit};
+
+use crate::Error;
+use crate::distribute::share;
+use crate::identity::host;
+use crate::instance::{ChannelResult, InstanceResult, Tick, read_result, result_key};
+use crate::job::Job;
+use crate::shards::ShardRecord;
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |e| Error::io(path, e)
+}
+
+fn write_json(path: &Path, value: &serde_json::Value) -> Result<(), Error> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(io(parent))?;
+    }
+    let text = serde_json::to_string_pretty(value).unwrap_or_default();
+    std::fs::write(path, text).map_err(io(path))
+}
+
+fn files_below(dir: &Path) -> Result<Vec<PathBuf>, Error> {
+    let mut out = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(current) = pending.pop() {
+        for entry in std::fs::read_dir(&current).map_err(io(&current))? {
+            let path = entry.map_err(io(&current))?.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if path.is_file() {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// The processing job request as SageMaker echoes it in `processingjobconfig.json`.
+fn job_config(job: &Job, root: &Path, out: &Store, command: &str) -> serde_json::Value {
+    let inputs: Vec<serde_json::Value> = job
+        .inputs
+        .iter()
+        .map(|input| {
+            json!({
+                "InputName": input.channel,
+                "S3Input": {
+                    "LocalPath": root.join("processing/input").join(&input.channel),
+                    "S3Uri": input.uri,
+                    "S3DataDistributionType": match job.settings.distribution {
+                        crate::distribute::Distribution::ShardedByKey => "ShardedByS3Key",
+                        crate::distribute::Distribution::FullyReplicated => "FullyReplicated",
+                    },
+                    "S3DataType": if input.uri.ends_with(".manifest") { "ManifestFile" } else { "S3Prefix" },
+                    "S3InputMode": "File",
+                }
+            })
+        })
+        .collect();
+    let outputs: Vec<serde_json::Value> = job
+        .inputs
+        .iter()
+        .map(|input| {
+            json!({
+                "OutputName": input.channel,
+                "S3Output": {
+                    "LocalPath": root.join("processing/output").join(&input.channel),
+                    "S3Uri": out.uri_of(&input.channel),
+                    "S3UploadMode": "EndOfJob",
+                }
+            })
+        })
+        .collect();
+    json!({
+        "ProcessingJobName": format!("shardline-{}", &job.digest().as_str()[7..19]),
+        "AppSpecification": {
+            "ImageUri": "local",
+            "ContainerEntrypoint": ["sh", "-c"],
+            "ContainerArguments": [command],
+        },
+        "Environment": {},
+        "ProcessingInputs": inputs,
+        "ProcessingOutputConfig": {"Outputs": outputs},
+        "ProcessingResources": {"ClusterConfig": {
+            "InstanceCount": job.settings.instances,
+            "InstanceType": "local",
+            "VolumeSizeInGB": 0,
+        }},
+    })
+}
+
+/// Runs the script as instance `rank`: download the share, write the config files, run, upload.
+pub async fn run(
+    job: &Job,
+    rank: usize,
+    out: &Store,
+    root: Option<&Path>,
+    force: bool,
+    progress: &(dyn Fn(Tick) + Send + Sync),
+) -> Result<InstanceResult, Error> {
+    let command = job.settings.script.clone().unwrap_or_default();
+    let host = host(rank);
+    let digest = job.digest();
+    commit::recover_scoped(out, Some(&host)).await?;
+    if let Some(result) = read_result(out, &host).await?
+        && result.job == digest
+        && !force
+    {
+        return Ok(result);
+    }
+    let started = Instant::now();
+    let temp;
+    let root: PathBuf = match root {
+        // Several local instances on one machine each get their own folder below the root.
+        Some(root)
+            if job.settings.instances > 1 && std::env::var_os("SHARDLINE_SUPERVISED").is_some() =>
+        {
+            root.join(&host)
+        }
+        Some(root) => root.to_path_buf(),
+        None => {
+            temp = tempfile::Builder::new()
+                .prefix(&format!("shardline-{host}-"))
+                .tempdir()
+                .map_err(io(Path::new("temp")))?;
+            temp.path().to_path_buf()
+        }
+    };
+    for dir in ["processing/input", "processing/output", "output"] {
+        let dir = root.join(dir);
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).map_err(io(&dir))?;
+        }
+    }
+    // Download this instance's share of every channel.
+    let mut channels = BTreeMap::new();
+    let total: u64 = job
+        .inputs
+        .iter()
+        .map(|i| {
+            share(
+                &i.uris(),
+                rank,
+                job.settings.instances,
+                job.settings.distribution,
+            )
+            .len() as u64
+        })
+        .sum();
+    let mut tick = Tick {
+        total,
+        ..Tick::default()
+    };
+    for input in &job.inputs {
+        let positions = share(
+            &input.uris(),
+            rank,
+            job.settings.instances,
+            job.settings.distribution,
+        );
+        let dir = root.join("processing/input").join(&input.channel);
+        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+        std::fs::create_dir_all(root.join("processing/output").join(&input.channel))
+            .map_err(io(&root))?;
+        let mut assignment = shardline_lineage::Hasher::new();
+        for p in &positions {
+            let record = &input.records[*p];
+            let store = Store::open(&input.roots[record.root])?;
+            let bytes = store.get(&record.key).await?;
+            let path = dir.join(&record.key);
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent).map_err(io(parent))?;
+            }
+            std::fs::write(&path, &bytes).map_err(io(&path))?;
+            assignment.update(format!("{}{}\n", input.roots[record.root], record.key).as_bytes());
+            tick.done += 1;
+            progress(tick);
+        }
+        channels.insert(
+            input.channel.clone(),
+            ChannelResult {
+                assigned: positions.len() as u64,
+                written: 0,
+                quarantined: 0,
+                assignment: assignment.finish(),
+                shards: Vec::new(),
+                sum: Vec::new(),
+                sum_sq: Vec::new(),
+                values: 0,
+            },
+        );
+    }
+    let hosts: Vec<String> = (0..job.settings.instances)
+        .map(crate::identity::host)
+        .collect();
+    write_json(
+        &root.join("config/resourceconfig.json"),
+        &json!({"current_host": host, "hosts": hosts}),
+    )?;
+    write_json(
+        &root.join("config/processingjobconfig.json"),
+        &job_config(job, &root, out, &command),
+    )?;
+    std::fs::create_dir_all(root.join("output")).map_err(io(&root))?;
+
+    let command_line = command.replace("{root}", &root.display().to_string());
+    tracing::info!(%host, command = %command_line, root = %root.display(), "running the processing script");
+    let status = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(&command_line)
+        .current_dir(&root)
+        .env("SHARDLINE_HOST", &host)
+        .env("SHARDLINE_PROCESSING_ROOT", &root)
+        .stdin(std::process::Stdio::null())
+        .status()
+        .await
+        .map_err(|e| Error::Script {
+            host: host.clone(),
+            reason: format!("cannot start `sh -c {command_line}`: {e}"),
+        })?;
+    if !status.success() {
+        let message = std::fs::read(root.join("output/message")).unwrap_or_default();
+        let message = String::from_utf8_lossy(&message[..message.len().min(1024)])
+            .trim()
+            .to_string();
+        return Err(Error::Script {
+            host,
+            reason: format!(
+                "{status}{}",
+                if message.is_empty() {
+                    String::new()
+                } else {
+                    format!("; its message: {message}")
+                }
+            ),
+        });
+    }
+    // Upload the outputs under per-instance names, atomically, with the result record last.
+    let mut tx = Commit::begin_scoped(out, Some(&host));
+    let output_root = root.join("processing/output");
+    for entry in std::fs::read_dir(&output_root).map_err(io(&output_root))? {
+        let dir = entry.map_err(io(&output_root))?.path();
+        if !dir.is_dir() {
+            continue;
+        }
+        let name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let channel = channels
+            .entry(name.clone())
+            .or_insert_with(|| ChannelResult {
+                assigned: 0,
+                written: 0,
+                quarantined: 0,
+                assignment: Digest::of(b""),
+                shards: Vec::new(),
+                sum: Vec::new(),
+                sum_sq: Vec::new(),
+                values: 0,
+            });
+        for file in files_below(&dir)? {
+            let relative = file
+                .strip_prefix(&dir)
+                .unwrap_or(&file)
+                .to_string_lossy()
+                .replace('\\', "/");
+            let bytes = std::fs::read(&file).map_err(io(&file))?;
+            let url = format!("{host}/{relative}");
+            channel.shards.push(ShardRecord {
+                url: url.clone(),
+                nsamples: 0,
+                filesize: bytes.len() as u64,
+                sha256: Digest::of(&bytes),
+            });
+            channel.written += 1;
+            tx.stage(&format!("{name}/{url}"), Bytes::from(bytes))
+                .await?;
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let result = InstanceResult {
+        host: host.clone(),
+        rank,
+        job: digest,
+        channels,
+        quarantine: Vec::new(),
+        seconds,
+        records_per_second: total as f64 / seconds.max(1e-9),
+    };
+    tx.stage(
+        &result_key(&host),
+        Bytes::from(serde_json::to_vec_pretty(&result).unwrap_or_default()),
+    )
+    .await?;
+    tx.publish().await?;
+    Ok(result)
+}
+
+/// What a script job produced.
+pub struct ScriptReport {
+    /// Instances that ran.
+    pub instances: usize,
+}
+
+/// Writes `report.json` and `lineage.json` for a script job.
+pub async fn finalize(
+    job: &Job,
+    out: &Store,
+    results: &[InstanceResult],
+) -> Result<ScriptReport, Error> {
+    let outputs: BTreeMap<String, FileRecord> = results
+        .iter()
+        .flat_map(|r| {
+            r.channels.iter().flat_map(|(name, c)| {
+                c.shards.iter().map(move |s| {
+                    (
+                        format!("{name}/{}", s.url),
+                        FileRecord {
+                            bytes: s.filesize,
+                            digest: s.sha256.clone(),
+                        },
+                    )
+                })
+            })
+        })
+        .collect();
+    let report = json!({
+        "status": "succeeded",
+        "script": job.settings.script,
+        "instances": results.iter().map(|r| json!({
+            "host": r.host,
+            "seconds": r.seconds,
+            "channels": r.channels.iter().map(|(c, x)| (c.clone(), json!({"assigned": x.assigned, "files": x.written}))).collect::<BTreeMap<_, _>>(),
+        })).collect::<Vec<_>>(),
+    });
+    let report_bytes = serde_json::to_vec_pretty(&report).unwrap_or_default();
+    let lineage = json!({
+        "producer": PRODUCER,
+        "step": "process",
+        "job": job.digest(),
+        "script": job.settings.script,
+        "distribution": job.settings.distribution.rule(),
+        "inputs": job.inputs.iter().map(|i| json!({"channel": i.channel, "uri": i.uri, "digest": i.digest})).collect::<Vec<_>>(),
+        "assignment": results.iter().map(|r| (r.host.clone(), r.channels.iter().map(|(c, x)| (c.clone(), json!([x.assigned, x.assignment]))).collect::<BTreeMap<_, _>>())).collect::<BTreeMap<_, _>>(),
+        "outputs": outputs,
+        "report": FileRecord::of(&report_bytes),
+    });
+    commit::recover(out).await?;
+    let mut tx = Commit::begin(out);
+    tx.stage("report.json", Bytes::from(report_bytes)).await?;
+    tx.stage(
+        "lineage.json",
+        Bytes::from(serde_json::to_vec_pretty(&lineage).unwrap_or_default()),
+    )
+    .await?;
+    tx.publish().await?;
+    Ok(ScriptReport {
+        instances: results.len(),
+    })
+}
