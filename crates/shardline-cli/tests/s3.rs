@@ -119,3 +119,82 @@ fn bad_credentials_and_unreachable_stores_are_reported() {
     );
     assert!(!t.path("out").exists());
 }
+
+#[test]
+fn process_on_s3_survives_an_instance_killed_mid_upload() {
+    let mut t = TestDir::new();
+    let garage = LocalGarage::start(&t.path("garage"), "lake").expect("start garage");
+    t.env = garage.env();
+    let source = garage.url("pets");
+    t.shapes(&source, 2, 20);
+    let manifests = garage.url("datasets/pets");
+    t.run(&[
+        "manifest",
+        "--source",
+        &source,
+        "--out",
+        &manifests,
+        "--split",
+        "train=0.5,validation=0.25,test=0.25",
+    ])
+    .ok();
+
+    // algo-1 dies after uploading its shards to staging and before committing them.
+    t.env
+        .push(("SHARDLINE_FAULT", "algo-1:before-publish".into()));
+    let out = garage.url("processed");
+    let mut args = vec!["process".to_string()];
+    for channel in ["train", "validation", "test"] {
+        args.push("--input".into());
+        args.push(format!("{channel}={manifests}/{channel}.manifest"));
+    }
+    args.extend(["--out", &out, "--instances", "2", "--size", "16x16"].map(String::from));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let stdout = t.run(&refs).ok();
+    assert!(stdout.contains("retried algo-1 attempt 1"), "{stdout}");
+
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let store = shardline_store::Store::open_with(&out, &garage.env()).expect("open");
+    let keys: Vec<String> = runtime
+        .block_on(store.list_all(""))
+        .expect("list")
+        .into_iter()
+        .map(|o| o.key)
+        .collect();
+    assert!(keys.iter().all(|k| !k.contains("staging")), "{keys:?}");
+    for expected in [
+        "lineage.json",
+        "recipe.json",
+        "report.json",
+        "train/index.json",
+        "logs/algo-1.log",
+        "logs/algo-2.log",
+    ] {
+        assert!(
+            keys.iter().any(|k| k == expected),
+            "{expected} missing from {keys:?}"
+        );
+    }
+    let index: serde_json::Value = serde_json::from_slice(
+        &runtime
+            .block_on(store.get("train/index.json"))
+            .expect("index"),
+    )
+    .expect("json");
+    let samples: u64 = index["shardlist"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|s| s["nsamples"].as_u64().expect("n"))
+        .sum();
+    assert_eq!(samples, 20);
+    let shards = keys
+        .iter()
+        .filter(|k| k.starts_with("train/") && k.ends_with(".tar"))
+        .count();
+    assert_eq!(
+        shards,
+        index["shardlist"].as_array().expect("list").len(),
+        "no duplicate or partial shards"
+    );
+}

@@ -194,6 +194,7 @@ pub async fn run(
                 }
             };
             tick.done += 1;
+            crate::fault::point(&host, &format!("after-{}", tick.done));
             match outcome {
                 Ok(tensor) => {
                     for (c, value) in tensor
@@ -269,6 +270,7 @@ pub async fn run(
         records_per_second: total as f64 / seconds.max(1e-9),
     };
     let bytes = serde_json::to_vec_pretty(&result).unwrap_or_default();
+    crate::fault::point(&host, "before-publish");
     tx.stage(&result_key(&host), Bytes::from(bytes)).await?;
     tx.publish().await?;
     // Shards of an earlier, different run of this instance that the new run did not rewrite.

@@ -172,7 +172,9 @@ async fn read_input(channel: &str, url: &str) -> Result<Raw, Error> {
     let looks_like_file =
         url.ends_with(".manifest") || url.ends_with(".jsonl") || url.ends_with(".json");
     if looks_like_file {
-        let (dir, name) = url
+        let full = shardline_store::Location::parse(url)?.uri();
+        let (dir, name) = full
+            .trim_end_matches('/')
             .rsplit_once('/')
             .ok_or_else(|| bad("not a URL".into()))?;
         let store = Store::open(dir)?;

@@ -23,8 +23,9 @@ pub const PROGRESS_PREFIX: &str = "shardline-progress ";
 
 /// Starts one instance as an OS process.
 pub trait Launcher: Send + Sync {
-    /// Starts instance `rank` of `size`, with stdout and stderr piped.
-    fn start(&self, rank: usize, size: usize) -> std::io::Result<Child>;
+    /// Starts attempt `attempt` (1-based) of instance `rank` of `size`, with stdout and stderr
+    /// piped.
+    fn start(&self, rank: usize, size: usize, attempt: usize) -> std::io::Result<Child>;
 }
 
 /// Starts instances as child processes of this machine.
@@ -36,12 +37,13 @@ pub struct LocalProcesses {
 }
 
 impl Launcher for LocalProcesses {
-    fn start(&self, rank: usize, size: usize) -> std::io::Result<Child> {
+    fn start(&self, rank: usize, size: usize, attempt: usize) -> std::io::Result<Child> {
         Command::new(&self.program)
             .args(&self.args)
             .env("SHARDLINE_RANK", rank.to_string())
             .env("SHARDLINE_WORLD_SIZE", size.to_string())
             .env("SHARDLINE_SUPERVISED", "1")
+            .env("SHARDLINE_ATTEMPT", attempt.to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -91,7 +93,7 @@ async fn run_once(
         .await
         .map_err(|e| Error::io(log, e))?;
     let mut child = launcher
-        .start(rank, size)
+        .start(rank, size, attempt)
         .map_err(|e| Error::io("instance process", e))?;
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();
@@ -109,7 +111,12 @@ async fn run_once(
     };
     let out_task = tokio::spawn(forward(stdout.map(|s| Box::new(s) as _), tx.clone()));
     let err_task = tokio::spawn(forward(stderr.map(|s| Box::new(s) as _), tx));
+    // The instance's own error message, to repeat in the supervisor's error.
+    let mut last_error = None;
     while let Some(line) = rx.recv().await {
+        if line.starts_with("error: ") {
+            last_error = Some(line.trim_start_matches("error: ").to_string());
+        }
         if let Some(rest) = line.strip_prefix(PROGRESS_PREFIX) {
             let numbers: Vec<u64> = rest
                 .split_whitespace()
@@ -141,13 +148,16 @@ async fn run_once(
     if status.success() {
         Ok(Ok(()))
     } else {
-        let reason = match status.code() {
+        let mut reason = match status.code() {
             Some(code) => format!("exited with status {code}"),
             None => {
                 use std::os::unix::process::ExitStatusExt;
                 format!("was killed by signal {}", status.signal().unwrap_or(0))
             }
         };
+        if let Some(message) = last_error {
+            reason = format!("{reason} ({message})");
+        }
         file.write_all(format!("==== {} attempt {attempt} {reason} ====\n", host(rank)).as_bytes())
             .await
             .map_err(|e| Error::io(log, e))?;

@@ -8,6 +8,7 @@
 
 pub mod distribute;
 mod error;
+pub mod fault;
 pub mod finalize;
 pub mod identity;
 pub mod instance;

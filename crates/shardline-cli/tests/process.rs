@@ -1,0 +1,567 @@
+//! The processing step as a user runs it: the real binary, the local launcher, external launcher
+//! identities, mpirun, the script contract, corrupt images and a killed instance.
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use common::{TestDir, files};
+
+/// A dataset of 2 classes x 20 images with manifests: train 20, validation 10, test 10.
+fn dataset(t: &TestDir) {
+    t.shapes("data", 2, 20);
+    t.run(&[
+        "manifest",
+        "--source",
+        "data",
+        "--out",
+        "m",
+        "--split",
+        "train=0.5,validation=0.25,test=0.25",
+    ])
+    .ok();
+}
+
+fn inputs(t: &TestDir) -> Vec<String> {
+    ["train", "validation", "test"]
+        .iter()
+        .flat_map(|c| {
+            [
+                "--input".to_string(),
+                format!("{c}={}/{c}.manifest", t.arg("m")),
+            ]
+        })
+        .collect()
+}
+
+fn process(t: &TestDir, extra: &[&str]) -> common::Run {
+    let mut args: Vec<String> = vec!["process".into()];
+    args.extend(inputs(t));
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    t.run(&refs)
+}
+
+fn json(path: std::path::PathBuf) -> serde_json::Value {
+    serde_json::from_slice(
+        &std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
+    )
+    .expect("json")
+}
+
+/// Samples per instance in a channel's index.
+fn samples_by_host(index: &serde_json::Value) -> Vec<(String, u64)> {
+    index["shardlist"]
+        .as_array()
+        .expect("shardlist")
+        .iter()
+        .map(|s| {
+            let url = s["url"].as_str().expect("url");
+            (
+                url[..url.rfind('-').expect("dash")].to_string(),
+                s["nsamples"].as_u64().expect("n"),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn sharded_by_key_gives_each_instance_a_unique_share() {
+    let t = TestDir::new();
+    dataset(&t);
+    let stdout = process(&t, &["--out", "p", "--instances", "3", "--size", "16x16"]).ok();
+    assert!(
+        stdout.contains("40 objects → 40 samples in 3 instance(s)"),
+        "{stdout}"
+    );
+    let index = json(t.path("p/train/index.json"));
+    let by_host = samples_by_host(&index);
+    assert_eq!(by_host.iter().map(|(_, n)| n).sum::<u64>(), 20);
+    let hosts: BTreeSet<&str> = by_host.iter().map(|(h, _)| h.as_str()).collect();
+    assert_eq!(hosts, BTreeSet::from(["algo-1", "algo-2", "algo-3"]));
+    for (_, n) in &by_host {
+        assert!((6..=7).contains(n), "{by_host:?}");
+    }
+    // Every source object is in exactly one shard.
+    let mut keys = Vec::new();
+    for shard in index["shardlist"].as_array().expect("list") {
+        let file = std::fs::File::open(t.path("p/train").join(shard["url"].as_str().expect("url")))
+            .expect("shard");
+        let mut archive = tar::Archive::new(file);
+        for entry in archive.entries().expect("entries") {
+            let mut entry = entry.expect("entry");
+            let name = entry.path().expect("path").display().to_string();
+            if name.ends_with(".json") {
+                let meta: serde_json::Value = serde_json::from_reader(&mut entry).expect("meta");
+                keys.push(meta["key"].as_str().expect("key").to_string());
+            }
+        }
+    }
+    keys.sort();
+    let mut expected = common::manifest(&t.path("m/train.manifest")).1;
+    expected.sort();
+    assert_eq!(keys, expected);
+    // The recipe, report, lineage and one log per instance.
+    let recipe = json(t.path("p/recipe.json"));
+    assert_eq!(recipe["width"], 16);
+    assert_eq!(recipe["mean"].as_array().expect("mean").len(), 3);
+    let lineage = json(t.path("p/lineage.json"));
+    assert!(
+        lineage["distribution"]
+            .as_str()
+            .expect("rule")
+            .starts_with("ShardedByKey")
+    );
+    assert_eq!(
+        lineage["assignment"]["algo-2"]["train"][0],
+        by_host
+            .iter()
+            .find(|(h, _)| h == "algo-2")
+            .expect("algo-2")
+            .1
+    );
+    for host in ["algo-1", "algo-2", "algo-3"] {
+        let log = std::fs::read_to_string(t.path(&format!("p/logs/{host}.log"))).expect("log");
+        assert!(log.contains("instance finished"), "{log}");
+    }
+    // A rerun of a finished job is a no-op.
+    let stdout = process(&t, &["--out", "p", "--instances", "3", "--size", "16x16"]).ok();
+    assert!(stdout.contains("nothing to do"), "{stdout}");
+}
+
+#[test]
+fn fully_replicated_gives_every_instance_everything() {
+    let t = TestDir::new();
+    dataset(&t);
+    process(
+        &t,
+        &[
+            "--out",
+            "p",
+            "--instances",
+            "2",
+            "--size",
+            "8",
+            "--distribution",
+            "fully-replicated",
+            "--mode",
+            "gray",
+        ],
+    )
+    .ok();
+    let by_host = samples_by_host(&json(t.path("p/validation/index.json")));
+    assert_eq!(
+        by_host,
+        vec![("algo-1".to_string(), 10), ("algo-2".to_string(), 10)]
+    );
+    assert_eq!(
+        json(t.path("p/recipe.json"))["mean"]
+            .as_array()
+            .expect("mean")
+            .len(),
+        1
+    );
+}
+
+#[test]
+fn fewer_objects_than_instances_leaves_some_empty() {
+    let t = TestDir::new();
+    t.shapes("data", 1, 3);
+    let manifest = format!(
+        "[{{\"prefix\":\"file://{}/\"}},\"circle/000000.jpg\",\"circle/000001.jpg\"]",
+        t.arg("data")
+    );
+    std::fs::write(t.path("tiny.manifest"), manifest).expect("write");
+    let stdout = t
+        .run(&[
+            "process",
+            "--input",
+            &format!("train={}", t.arg("tiny.manifest")),
+            "--out",
+            "p",
+            "--instances",
+            "3",
+            "--size",
+            "8",
+        ])
+        .ok();
+    assert!(stdout.contains("algo-3 received no object"), "{stdout}");
+    assert_eq!(
+        samples_by_host(&json(t.path("p/train/index.json"))).len(),
+        2
+    );
+}
+
+#[test]
+fn bad_inputs_fail_before_any_work() {
+    let t = TestDir::new();
+    dataset(&t);
+    let m = t.arg("m");
+    let err = t
+        .run(&[
+            "process",
+            "--input",
+            &format!("train={m}/train.manifest"),
+            "--input",
+            &format!("train={m}/test.manifest"),
+            "--out",
+            "p",
+        ])
+        .fails();
+    assert!(err.contains("given twice"), "{err}");
+    std::fs::write(t.path("empty.manifest"), "[{\"prefix\":\"file:///tmp/\"}]").expect("write");
+    let err = t
+        .run(&[
+            "process",
+            "--input",
+            &format!("train={}", t.arg("empty.manifest")),
+            "--out",
+            "p",
+        ])
+        .fails();
+    assert!(err.contains("lists no objects"), "{err}");
+    std::fs::write(
+        t.path("escape.manifest"),
+        format!("[{{\"prefix\":\"file://{m}/\"}},\"../../etc/passwd\"]"),
+    )
+    .expect("write");
+    let err = t
+        .run(&[
+            "process",
+            "--input",
+            &format!("train={}", t.arg("escape.manifest")),
+            "--out",
+            "p",
+        ])
+        .fails();
+    assert!(err.contains("not a plain relative path"), "{err}");
+    std::fs::write(
+        t.path("moved.manifest"),
+        "[{\"prefix\":\"file:///nowhere/\"},\"circle/000000.jpg\"]",
+    )
+    .expect("write");
+    let err = t
+        .run(&[
+            "process",
+            "--input",
+            &format!("train={}", t.arg("moved.manifest")),
+            "--out",
+            "p",
+        ])
+        .fails();
+    assert!(
+        err.contains("does not exist; is the manifest's prefix right?"),
+        "{err}"
+    );
+    let err = t
+        .run(&["process", "--input", "train=missing.manifest", "--out", "p"])
+        .fails();
+    assert!(err.contains("does not exist"), "{err}");
+    assert!(!t.path("p").exists());
+}
+
+/// Runs the job as the given external launcher would, each rank a separate process, rank 0 last
+/// so that it finds the others finished.
+fn run_as(t: &TestDir, out: &str, env: &dyn Fn(usize) -> Vec<(&'static str, String)>) {
+    for rank in [1, 0] {
+        let mut args: Vec<String> = vec!["process".into()];
+        args.extend(inputs(t));
+        args.extend(["--out", out, "--size", "16x16", "--wait-timeout", "60"].map(String::from));
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_shardline"))
+            .args(&args)
+            .current_dir(t.dir.path())
+            .envs(env(rank))
+            .output()
+            .expect("run");
+        assert!(
+            output.status.success(),
+            "rank {rank}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
+
+#[test]
+fn every_launcher_identity_produces_the_same_shards() {
+    let t = TestDir::new();
+    dataset(&t);
+    process(
+        &t,
+        &["--out", "local", "--instances", "2", "--size", "16x16"],
+    )
+    .ok();
+    let expected = std::fs::read(t.path("local/train/index.json")).expect("index");
+
+    run_as(&t, "ompi", &|rank| {
+        vec![
+            ("OMPI_COMM_WORLD_RANK", rank.to_string()),
+            ("OMPI_COMM_WORLD_SIZE", "2".into()),
+        ]
+    });
+    run_as(&t, "slurm", &|rank| {
+        vec![
+            ("SLURM_PROCID", rank.to_string()),
+            ("SLURM_NTASKS", "2".into()),
+        ]
+    });
+    run_as(&t, "k8s", &|rank| {
+        vec![
+            ("JOB_COMPLETION_INDEX", rank.to_string()),
+            ("SHARDLINE_WORLD_SIZE", "2".into()),
+        ]
+    });
+    let configs = t.path("configs");
+    std::fs::create_dir_all(&configs).expect("mkdir");
+    for rank in 0..2 {
+        let text = format!(
+            "{{\"current_host\": \"algo-{}\", \"hosts\": [\"algo-1\", \"algo-2\"]}}",
+            rank + 1
+        );
+        std::fs::write(configs.join(format!("rc{rank}.json")), text).expect("write");
+    }
+    let rc = |rank: usize| configs.join(format!("rc{rank}.json")).display().to_string();
+    run_as(&t, "sagemaker", &|rank| {
+        vec![("SHARDLINE_RESOURCE_CONFIG", rc(rank))]
+    });
+    for out in ["ompi", "slurm", "k8s", "sagemaker"] {
+        assert_eq!(
+            std::fs::read(t.path(out).join("train/index.json")).expect("index"),
+            expected,
+            "{out}"
+        );
+        assert!(t.path(out).join("lineage.json").is_file(), "{out}");
+        assert!(t.path(out).join("logs/algo-2.log").is_file(), "{out}");
+    }
+}
+
+#[test]
+fn mpirun_starts_one_instance_per_rank() {
+    let t = TestDir::new();
+    dataset(&t);
+    process(
+        &t,
+        &["--out", "local", "--instances", "2", "--size", "16x16"],
+    )
+    .ok();
+    let mut args: Vec<String> = [
+        "--allow-run-as-root",
+        "--oversubscribe",
+        "-np",
+        "2",
+        env!("CARGO_BIN_EXE_shardline"),
+        "process",
+    ]
+    .map(String::from)
+    .to_vec();
+    args.extend(inputs(&t));
+    args.extend(["--out", "mpi", "--size", "16x16"].map(String::from));
+    let output = std::process::Command::new("mpirun")
+        .args(&args)
+        .current_dir(t.dir.path())
+        .env("OMPI_MCA_btl_vader_single_copy_mechanism", "none")
+        .output()
+        .expect("mpirun runs (install openmpi-bin; see .ci/run)");
+    assert!(
+        output.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        std::fs::read(t.path("mpi/train/index.json")).expect("index"),
+        std::fs::read(t.path("local/train/index.json")).expect("index")
+    );
+}
+
+#[test]
+fn a_sagemaker_processing_script_runs_unchanged() {
+    let t = TestDir::new();
+    dataset(&t);
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/sagemaker_processing.py"
+    );
+    let command = format!("python3 {script} --base {{root}}/processing --config {{root}}/config");
+    let stdout = process(
+        &t,
+        &["--out", "s", "--instances", "2", "--script", &command],
+    )
+    .ok();
+    assert!(
+        stdout.contains("the script ran on 2 instance(s)"),
+        "{stdout}"
+    );
+    let mut seen = 0;
+    for host in ["algo-1", "algo-2"] {
+        let summary = json(t.path(&format!("s/train/{host}/summary.json")));
+        assert_eq!(summary["host"], host);
+        seen += summary["files"].as_array().expect("files").len();
+        let log = std::fs::read_to_string(t.path(&format!("s/logs/{host}.log"))).expect("log");
+        assert!(log.contains(&format!("{host}: processed")), "{log}");
+    }
+    assert_eq!(seen, 20, "the two instances saw disjoint halves of train");
+    assert!(t.path("s/lineage.json").is_file());
+
+    let failing = format!("{command} --fail");
+    let err = process(
+        &t,
+        &[
+            "--out",
+            "f",
+            "--instances",
+            "1",
+            "--max-attempts",
+            "1",
+            "--script",
+            &failing,
+        ],
+    )
+    .fails();
+    assert!(
+        err.contains("bad hyperparameters") && err.contains("algo-1"),
+        "{err}"
+    );
+}
+
+#[test]
+fn corrupt_objects_are_quarantined_within_the_error_budget() {
+    let t = TestDir::new();
+    t.shapes("data", 2, 20);
+    std::fs::write(
+        t.path("data/circle/zz-garbage.jpg"),
+        b"this is not an image",
+    )
+    .expect("write");
+    let good = std::fs::read(t.path("data/square/000000.jpg")).expect("read");
+    std::fs::write(
+        t.path("data/square/zz-truncated.jpg"),
+        &good[..good.len() / 2],
+    )
+    .expect("write");
+    t.run(&[
+        "manifest", "--source", "data", "--out", "m", "--split", "train=1",
+    ])
+    .ok();
+    let train = format!("train={}/train.manifest", t.arg("m"));
+    let err = t
+        .run(&[
+            "process",
+            "--input",
+            &train,
+            "--out",
+            "p",
+            "--instances",
+            "2",
+            "--size",
+            "8",
+        ])
+        .fails();
+    assert!(
+        err.contains("2 of 42 objects could not be processed") && err.contains("report.json"),
+        "{err}"
+    );
+    assert!(
+        !t.path("p/lineage.json").exists(),
+        "a failed job has no lineage record"
+    );
+    let report = json(t.path("p/report.json"));
+    assert_eq!(report["status"], "failed");
+
+    t.run(&[
+        "process",
+        "--input",
+        &train,
+        "--out",
+        "p",
+        "--instances",
+        "2",
+        "--size",
+        "8",
+        "--error-budget",
+        "0.1",
+    ])
+    .ok();
+    let report = json(t.path("p/report.json"));
+    assert_eq!(report["quarantined"], 2);
+    let reasons: Vec<String> = report["instances"]
+        .as_array()
+        .expect("instances")
+        .iter()
+        .flat_map(|i| {
+            i["quarantine"]
+                .as_array()
+                .expect("q")
+                .iter()
+                .map(|q| format!("{} {}", q["uri"], q["reason"]))
+        })
+        .collect();
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("zz-garbage.jpg") && r.contains("not a JPEG or PNG")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r.contains("zz-truncated.jpg")),
+        "{reasons:?}"
+    );
+}
+
+#[test]
+fn a_killed_instance_is_retried_on_exactly_its_share() {
+    let mut t = TestDir::new();
+    dataset(&t);
+    process(
+        &t,
+        &["--out", "clean", "--instances", "2", "--size", "16x16"],
+    )
+    .ok();
+    t.env = vec![("SHARDLINE_FAULT", "algo-2:after-4".into())];
+    let stdout = process(&t, &["--out", "p", "--instances", "2", "--size", "16x16"]).ok();
+    assert!(
+        stdout.contains("retried algo-2 attempt 1 was killed by signal"),
+        "{stdout}"
+    );
+    let log2 = std::fs::read_to_string(t.path("p/logs/algo-2.log")).expect("log");
+    assert!(
+        log2.contains("attempt 2") && log2.contains("aborting algo-2"),
+        "{log2}"
+    );
+    let log1 = std::fs::read_to_string(t.path("p/logs/algo-1.log")).expect("log");
+    assert!(!log1.contains("attempt 2"), "algo-1 was not redone: {log1}");
+    // The retried output is exactly the uninterrupted one: same shards, nothing left over.
+    for channel in ["train", "validation", "test"] {
+        assert_eq!(
+            std::fs::read(t.path(&format!("p/{channel}/index.json"))).expect("index"),
+            std::fs::read(t.path(&format!("clean/{channel}/index.json"))).expect("index"),
+        );
+    }
+    let left: Vec<String> = files(&t.path("p"))
+        .into_iter()
+        .filter(|f| f.contains("staging"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+
+    // An instance that keeps dying fails the job, naming it and its log.
+    t.env = vec![("SHARDLINE_FAULT", "algo-1:before-publish".into())];
+    let err = process(
+        &t,
+        &[
+            "--out",
+            "q",
+            "--instances",
+            "2",
+            "--size",
+            "16x16",
+            "--max-attempts",
+            "1",
+        ],
+    )
+    .fails();
+    assert!(
+        err.contains("instance algo-1 failed after 1 attempt(s)")
+            && err.contains("logs/algo-1.log"),
+        "{err}"
+    );
+    assert!(!t.path("q/lineage.json").exists());
+}
