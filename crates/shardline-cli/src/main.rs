@@ -79,16 +79,21 @@ impl std::io::Write for Tee {
     }
 }
 
-fn init_tracing(verbose: u8) {
-    // An instance started by a launcher logs its progress at info level: that is its log file.
-    let instance = [
+/// Whether a launcher started this process as one instance of a job.
+fn started_as_instance() -> bool {
+    [
         "SHARDLINE_RANK",
         "OMPI_COMM_WORLD_RANK",
         "SLURM_PROCID",
         "JOB_COMPLETION_INDEX",
     ]
     .iter()
-    .any(|v| std::env::var_os(v).is_some());
+    .any(|v| std::env::var_os(v).is_some())
+}
+
+fn init_tracing(verbose: u8) {
+    // An instance started by a launcher logs its progress at info level: that is its log file.
+    let instance = started_as_instance();
     let default = match verbose {
         0 if !instance => "warn",
         0 | 1 => "info",
@@ -108,10 +113,14 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.verbose);
     let ui = progress::Ui::new(cli.quiet);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // An instance is one core's worth of work: one runtime thread, so that N instances on N cores
+    // do not contend (measured: 1.55x from 1 to 2 instances with a multi-threaded runtime each).
+    let mut builder = if started_as_instance() {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

@@ -45,8 +45,10 @@ pub struct ShapesConfig {
     pub classes: usize,
     /// Images per class.
     pub per_class: usize,
-    /// Width and height in pixels, 8 to 4096.
+    /// Width in pixels, 8 to 4096.
     pub size: u32,
+    /// Height in pixels, 8 to 4096; `None` for square images.
+    pub height: Option<u32>,
     /// Encoding.
     pub format: Format,
     /// Seed of every random choice.
@@ -89,13 +91,19 @@ impl ShapesConfig {
         if self.per_class == 0 {
             return Err(Error::BadConfig("--per-class must be at least 1".into()));
         }
-        if !(8..=4096).contains(&self.size) {
+        if !(8..=4096).contains(&self.size) || !(8..=4096).contains(&self.height()) {
             return Err(Error::BadConfig(format!(
-                "--size {} is out of range; use 8 to 4096 pixels",
-                self.size
+                "--size {} / --height {} is out of range; use 8 to 4096 pixels",
+                self.size,
+                self.height()
             )));
         }
         Ok(())
+    }
+
+    /// The image height.
+    pub fn height(&self) -> u32 {
+        self.height.unwrap_or(self.size)
     }
 
     /// The key of one image.
@@ -163,7 +171,8 @@ fn inside(class: usize, x: f32, y: f32) -> bool {
 
 /// Draws image `index` of class `class`.
 pub fn draw(config: &ShapesConfig, class: usize, index: usize) -> RgbImage {
-    let size = config.size;
+    let (width, height) = (config.size, config.height());
+    let size = width.min(height);
     let mut rng = Rng::new(config.seed, class, index);
     let background = [
         rng.range(0.0, 110.0),
@@ -176,13 +185,13 @@ pub fn draw(config: &ShapesConfig, class: usize, index: usize) -> RgbImage {
         rng.range(140.0, 255.0),
     ];
     let scale = rng.range(0.25, 0.42) * size as f32;
-    let cx = rng.range(scale, size as f32 - scale);
-    let cy = rng.range(scale, size as f32 - scale);
+    let cx = rng.range(scale, width as f32 - scale);
+    let cy = rng.range(scale, height as f32 - scale);
     // Small rotations only: a square turned 45 degrees is a diamond, a plus is a cross.
     let angle = rng.range(-0.35, 0.35);
     let (sin, cos) = angle.sin_cos();
     let noise = rng.range(4.0, 24.0);
-    let mut image = RgbImage::new(size, size);
+    let mut image = RgbImage::new(width, height);
     for (px, py, pixel) in image.enumerate_pixels_mut() {
         let dx = (px as f32 + 0.5 - cx) / scale;
         let dy = (py as f32 + 0.5 - cy) / scale;
@@ -257,6 +266,7 @@ mod tests {
             classes: 10,
             per_class: 2,
             size: 32,
+            height: None,
             format,
             seed: 7,
         }
@@ -287,6 +297,7 @@ mod tests {
     fn every_shape_covers_part_of_the_image() {
         let c = ShapesConfig {
             size: 64,
+            height: None,
             ..config(Format::Png)
         };
         for (class, shape) in SHAPES.iter().enumerate() {
@@ -322,6 +333,7 @@ mod tests {
         );
         let bad = ShapesConfig {
             size: 4,
+            height: None,
             ..config(Format::Png)
         };
         assert!(bad.validate().is_err());

@@ -27,6 +27,8 @@ pub struct InstanceLine {
     pub records_per_second: f64,
     /// Seconds of processing.
     pub seconds: f64,
+    /// Peak resident memory of the instance, MiB.
+    pub peak_rss_mib: f64,
     /// Quarantined objects, with reasons.
     pub quarantine: Vec<Quarantined>,
 }
@@ -132,6 +134,7 @@ pub async fn finalize(job: &Job, out: &Store, results: &[InstanceResult]) -> Res
             channels: BTreeMap::new(),
             records_per_second: result.records_per_second,
             seconds: result.seconds,
+            peak_rss_mib: result.peak_rss_mib,
             quarantine: result.quarantine.clone(),
         };
         let mut per_channel = BTreeMap::new();

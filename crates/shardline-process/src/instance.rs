@@ -3,7 +3,6 @@
 //! record last. A rerun of a finished instance with the same job is a no-op.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -74,6 +73,23 @@ pub struct InstanceResult {
     pub seconds: f64,
     /// Objects per second.
     pub records_per_second: f64,
+    /// The instance process's peak resident memory, in MiB (0 where the OS does not say).
+    #[serde(default)]
+    pub peak_rss_mib: f64,
+}
+
+/// The peak resident memory of this process so far, in MiB, from `/proc/self/status`.
+pub fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kib| kib.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kib| kib / 1024.0)
 }
 
 /// Progress of one instance.
@@ -136,7 +152,7 @@ pub async fn run(
     let mut tx = Commit::begin_scoped(out, Some(&host));
     let mut channels = BTreeMap::new();
     let mut quarantine = Vec::new();
-    let recipe = Arc::new(job.settings.recipe.clone());
+    let recipe = job.settings.recipe.clone();
     let shape = recipe.shape();
     for (input, positions) in shares {
         let mut result = ChannelResult {
@@ -156,6 +172,7 @@ pub async fn run(
             }
         }
         let mut writer = ShardWriter::new(&host, job.settings.shard_bytes);
+        let mut resizer = fast_image_resize::Resizer::new();
         let fetches = positions.iter().map(|&p| {
             let record = &input.records[p];
             let root = &input.roots[record.root];
@@ -181,29 +198,36 @@ pub async fn run(
                 }
                 Err(e) => return Err(e.into()),
                 Ok(bytes) => {
-                    let recipe = recipe.clone();
-                    let key = record.key.clone();
-                    let seed = job.settings.seed;
-                    tokio::task::spawn_blocking(move || {
-                        let mut resizer = fast_image_resize::Resizer::new();
-                        transform::process(&bytes, &key, seed, &recipe, &mut resizer)
-                    })
-                    .await
-                    .map_err(|e| format!("the decoder panicked: {e}"))
-                    .and_then(|r| r.map_err(|e: Reject| e.to_string()))
+                    // Decoding runs on this thread: an instance is one core's worth of work, and
+                    // its process runs a single-threaded runtime (see the CLI), as the peers'
+                    // one-process-per-core model does. Fetches queued above keep flowing between
+                    // objects.
+                    transform::process(
+                        &bytes,
+                        &record.key,
+                        job.settings.seed,
+                        &recipe,
+                        &mut resizer,
+                    )
+                    .map_err(|e: Reject| e.to_string())
                 }
             };
             tick.done += 1;
             crate::fault::point(&host, &format!("after-{}", tick.done));
             match outcome {
                 Ok(tensor) => {
-                    for (c, value) in tensor
-                        .chunks_exact(shape[2])
-                        .flat_map(|px| px.iter().enumerate())
-                    {
-                        let v = f64::from(*value);
-                        result.sum[c] += v;
-                        result.sum_sq[c] += v * v;
+                    // Integer sums per image (exact, and fast), folded into the channel totals.
+                    let mut sum = [0u64; 4];
+                    let mut sum_sq = [0u64; 4];
+                    for pixel in tensor.chunks_exact(shape[2]) {
+                        for (c, &value) in pixel.iter().enumerate() {
+                            sum[c] += u64::from(value);
+                            sum_sq[c] += u64::from(value) * u64::from(value);
+                        }
+                    }
+                    for c in 0..shape[2] {
+                        result.sum[c] += sum[c] as f64;
+                        result.sum_sq[c] += sum_sq[c] as f64;
                     }
                     result.values += (tensor.len() / shape[2]) as u64;
                     let npy = transform::npy(&tensor, &shape);
@@ -268,6 +292,7 @@ pub async fn run(
         quarantine,
         seconds,
         records_per_second: total as f64 / seconds.max(1e-9),
+        peak_rss_mib: peak_rss_mib(),
     };
     let bytes = serde_json::to_vec_pretty(&result).unwrap_or_default();
     crate::fault::point(&host, "before-publish");

@@ -308,6 +308,7 @@ pub async fn run(
         quarantine: Vec::new(),
         seconds,
         records_per_second: total as f64 / seconds.max(1e-9),
+        peak_rss_mib: crate::instance::peak_rss_mib(),
     };
     tx.stage(
         &result_key(&host),

@@ -146,17 +146,13 @@ pub fn process(
     recipe: &Recipe,
     resizer: &mut Resizer,
 ) -> Result<Vec<u8>, Reject> {
-    let reader = ImageReader::new(Cursor::new(bytes))
-        .with_guessed_format()
-        .map_err(|e| Reject::Decode(e.to_string()))?;
-    match reader.format() {
-        Some(image::ImageFormat::Jpeg | image::ImageFormat::Png) => {}
+    let format = match image::guess_format(bytes) {
+        Ok(format @ (image::ImageFormat::Jpeg | image::ImageFormat::Png)) => format,
         _ => return Err(Reject::UnknownFormat),
-    }
+    };
+    let reader = ImageReader::with_format(Cursor::new(bytes), format);
     // The header alone says how large the image is: refuse decompression bombs before decoding.
-    let (width, height) = ImageReader::new(Cursor::new(bytes))
-        .with_guessed_format()
-        .map_err(|e| Reject::Decode(e.to_string()))?
+    let (width, height) = ImageReader::with_format(Cursor::new(bytes), format)
         .into_dimensions()
         .map_err(|e| Reject::Decode(e.to_string()))?;
     if u64::from(width) * u64::from(height) > recipe.max_pixels || width == 0 || height == 0 {
@@ -318,6 +314,11 @@ mod tests {
         out.extend_from_slice(&13u32.to_be_bytes());
         out.extend_from_slice(&chunk);
         out.extend_from_slice(&crc32(&chunk).to_be_bytes());
+        // The PNG reader reads up to the first data chunk before it reports the dimensions.
+        let idat = b"IDAT\x78\x9c\x03\x00\x00\x00\x00\x01";
+        out.extend_from_slice(&((idat.len() - 4) as u32).to_be_bytes());
+        out.extend_from_slice(idat);
+        out.extend_from_slice(&crc32(idat).to_be_bytes());
         out
     }
 

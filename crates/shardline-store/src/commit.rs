@@ -189,7 +189,10 @@ mod tests {
         let store = Store::open("memory://commit-recover/out").expect("open");
         // Simulate a writer that wrote the record, moved one file and crashed.
         store
-            .put(&staging_key("x1", "b.txt"), Bytes::from_static(b"b"))
+            .put(
+                &staging_key(CONTROL_DIR, "x1", "b.txt"),
+                Bytes::from_static(b"b"),
+            )
             .await
             .expect("put");
         store
@@ -214,10 +217,34 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn scopes_recover_independently() {
+        let store = Store::open("memory://commit-scopes/out").expect("open");
+        let mut a = Commit::begin_scoped(&store, Some("algo-1"));
+        a.stage("a.txt", Bytes::from_static(b"a"))
+            .await
+            .expect("stage");
+        // Another writer's recovery must not touch algo-1's staging.
+        assert!(
+            !recover_scoped(&store, Some("algo-2"))
+                .await
+                .expect("recover")
+        );
+        assert!(!recover(&store).await.expect("recover"));
+        a.publish().await.expect("publish");
+        assert_eq!(
+            store.get("a.txt").await.expect("get"),
+            Bytes::from_static(b"a")
+        );
+    }
+
+    #[tokio::test]
     async fn recover_discards_uncommitted_staging() {
         let store = Store::open("memory://commit-discard/out").expect("open");
         store
-            .put(&staging_key("x2", "a.txt"), Bytes::from_static(b"a"))
+            .put(
+                &staging_key(CONTROL_DIR, "x2", "a.txt"),
+                Bytes::from_static(b"a"),
+            )
             .await
             .expect("put");
         assert!(!recover(&store).await.expect("recover"));

@@ -20,6 +20,9 @@ pub enum Command {
     /// The manifest step over a local tree and over a local S3 server, beside the Python peer
     /// (os.walk / boto3 paginator, pandas, LabelEncoder, train_test_split, json, to_parquet).
     Manifest(ManifestArgs),
+    /// The process step (decode + resize to 224x224 + shard 500x375 JPEGs) for 1 and 2
+    /// instances, beside a Pillow + numpy peer, with peak memory per instance.
+    Process(ProcessArgs),
 }
 
 /// Flags of `shardline bench manifest`.
@@ -332,9 +335,197 @@ async fn manifest(args: ManifestArgs, ui: &Ui) -> Result<()> {
     Ok(())
 }
 
+/// Flags of `shardline bench process`.
+#[derive(Debug, clap::Args)]
+pub struct ProcessArgs {
+    /// JPEG images to process (500x375, 4 classes).
+    #[arg(long, default_value_t = 2000)]
+    pub images: usize,
+    /// Output size (square).
+    #[arg(long, default_value_t = 224)]
+    pub size: u32,
+    /// Runs of each case; the fastest is reported.
+    #[arg(long, default_value_t = 1)]
+    pub repeat: usize,
+    /// Where the generated data and outputs live (reused across runs).
+    #[arg(long, default_value = "bench/data")]
+    pub dir: PathBuf,
+    /// The Python peer script.
+    #[arg(long, default_value = "bench/peer_process.py")]
+    pub peer: PathBuf,
+    /// The Python interpreter (with Pillow and numpy).
+    #[arg(long, default_value = "python3")]
+    pub python: String,
+}
+
+/// Peak RSS of each instance, from the job's report.
+fn instance_peaks(out: &Path) -> Result<Vec<f64>> {
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("report.json"))?)?;
+    Ok(report["instances"]
+        .as_array()
+        .map(|list| {
+            list.iter()
+                .filter_map(|i| i["peak_rss_mib"].as_f64())
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+async fn process(args: ProcessArgs, ui: &Ui) -> Result<()> {
+    if !args.peer.is_file() {
+        bail!(
+            "bench: the peer script {} is missing; run from the repository root or pass --peer",
+            args.peer.display()
+        );
+    }
+    std::fs::create_dir_all(&args.dir)?;
+    let dir = args
+        .dir
+        .canonicalize()?
+        .join(format!("process-{}", args.images));
+    let images = dir.join("images");
+    let marker = dir.join("COMPLETE");
+    let exe = std::env::current_exe()?;
+    let quiet_run = |args: &[&str], log: &str| -> Result<Sample> {
+        let mut command = std::process::Command::new(&exe);
+        command.arg("--quiet").args(args);
+        measure(&mut command, &dir.join(log))
+    };
+    if !marker.exists() {
+        std::fs::create_dir_all(&dir)?;
+        ui.say(format!("  generating {} 500x375 JPEGs ...", args.images));
+        let per_class = args.images.div_ceil(4).to_string();
+        let images_arg = images.to_string_lossy().to_string();
+        quiet_run(
+            &[
+                "datagen",
+                "shapes",
+                "--out",
+                &images_arg,
+                "--classes",
+                "4",
+                "--per-class",
+                &per_class,
+                "--size",
+                "500",
+                "--height",
+                "375",
+            ],
+            "datagen.log",
+        )?;
+        let _ = std::fs::remove_dir_all(dir.join("m"));
+        quiet_run(
+            &[
+                "manifest",
+                "--source",
+                &images_arg,
+                "--out",
+                &dir.join("m").to_string_lossy(),
+                "--split",
+                "train=1",
+            ],
+            "manifest.log",
+        )?;
+        // A manifest of half the images, to show that an instance's memory does not grow with them.
+        let text = std::fs::read_to_string(dir.join("m/train.manifest"))?;
+        let value: serde_json::Value = serde_json::from_str(&text)?;
+        let items = value.as_array().context("bench: manifest")?;
+        let half: Vec<&serde_json::Value> = items.iter().take(1 + (items.len() - 1) / 2).collect();
+        std::fs::write(dir.join("half.manifest"), serde_json::to_vec(&half)?)?;
+        std::fs::write(&marker, b"")?;
+    }
+    let total = args.images.div_ceil(4) * 4;
+    let size = format!("{0}x{0}", args.size);
+    let manifest = format!("train={}", dir.join("m/train.manifest").display());
+    let half = format!("train={}", dir.join("half.manifest").display());
+    let ours = |instances: usize, input: &str, tag: &str| -> Result<(Sample, Vec<f64>)> {
+        let out = dir.join(format!("out-{tag}"));
+        let sample = best(args.repeat, || {
+            let _ = std::fs::remove_dir_all(&out);
+            quiet_run(
+                &[
+                    "process",
+                    "--input",
+                    input,
+                    "--out",
+                    &out.to_string_lossy(),
+                    "--instances",
+                    &instances.to_string(),
+                    "--size",
+                    &size,
+                ],
+                &format!("{tag}.log"),
+            )
+        })?;
+        Ok((sample, instance_peaks(&out)?))
+    };
+    ui.say("  shardline, 1 instance ...");
+    let (one, one_peaks) = ours(1, &manifest, "1")?;
+    ui.say("  shardline, 2 instances ...");
+    let (two, two_peaks) = ours(2, &manifest, "2")?;
+    ui.say("  shardline, 1 instance on half the images ...");
+    let (_, half_peaks) = ours(1, &half, "half")?;
+    ui.say("  python peer (Pillow + numpy), 1 process ...");
+    let peer_out = dir.join("out-peer");
+    let peer = best(args.repeat, || {
+        let _ = std::fs::remove_dir_all(&peer_out);
+        let mut command = std::process::Command::new(&args.python);
+        command
+            .arg(&args.peer)
+            .arg("--manifest")
+            .arg(dir.join("m/train.manifest"))
+            .arg("--out")
+            .arg(&peer_out)
+            .arg(format!("--size={}", args.size));
+        measure(&mut command, &dir.join("peer.log"))
+    })?;
+    let rate = |s: &Sample| total as f64 / s.seconds;
+    let peak = |p: &[f64]| p.iter().cloned().fold(0.0, f64::max);
+    let mut text = format!(
+        "process step: {total} JPEGs 500x375 -> {size} RGB, decode + resize + .npy + tar shards; {} cores, {}\n\n",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        cpu_model()
+    );
+    text.push_str("| run | cores | wall s | images/s | images/s per core | peak RSS per instance MiB | vs peer per core |\n");
+    text.push_str("|---|---:|---:|---:|---:|---:|---:|\n");
+    let peer_rate = rate(&peer);
+    for (name, cores, sample, peaks) in [
+        (
+            "python peer (Pillow + numpy)",
+            1usize,
+            peer,
+            vec![peer.peak_mib],
+        ),
+        ("shardline, 1 instance", 1, one, one_peaks.clone()),
+        ("shardline, 2 instances", 2, two, two_peaks),
+    ] {
+        text.push_str(&format!(
+            "| {name} | {cores} | {:.2} | {:.0} | {:.0} | {:.0} | {:.2}x |\n",
+            sample.seconds,
+            rate(&sample),
+            rate(&sample) / cores as f64,
+            peak(&peaks),
+            rate(&sample) / cores as f64 / peer_rate
+        ));
+    }
+    text.push_str(&format!(
+        "\nscaling 1 -> 2 instances: {:.2}x; peak RSS of one instance on {} vs {} images: {:.0} vs {:.0} MiB\n",
+        one.seconds / two.seconds,
+        total / 2,
+        total,
+        peak(&half_peaks),
+        peak(&one_peaks)
+    ));
+    println!("{text}");
+    std::fs::write(args.dir.join("process-bench.md"), &text)?;
+    Ok(())
+}
+
 /// Runs a benchmark.
 pub async fn run(command: Command, ui: &Ui) -> Result<()> {
     match command {
         Command::Manifest(args) => manifest(args, ui).await,
+        Command::Process(args) => process(args, ui).await,
     }
 }

@@ -25,9 +25,12 @@ pub struct ShapesArgs {
     /// Images per class.
     #[arg(long, default_value_t = 100)]
     pub per_class: usize,
-    /// Width and height in pixels.
+    /// Width (and, without --height, height) in pixels.
     #[arg(long, default_value_t = 64)]
     pub size: u32,
+    /// Height in pixels, for images that are not square.
+    #[arg(long)]
+    pub height: Option<u32>,
     /// Image encoding.
     #[arg(long, value_enum, default_value_t = FormatArg::Jpeg)]
     pub format: FormatArg,
@@ -52,6 +55,7 @@ impl ShapesArgs {
             classes: self.classes,
             per_class: self.per_class,
             size: self.size,
+            height: self.height,
             format: match self.format {
                 FormatArg::Jpeg => Format::Jpeg,
                 FormatArg::Png => Format::Png,

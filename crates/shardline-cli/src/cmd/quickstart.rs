@@ -46,6 +46,7 @@ pub async fn run(args: Args, ui: &Ui) -> Result<()> {
         classes: 4,
         per_class: args.per_class,
         size: 64,
+        height: None,
         format: datagen::FormatArg::Jpeg,
         seed: 0,
     };
