@@ -30,7 +30,9 @@ impl Ui {
     pub fn bar(&self, message: &str, len: Option<u64>, unit: &str) -> ProgressBar {
         let bar = match len {
             Some(len) => {
-                let bar = ProgressBar::new(len);
+                // Hidden until added to the MultiProgress, so that it never draws on its own.
+                let bar = ProgressBar::hidden();
+                bar.set_length(len);
                 bar.set_style(
                     ProgressStyle::with_template(&format!(
                         "{{msg:>10}} [{{bar:30}}] {{pos}}/{{len}} {unit} ({{per_sec}}, eta {{eta}})"
@@ -41,19 +43,22 @@ impl Ui {
                 bar
             }
             None => {
-                let bar = ProgressBar::new_spinner();
+                let bar = ProgressBar::hidden();
                 bar.set_style(
                     ProgressStyle::with_template(&format!(
                         "{{spinner}} {{msg}} {{pos}} {unit} ({{per_sec}})"
                     ))
                     .unwrap_or_else(|_| ProgressStyle::default_spinner()),
                 );
-                bar.enable_steady_tick(Duration::from_millis(120));
                 bar
             }
         };
         bar.set_message(message.to_string());
-        self.bars.add(bar)
+        let bar = self.bars.add(bar);
+        if len.is_none() {
+            bar.enable_steady_tick(Duration::from_millis(120));
+        }
+        bar
     }
 
     /// Prints a line of the command's result to stdout, unless quiet.

@@ -565,3 +565,53 @@ fn a_killed_instance_is_retried_on_exactly_its_share() {
     );
     assert!(!t.path("q/lineage.json").exists());
 }
+
+#[test]
+fn augmented_manifests_and_prefixes_are_inputs_too() {
+    let t = TestDir::new();
+    t.shapes("data", 2, 10);
+    t.run(&[
+        "manifest",
+        "--source",
+        "data",
+        "--out",
+        "m",
+        "--augmented",
+        "--split",
+        "train=0.5,test=0.5",
+    ])
+    .ok();
+    // An augmented manifest carries each object's full URI, class and class id.
+    let stdout = t
+        .run(&[
+            "process",
+            "--input",
+            &format!("train={}/train.augmented.manifest", t.arg("m")),
+            "--out",
+            "a",
+            "--size",
+            "8",
+        ])
+        .ok();
+    assert!(stdout.contains("10 objects → 10 samples"), "{stdout}");
+    // A store prefix: every object below it, the first path component being the class.
+    let stdout = t
+        .run(&[
+            "process",
+            "--input",
+            &format!("train={}", t.arg("data")),
+            "--out",
+            "b",
+            "--size",
+            "8",
+            "--instances",
+            "2",
+        ])
+        .ok();
+    assert!(
+        stdout.contains("20 objects → 20 samples in 2 instance(s)"),
+        "{stdout}"
+    );
+    let lineage = json(t.path("b/lineage.json"));
+    assert_eq!(lineage["labels"], serde_json::json!(["circle", "square"]));
+}

@@ -91,6 +91,52 @@ pub struct Args {
     pub wait_timeout: u64,
 }
 
+impl Args {
+    /// The command line that makes an instance of this job: the same flags, spelled out, so
+    /// that the local launcher can start instances whichever command started it (quickstart, say).
+    fn instance_argv(&self) -> Vec<String> {
+        let mut argv = vec!["process".to_string()];
+        for input in &self.inputs {
+            argv.extend(["--input".to_string(), input.clone()]);
+        }
+        fn value(v: &impl clap::ValueEnum) -> String {
+            v.to_possible_value()
+                .map(|p| p.get_name().to_string())
+                .unwrap_or_default()
+        }
+        argv.extend([
+            format!("--out={}", self.out),
+            format!("--distribution={}", self.distribution),
+            format!("--size={}", self.size),
+            format!("--mode={}", value(&self.mode)),
+            format!("--filter={}", value(&self.filter)),
+            format!("--seed={}", self.seed),
+            format!("--shard-size={}", self.shard_size),
+            format!("--max-pixels={}", self.max_pixels),
+            format!("--error-budget={}", self.error_budget),
+            format!("--max-attempts={}", self.max_attempts),
+            format!("--wait-timeout={}", self.wait_timeout),
+        ]);
+        if let Some(n) = self.instances {
+            argv.push(format!("--instances={n}"));
+        }
+        if !self.augment.is_empty() {
+            let list: Vec<String> = self.augment.iter().map(value).collect();
+            argv.push(format!("--augment={}", list.join(",")));
+        }
+        if self.force {
+            argv.push("--force".into());
+        }
+        if let Some(script) = &self.script {
+            argv.push(format!("--script={script}"));
+        }
+        if let Some(root) = &self.root {
+            argv.push(format!("--root={}", root.display()));
+        }
+        argv
+    }
+}
+
 /// Colour modes.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 pub enum ModeArg {
@@ -362,7 +408,7 @@ async fn launcher(job: &Job, args: &Args, out: &Store, ui: &Ui) -> Result<()> {
     let program = std::env::current_exe().context("process: cannot find this executable")?;
     let launcher = LocalProcesses {
         program,
-        args: std::env::args_os().skip(1).collect(),
+        args: args.instance_argv().into_iter().map(Into::into).collect(),
     };
     let retries = Mutex::new(Vec::new());
     let on_event = |event: Event| match event {

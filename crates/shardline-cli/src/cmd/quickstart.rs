@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 
-use crate::cmd::{datagen, manifest};
+use crate::cmd::{datagen, manifest, process};
 use crate::progress::Ui;
 
 /// Flags of `shardline quickstart`.
@@ -38,7 +38,7 @@ pub async fn run(args: Args, ui: &Ui) -> Result<()> {
     };
 
     ui.say(format!(
-        "[1/2] datagen: the shapes dataset into {}",
+        "[1/3] datagen: the shapes dataset into {}",
         data.display()
     ));
     let shapes = datagen::ShapesArgs {
@@ -53,7 +53,7 @@ pub async fn run(args: Args, ui: &Ui) -> Result<()> {
     datagen::shapes(&shapes, ui).await?;
 
     ui.say(format!(
-        "[2/2] manifest: channels, table and lineage into {}",
+        "[2/3] manifest: channels, table and lineage into {}",
         manifests.display()
     ));
     let manifest_args = manifest::Args {
@@ -69,6 +69,36 @@ pub async fn run(args: Args, ui: &Ui) -> Result<()> {
     };
     manifest::run(manifest_args, ui).await?;
 
+    let processed = dir.join("processed");
+    ui.say(format!(
+        "[3/3] process: 2 instances (sharded by key) write WebDataset shards into {}",
+        processed.display()
+    ));
+    let m = utf8(&manifests)?;
+    let process_args = process::Args {
+        inputs: ["train", "validation", "test"]
+            .iter()
+            .map(|c| format!("{c}={m}/{c}.manifest"))
+            .collect(),
+        out: utf8(&processed)?,
+        instances: Some(2),
+        distribution: "sharded-by-key".into(),
+        size: "32x32".into(),
+        mode: process::ModeArg::Rgb,
+        filter: process::FilterArg::Bilinear,
+        augment: Vec::new(),
+        seed: 0,
+        shard_size: "64MiB".into(),
+        max_pixels: 64 * 1024 * 1024,
+        error_budget: 0.001,
+        max_attempts: 3,
+        force: false,
+        script: None,
+        root: None,
+        wait_timeout: 3600,
+    };
+    process::run(process_args, ui).await?;
+
     ui.say("");
     ui.say("quickstart done. Outputs:");
     ui.say(format!("  images     {}/<class>/<id>.jpg", data.display()));
@@ -81,6 +111,18 @@ pub async fn run(args: Args, ui: &Ui) -> Result<()> {
         manifests.display()
     ));
     ui.say(format!("  lineage    {}/lineage.json", manifests.display()));
-    ui.say("Stages still to come in Shardline: process, train, serve (see README.md).");
+    ui.say(format!(
+        "  shards     {}/<channel>/algo-<i>-<n>.tar, index.json per channel",
+        processed.display()
+    ));
+    ui.say(format!(
+        "  recipe     {}/recipe.json (resize, mode, mean/std for training and serving)",
+        processed.display()
+    ));
+    ui.say(format!(
+        "  logs       {}/logs/algo-1.log, algo-2.log; report.json, lineage.json",
+        processed.display()
+    ));
+    ui.say("Stages still to come in Shardline: train, serve (see README.md).");
     Ok(())
 }
