@@ -56,6 +56,22 @@ pub struct ChannelResult {
     pub values: u64,
 }
 
+impl ChannelResult {
+    /// A channel with `assigned` objects and nothing written yet; `colours` sums are kept.
+    pub fn new(assigned: usize, colours: usize) -> ChannelResult {
+        ChannelResult {
+            assigned: assigned as u64,
+            written: 0,
+            quarantined: 0,
+            assignment: Digest::of(b""),
+            shards: Vec::new(),
+            sum: vec![0.0; colours],
+            sum_sq: vec![0.0; colours],
+            values: 0,
+        }
+    }
+}
+
 /// The result record of one instance, `.shardline/instances/algo-<i>.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InstanceResult {
@@ -155,16 +171,7 @@ pub async fn run(
     let recipe = job.settings.recipe.clone();
     let shape = recipe.shape();
     for (input, positions) in shares {
-        let mut result = ChannelResult {
-            assigned: positions.len() as u64,
-            written: 0,
-            quarantined: 0,
-            assignment: Digest::of(b""),
-            shards: Vec::new(),
-            sum: vec![0.0; shape[2]],
-            sum_sq: vec![0.0; shape[2]],
-            values: 0,
-        };
+        let mut result = ChannelResult::new(positions.len(), shape[2]);
         let mut assignment = Hasher::new();
         for root in &input.roots {
             if !stores.contains_key(root) {

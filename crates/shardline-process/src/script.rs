@@ -200,14 +200,8 @@ pub async fn run(
         channels.insert(
             input.channel.clone(),
             ChannelResult {
-                assigned: positions.len() as u64,
-                written: 0,
-                quarantined: 0,
                 assignment: assignment.finish(),
-                shards: Vec::new(),
-                sum: Vec::new(),
-                sum_sq: Vec::new(),
-                values: 0,
+                ..ChannelResult::new(positions.len(), 0)
             },
         );
     }
@@ -270,16 +264,7 @@ pub async fn run(
             .unwrap_or_default();
         let channel = channels
             .entry(name.clone())
-            .or_insert_with(|| ChannelResult {
-                assigned: 0,
-                written: 0,
-                quarantined: 0,
-                assignment: Digest::of(b""),
-                shards: Vec::new(),
-                sum: Vec::new(),
-                sum_sq: Vec::new(),
-                values: 0,
-            });
+            .or_insert_with(|| ChannelResult::new(0, 0));
         for file in files_below(&dir)? {
             let relative = file
                 .strip_prefix(&dir)
