@@ -60,6 +60,18 @@ impl LocalGarage {
     /// Starts a server whose data lives under `dir` (created; reused content is wiped) and
     /// creates `bucket` with a read-write key.
     pub fn start(dir: &Path, bucket: &str) -> Result<LocalGarage, GarageError> {
+        // The ports are picked free and released before Garage binds them, so another process
+        // can take one in between; a fresh pick on a failed start gets past that race.
+        let mut attempt = 1;
+        loop {
+            match LocalGarage::start_once(dir, bucket) {
+                Err(GarageError::Setup { .. }) if attempt < 3 => attempt += 1,
+                result => return result,
+            }
+        }
+    }
+
+    fn start_once(dir: &Path, bucket: &str) -> Result<LocalGarage, GarageError> {
         if dir.exists() {
             std::fs::remove_dir_all(dir)?;
         }
@@ -131,9 +143,11 @@ root_domain = ".s3.garage.localhost"
 
     fn setup(&mut self) -> Result<(), GarageError> {
         let deadline = Instant::now() + Duration::from_secs(60);
-        let node = loop {
-            match self.cli(&["node", "id", "-q"]) {
-                Ok(id) if id.trim().len() >= 64 => break id.trim()[..64].to_string(),
+        // `status` needs the server's RPC endpoint, so it succeeds only once the server is up
+        // (`node id` alone reads the key from disk and can answer earlier).
+        loop {
+            match self.cli(&["status"]) {
+                Ok(_) => break,
                 result => {
                     if let Some(status) = self.child.try_wait()? {
                         let log = std::fs::read_to_string(self.dir.join("garage.log"))
@@ -145,14 +159,23 @@ root_domain = ".s3.garage.localhost"
                     }
                     if Instant::now() > deadline {
                         return Err(GarageError::Setup {
-                            step: "node id".into(),
+                            step: "status".into(),
                             detail: format!("{result:?}"),
                         });
                     }
                     std::thread::sleep(Duration::from_millis(200));
                 }
             }
-        };
+        }
+        let id = self.cli(&["node", "id", "-q"])?;
+        let node = id
+            .trim()
+            .get(..64)
+            .map(str::to_string)
+            .ok_or_else(|| GarageError::Setup {
+                step: "node id".into(),
+                detail: id.clone(),
+            })?;
         self.cli(&["layout", "assign", &node, "-z", "dc1", "-c", "10G"])?;
         self.cli(&["layout", "apply", "--version", "1"])?;
         self.cli(&["key", "import", KEY_ID, SECRET, "-n", "shardline", "--yes"])?;
