@@ -14,6 +14,8 @@
 pub mod conformance;
 mod fused;
 mod in_process;
+#[cfg(feature = "mpi")]
+pub mod mpi_comm;
 
 pub use fused::{FusedStats, allreduce_fused};
 pub use in_process::InProcess;
@@ -82,7 +84,7 @@ pub enum Error {
 
 /// The collectives data-parallel training needs. Every rank must call the same collectives in
 /// the same order with buffers of the same length.
-pub trait Communicator: Send {
+pub trait Communicator {
     /// This worker's rank, 0-based.
     fn rank(&self) -> usize;
     /// The number of workers.
