@@ -24,6 +24,8 @@ pub struct Mpi {
     world: SimpleCommunicator,
     local_rank: usize,
     sequence: u64,
+    /// Reused send buffer: a fresh allocation per allreduce costs page faults on every step.
+    scratch: Vec<f32>,
     watchdog: mpsc::Sender<Option<(u64, &'static str)>>,
     // Dropped last: finalises MPI.
     _universe: Universe,
@@ -84,6 +86,7 @@ impl Mpi {
             world,
             local_rank,
             sequence: 0,
+            scratch: Vec::new(),
             watchdog,
             _universe: universe,
         })
@@ -161,9 +164,10 @@ impl Communicator for Mpi {
     fn allreduce_sum(&mut self, buffer: &mut [f32]) -> Result<(), Error> {
         self.agree(Op::AllreduceSum, buffer.len())?;
         if !buffer.is_empty() {
-            let send = buffer.to_vec();
+            self.scratch.clear();
+            self.scratch.extend_from_slice(buffer);
             self.world
-                .all_reduce_into(&send[..], buffer, SystemOperation::sum());
+                .all_reduce_into(&self.scratch[..], buffer, SystemOperation::sum());
         }
         self.done();
         Ok(())
