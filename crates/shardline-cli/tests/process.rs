@@ -615,3 +615,39 @@ fn augmented_manifests_and_prefixes_are_inputs_too() {
     let lineage = json(t.path("b/lineage.json"));
     assert_eq!(lineage["labels"], serde_json::json!(["circle", "square"]));
 }
+
+#[test]
+fn processed_shards_feed_the_training_reader() {
+    use shardline_dataset::{Normalise, Prefetcher, plan_epoch};
+    use shardline_process::shards::Index;
+    use shardline_process::transform::Recipe;
+
+    let t = TestDir::new();
+    dataset(&t);
+    process(&t, &["--out", "p", "--instances", "2", "--size", "8x8"]).ok();
+    let index: Index = serde_json::from_value(json(t.path("p/train/index.json"))).expect("index");
+    let recipe: Recipe = serde_json::from_value(json(t.path("p/recipe.json"))).expect("recipe");
+    // Two workers, one processing instance each: rank r reads algo-<r+1>'s shards.
+    let plan = plan_epoch(&index.shardlist, 2, 4, 0, 0).expect("plan");
+    assert_eq!(plan.samples, vec![10, 10]);
+    assert_eq!(plan.steps, 2);
+    let store = shardline_store::Store::open(&t.arg("p/train")).expect("store");
+    let mut labels = Vec::new();
+    for rank in 0..2 {
+        let urls = plan.shards[rank]
+            .iter()
+            .map(|&i| index.shardlist[i].url.clone())
+            .collect();
+        let mut reader = Prefetcher::spawn(store.clone(), urls, Normalise::from_recipe(&recipe), 8);
+        for _ in 0..plan.steps {
+            let batch = reader.next_batch(4).expect("read").expect("a full batch");
+            assert_eq!(batch.images.len(), 4 * 3 * 8 * 8);
+            // Normalised with the training mean and std: values centred near 0.
+            let mean: f32 = batch.images.iter().sum::<f32>() / batch.images.len() as f32;
+            assert!(mean.abs() < 1.5, "{mean}");
+            labels.extend(batch.labels);
+        }
+    }
+    assert_eq!(labels.len(), 16);
+    assert!(labels.iter().all(|&l| l < 2));
+}

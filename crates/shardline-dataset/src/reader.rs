@@ -1,0 +1,317 @@
+//! A prefetching reader of WebDataset shards: a background thread fetches the shards a rank
+//! reads, unpacks the samples, normalises them into `f32` `[channels, height, width]` and queues
+//! them; the trainer takes batches and the reader counts how long it waited.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use shardline_process::transform::Recipe;
+use shardline_store::Store;
+
+use crate::{Error, npy};
+
+/// How uint8 `[height, width, channels]` tensors become model inputs: per channel
+/// `(value - mean) / std`, laid out `[channels, height, width]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Normalise {
+    /// The tensor shape the shards must have, `[height, width, channels]`.
+    pub shape: [usize; 3],
+    /// Per-channel mean.
+    pub mean: Vec<f32>,
+    /// Per-channel standard deviation.
+    pub std: Vec<f32>,
+}
+
+impl Normalise {
+    /// The normalisation a processing recipe prescribes.
+    pub fn from_recipe(recipe: &Recipe) -> Normalise {
+        Normalise {
+            shape: recipe.shape(),
+            mean: recipe.mean.iter().map(|&m| m as f32).collect(),
+            std: recipe.std.iter().map(|&s| s as f32).collect(),
+        }
+    }
+
+    /// Values per sample.
+    pub fn len(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// Whether a sample holds no values.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Writes the normalised, channel-first form of `hwc` into `out`.
+    pub fn apply(&self, hwc: &[u8], out: &mut [f32]) {
+        let [h, w, c] = self.shape;
+        let plane = h * w;
+        let scale: Vec<f32> = self.std.iter().map(|s| 1.0 / s).collect();
+        for (pixel, values) in hwc.chunks_exact(c).enumerate() {
+            for (k, &v) in values.iter().enumerate() {
+                out[k * plane + pixel] = (f32::from(v) - self.mean[k]) * scale[k];
+            }
+        }
+    }
+}
+
+/// One batch for the trainer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Batch {
+    /// `[batch, channels, height, width]`, normalised.
+    pub images: Vec<f32>,
+    /// Label ids.
+    pub labels: Vec<u32>,
+    /// How long the trainer waited for this batch.
+    pub waited: Duration,
+}
+
+type Item = Result<(Vec<f32>, u32), Error>;
+
+/// Streams the samples of a list of shards on a background thread.
+pub struct Prefetcher {
+    samples: Receiver<Item>,
+    worker: Option<JoinHandle<()>>,
+    normalise: Normalise,
+}
+
+fn read_shard(
+    store: &Store,
+    runtime: &tokio::runtime::Runtime,
+    url: &str,
+    normalise: &Normalise,
+    out: &SyncSender<Item>,
+) -> Result<bool, Error> {
+    let bytes = runtime.block_on(store.get(url))?;
+    let bad = |reason: String| Error::BadShard {
+        shard: store.uri_of(url),
+        reason,
+    };
+    let mut archive = tar::Archive::new(&bytes[..]);
+    // Files of one sample share a basename; a sample is complete once its .npy and .cls are seen.
+    let mut pending: HashMap<String, (Option<Vec<f32>>, Option<u32>)> = HashMap::new();
+    for entry in archive.entries().map_err(|e| bad(e.to_string()))? {
+        let mut entry = entry.map_err(|e| bad(e.to_string()))?;
+        let path = entry
+            .path()
+            .map_err(|e| bad(e.to_string()))?
+            .display()
+            .to_string();
+        let Some((base, extension)) = path.split_once('.') else {
+            continue;
+        };
+        if extension != "npy" && extension != "cls" {
+            continue;
+        }
+        let base = base.to_string();
+        let mut data = Vec::with_capacity(entry.size() as usize);
+        entry
+            .read_to_end(&mut data)
+            .map_err(|e| bad(e.to_string()))?;
+        let slot = pending.entry(base.clone()).or_default();
+        match extension {
+            "npy" => {
+                let (shape, values) =
+                    npy::parse_u8(&data).map_err(|e| bad(format!("{path}: {e}")))?;
+                if shape != normalise.shape {
+                    return Err(Error::WrongShape {
+                        shard: store.uri_of(url),
+                        sample: base,
+                        found: shape,
+                        expected: normalise.shape.to_vec(),
+                    });
+                }
+                let mut image = vec![0f32; normalise.len()];
+                normalise.apply(values, &mut image);
+                slot.0 = Some(image);
+            }
+            "cls" => {
+                let text = String::from_utf8_lossy(&data);
+                slot.1 = Some(
+                    text.trim()
+                        .parse()
+                        .map_err(|_| bad(format!("{path}: label {text:?} is not a number")))?,
+                );
+            }
+            _ => {}
+        }
+        if let (Some(_), Some(_)) = slot
+            && let Some((Some(image), Some(label))) = pending.remove(&base)
+            && out.send(Ok((image, label))).is_err()
+        {
+            // The trainer stopped reading.
+            return Ok(false);
+        }
+    }
+    if let Some(base) = pending.keys().next() {
+        return Err(bad(format!("sample {base} lacks its .npy or .cls")));
+    }
+    Ok(true)
+}
+
+impl Prefetcher {
+    /// Starts reading `urls` (keys below `store`) in order, keeping up to `depth` samples ready.
+    pub fn spawn(
+        store: Store,
+        urls: Vec<String>,
+        normalise: Normalise,
+        depth: usize,
+    ) -> Prefetcher {
+        let (sender, samples) = sync_channel(depth.max(1));
+        let shape = normalise.clone();
+        let worker = std::thread::spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(e) => {
+                    let _ = sender.send(Err(Error::BadShard {
+                        shard: store.uri(),
+                        reason: format!("cannot start the reader: {e}"),
+                    }));
+                    return;
+                }
+            };
+            for url in &urls {
+                match read_shard(&store, &runtime, url, &shape, &sender) {
+                    Ok(true) => {}
+                    Ok(false) => return,
+                    Err(e) => {
+                        let _ = sender.send(Err(e));
+                        return;
+                    }
+                }
+            }
+        });
+        Prefetcher {
+            samples,
+            worker: Some(worker),
+            normalise,
+        }
+    }
+
+    /// The next `size` samples as one batch, or `None` once the shards are exhausted (a partial
+    /// last batch is dropped: every rank runs whole batches).
+    pub fn next_batch(&mut self, size: usize) -> Result<Option<Batch>, Error> {
+        let started = Instant::now();
+        let mut images = Vec::with_capacity(size * self.normalise.len());
+        let mut labels = Vec::with_capacity(size);
+        for _ in 0..size {
+            match self.samples.recv() {
+                Ok(Ok((image, label))) => {
+                    images.extend_from_slice(&image);
+                    labels.push(label);
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Ok(None),
+            }
+        }
+        Ok(Some(Batch {
+            images,
+            labels,
+            waited: started.elapsed(),
+        }))
+    }
+}
+
+impl Drop for Prefetcher {
+    fn drop(&mut self) {
+        // Closing the queue makes the worker stop at its next sample.
+        let (_, closed) = sync_channel(1);
+        drop(std::mem::replace(&mut self.samples, closed));
+        if let Some(worker) = self.worker.take() {
+            let _ = worker.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use shardline_process::shards::ShardWriter;
+    use shardline_process::transform::npy as write_npy;
+
+    fn shards(store: &Store, runtime: &tokio::runtime::Runtime, samples: usize) -> Vec<String> {
+        let mut writer = ShardWriter::new("algo-1", 2000);
+        let mut urls = Vec::new();
+        let mut put = |shard: shardline_process::shards::FinishedShard| {
+            runtime
+                .block_on(store.put(&shard.record.url, Bytes::from(shard.bytes)))
+                .expect("put");
+            urls.push(shard.record.url);
+        };
+        for i in 0..samples {
+            // A 2x2 RGB image whose red channel is the sample number.
+            let hwc: Vec<u8> = (0..4).flat_map(|_| [i as u8, 10, 20]).collect();
+            let npy = write_npy(&hwc, &[2, 2, 3]);
+            let label = (i % 3).to_string();
+            let files: [(&str, &[u8]); 3] =
+                [("npy", &npy), ("cls", label.as_bytes()), ("json", b"{}")];
+            if let Some(shard) = writer.add(&format!("{i:08}"), &files).expect("add") {
+                put(shard);
+            }
+        }
+        if let Some(shard) = writer.close().expect("close") {
+            put(shard);
+        }
+        urls
+    }
+
+    fn normalise() -> Normalise {
+        Normalise {
+            shape: [2, 2, 3],
+            mean: vec![0.0, 10.0, 0.0],
+            std: vec![1.0, 1.0, 10.0],
+        }
+    }
+
+    #[test]
+    fn batches_are_normalised_channel_first_in_order() {
+        let runtime = tokio::runtime::Runtime::new().expect("runtime");
+        let store = Store::open("memory://reader-order/train").expect("store");
+        let urls = shards(&store, &runtime, 10);
+        assert!(urls.len() > 1, "several shards");
+        let mut reader = Prefetcher::spawn(store, urls, normalise(), 4);
+        let batch = reader.next_batch(4).expect("read").expect("batch");
+        assert_eq!(batch.labels, vec![0, 1, 2, 0]);
+        // Sample 1: red plane = 1, green plane = (10 - 10) / 1 = 0, blue plane = 20 / 10 = 2.
+        assert_eq!(
+            &batch.images[12..24],
+            &[1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 2.0, 2.0, 2.0, 2.0]
+        );
+        assert!(reader.next_batch(4).expect("read").is_some());
+        assert!(
+            reader.next_batch(4).expect("read").is_none(),
+            "2 samples left: no partial batch"
+        );
+    }
+
+    #[test]
+    fn a_shard_of_another_recipe_is_refused() {
+        let runtime = tokio::runtime::Runtime::new().expect("runtime");
+        let store = Store::open("memory://reader-shape/train").expect("store");
+        let urls = shards(&store, &runtime, 3);
+        let wrong = Normalise {
+            shape: [4, 4, 3],
+            ..normalise()
+        };
+        let mut reader = Prefetcher::spawn(store, urls, wrong, 4);
+        let err = reader.next_batch(2).expect_err("wrong shape").to_string();
+        assert!(err.contains("another recipe"), "{err}");
+    }
+
+    #[test]
+    fn dropping_the_reader_stops_its_thread() {
+        let runtime = tokio::runtime::Runtime::new().expect("runtime");
+        let store = Store::open("memory://reader-drop/train").expect("store");
+        let urls = shards(&store, &runtime, 50);
+        let mut reader = Prefetcher::spawn(store, urls, normalise(), 1);
+        assert!(reader.next_batch(1).expect("read").is_some());
+        drop(reader);
+    }
+}
