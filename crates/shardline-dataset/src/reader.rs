@@ -218,6 +218,34 @@ impl Prefetcher {
     }
 }
 
+impl Prefetcher {
+    /// Up to `size` samples: a full batch, the partial last one, or `None` when nothing is left
+    /// (for evaluation, where every sample counts and no collective waits on batch counts).
+    pub fn next_partial(&mut self, size: usize) -> Result<Option<Batch>, Error> {
+        let started = Instant::now();
+        let mut images = Vec::with_capacity(size * self.normalise.len());
+        let mut labels = Vec::with_capacity(size);
+        while labels.len() < size {
+            match self.samples.recv() {
+                Ok(Ok((image, label))) => {
+                    images.extend_from_slice(&image);
+                    labels.push(label);
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(_) => break,
+            }
+        }
+        if labels.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(Batch {
+            images,
+            labels,
+            waited: started.elapsed(),
+        }))
+    }
+}
+
 impl Drop for Prefetcher {
     fn drop(&mut self) {
         // Closing the queue makes the worker stop at its next sample.

@@ -1,0 +1,16 @@
+//! Shardline's data-parallel training on Burn (CPU backend: flex), Horovod's model over a
+//! [`shardline_comm::Communicator`]: parameters broadcast from rank 0, gradients averaged by
+//! fused allreduce every step, the learning rate scaled by the number of workers (configurable),
+//! every rank the same number of steps per epoch.
+//!
+//! This crate knows nothing about HTTP, launchers or how the shards were made beyond the recipe.
+
+mod error;
+pub mod model;
+pub mod sync;
+pub mod train;
+pub mod weights;
+
+pub use error::Error;
+pub use model::{Kind, Model, ModelConfig};
+pub use train::{Channel, Data, EpochMetrics, LrScaling, TrainConfig, Trained, train};

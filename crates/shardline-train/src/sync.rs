@@ -1,0 +1,151 @@
+//! Moving a model's parameters and gradients through a [`Communicator`]: flatten in module order,
+//! run the collective, put the values back. Parameters are broadcast from rank 0; gradients are
+//! averaged with fused buckets.
+
+use std::collections::VecDeque;
+
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
+use burn::optim::GradientsParams;
+use burn::tensor::{Device, Tensor, TensorData};
+use shardline_comm::{Communicator, FusedStats, allreduce_fused};
+
+use crate::Error;
+
+type Flat = (ParamId, Vec<usize>, Device, Vec<f32>);
+
+struct CollectGrads<'a> {
+    grads: &'a mut GradientsParams,
+    out: Vec<Flat>,
+}
+
+impl ModuleVisitor for CollectGrads<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        if let Some(grad) = self.grads.remove::<D>(param.id) {
+            let shape = grad.dims().to_vec();
+            let device = grad.device();
+            let values = grad.to_data().try_into_vec::<f32>().unwrap_or_default();
+            self.out.push((param.id, shape, device, values));
+        }
+    }
+}
+
+struct RestoreGrads {
+    grads: GradientsParams,
+    values: VecDeque<Flat>,
+}
+
+impl ModuleVisitor for RestoreGrads {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        if self.values.front().is_some_and(|(id, ..)| *id == param.id)
+            && let Some((id, shape, device, values)) = self.values.pop_front()
+        {
+            let tensor = Tensor::<D>::from_data(TensorData::new(values, shape), &device);
+            self.grads.register::<D>(id, tensor);
+        }
+    }
+}
+
+/// Averages the gradients over every rank, in buckets of `bucket_bytes`.
+pub fn average_gradients<M: Module>(
+    comm: &mut dyn Communicator,
+    model: &M,
+    mut grads: GradientsParams,
+    bucket_bytes: usize,
+) -> Result<(GradientsParams, FusedStats), Error> {
+    let mut collect = CollectGrads {
+        grads: &mut grads,
+        out: Vec::new(),
+    };
+    model.visit(&mut collect);
+    let mut flat = collect.out;
+    let stats = {
+        let mut tensors: Vec<&mut [f32]> = flat
+            .iter_mut()
+            .map(|(_, _, _, v)| v.as_mut_slice())
+            .collect();
+        allreduce_fused(comm, &mut tensors, bucket_bytes)?
+    };
+    let mut restore = RestoreGrads {
+        grads: GradientsParams::new(),
+        values: flat.into(),
+    };
+    model.visit(&mut restore);
+    Ok((restore.grads, stats))
+}
+
+/// The model's parameters, flattened in module order.
+pub fn parameters<M: Module>(model: &M) -> Vec<(Vec<usize>, Vec<f32>)> {
+    struct Collect(Vec<(Vec<usize>, Vec<f32>)>);
+    impl ModuleVisitor for Collect {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            let value = param.val();
+            let shape = value.dims().to_vec();
+            self.0.push((
+                shape,
+                value.to_data().try_into_vec::<f32>().unwrap_or_default(),
+            ));
+        }
+    }
+    let mut collect = Collect(Vec::new());
+    model.visit(&mut collect);
+    collect.0
+}
+
+/// Replaces the model's parameters with `values`, in module order; shapes must match.
+pub fn load_parameters<M: Module>(
+    model: M,
+    values: Vec<(Vec<usize>, Vec<f32>)>,
+) -> Result<M, Error> {
+    struct Load {
+        values: VecDeque<(Vec<usize>, Vec<f32>)>,
+        error: Option<String>,
+    }
+    impl ModuleMapper for Load {
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            let Some((shape, values)) = self.values.pop_front() else {
+                self.error
+                    .get_or_insert_with(|| "fewer parameters than the model has".into());
+                return param;
+            };
+            param.map(|tensor| {
+                if tensor.dims().as_slice() != shape.as_slice() {
+                    self.error.get_or_insert_with(|| {
+                        format!(
+                            "a parameter of shape {shape:?} where the model has {:?}",
+                            tensor.dims()
+                        )
+                    });
+                    return tensor;
+                }
+                let device = tensor.device();
+                let grad = tensor.is_require_grad();
+                let loaded = Tensor::<D>::from_data(TensorData::new(values, shape), &device);
+                if grad { loaded.require_grad() } else { loaded }
+            })
+        }
+    }
+    let mut load = Load {
+        values: values.into(),
+        error: None,
+    };
+    let model = model.map(&mut load);
+    if let Some(error) = load.error {
+        return Err(Error::Weights(error));
+    }
+    if !load.values.is_empty() {
+        return Err(Error::Weights(format!(
+            "{} parameters more than the model has",
+            load.values.len()
+        )));
+    }
+    Ok(model)
+}
+
+/// Makes every rank's parameters rank 0's.
+pub fn broadcast_parameters<M: Module>(comm: &mut dyn Communicator, model: M) -> Result<M, Error> {
+    let mut values = parameters(&model);
+    for (_, v) in &mut values {
+        comm.broadcast(v, 0)?;
+    }
+    load_parameters(model, values)
+}
