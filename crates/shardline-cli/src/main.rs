@@ -51,6 +51,9 @@ enum Command {
     /// Distribute each channel's objects to N processing instances; each writes its own
     /// WebDataset shards (or runs your script under the SageMaker Processing contract).
     Process(Box<cmd::process::Args>),
+    /// Train an image classifier on processed shards, data-parallel (Horovod's model): N workers,
+    /// weights broadcast from rank 0, gradients averaged by fused allreduce.
+    Train(Box<cmd::train::Args>),
     /// Measure a stage against its usual Python implementation and print a table.
     #[command(subcommand)]
     Bench(cmd::bench::Command),
@@ -133,6 +136,7 @@ fn main() -> ExitCode {
             Command::Datagen(command) => cmd::datagen::run(command, &ui).await,
             Command::Manifest(args) => cmd::manifest::run(args, &ui).await,
             Command::Process(args) => cmd::process::run(*args, &ui).await,
+            Command::Train(args) => cmd::train::run(*args, &ui).await.map(|_| ()),
             Command::Bench(command) => cmd::bench::run(command, &ui).await,
         }
     });

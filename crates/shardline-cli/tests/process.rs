@@ -651,3 +651,99 @@ fn processed_shards_feed_the_training_reader() {
     assert_eq!(labels.len(), 16);
     assert!(labels.iter().all(|&l| l < 2));
 }
+
+#[test]
+fn train_learns_from_processed_shards_with_two_workers() {
+    let t = TestDir::new();
+    t.shapes("data", 2, 40);
+    t.run(&[
+        "manifest",
+        "--source",
+        "data",
+        "--out",
+        "m",
+        "--split",
+        "train=0.6,validation=0.2,test=0.2",
+    ])
+    .ok();
+    let m = t.arg("m");
+    t.run(&[
+        "process",
+        "--input",
+        &format!("train={m}/train.manifest"),
+        "--input",
+        &format!("validation={m}/validation.manifest"),
+        "--input",
+        &format!("test={m}/test.manifest"),
+        "--out",
+        "p",
+        "--instances",
+        "2",
+        "--size",
+        "16x16",
+    ])
+    .ok();
+    let stdout = t
+        .run(&[
+            "train",
+            "--data",
+            "p",
+            "--out",
+            "model",
+            "--workers",
+            "2",
+            "--epochs",
+            "3",
+            "--batch",
+            "8",
+        ])
+        .ok();
+    assert!(
+        stdout.contains("epoch   3:") && stdout.contains("test accuracy"),
+        "{stdout}"
+    );
+    for file in [
+        "model.json",
+        "weights.bin",
+        "labels.json",
+        "recipe.json",
+        "metrics.csv",
+        "lineage.json",
+    ] {
+        assert!(t.path("model").join(file).is_file(), "{file}");
+    }
+    let metrics = std::fs::read_to_string(t.path("model/metrics.csv")).expect("metrics");
+    assert_eq!(metrics.lines().count(), 4, "{metrics}");
+    // The saved weights load into the saved model config and nothing else.
+    let config: shardline_train::ModelConfig =
+        serde_json::from_value(json(t.path("model/model.json"))).expect("config");
+    let bytes = std::fs::read(t.path("model/weights.bin")).expect("weights");
+    let device = burn::tensor::Device::default();
+    assert!(shardline_train::weights::decode(config.init(&device), &bytes).is_ok());
+    let other = shardline_train::ModelConfig::mlp(config.input, config.classes);
+    assert!(shardline_train::weights::decode(other.init(&device), &bytes).is_err());
+
+    // Bad input: not processed data, and a model that does not fit.
+    let err = t.run(&["train", "--data", "m", "--out", "x"]).fails();
+    assert!(
+        err.contains("must be the output of `shardline process`"),
+        "{err}"
+    );
+    std::fs::write(
+        t.path("big.json"),
+        r#"{"kind":"cnn","input":[3,16,16],"classes":2,"widths":[4,4,4,4,4,4]}"#,
+    )
+    .expect("write");
+    let err = t
+        .run(&[
+            "train",
+            "--data",
+            "p",
+            "--out",
+            "x",
+            "--model-config",
+            &t.arg("big.json"),
+        ])
+        .fails();
+    assert!(err.contains("needs inputs of at least 64x64"), "{err}");
+}

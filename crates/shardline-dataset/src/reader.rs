@@ -78,12 +78,63 @@ pub struct Prefetcher {
     normalise: Normalise,
 }
 
+/// Where unpacked samples go: straight to the queue, or through a shuffle buffer first.
+struct Sink<'a> {
+    out: &'a SyncSender<Item>,
+    normalise: &'a Normalise,
+    buffer: Vec<(Vec<u8>, u32)>,
+    capacity: usize,
+    state: u64,
+}
+
+impl Sink<'_> {
+    fn random(&mut self, below: usize) -> usize {
+        // SplitMix64: a fixed, portable stream, so a seed orders samples alike everywhere.
+        self.state = self.state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        ((z ^ (z >> 31)) % below as u64) as usize
+    }
+
+    /// Normalises and queues one sample; false once the trainer stopped reading.
+    fn emit(&self, hwc: &[u8], label: u32) -> bool {
+        let mut image = vec![0f32; self.normalise.len()];
+        self.normalise.apply(hwc, &mut image);
+        self.out.send(Ok((image, label))).is_ok()
+    }
+
+    fn push(&mut self, hwc: Vec<u8>, label: u32) -> bool {
+        if self.capacity <= 1 {
+            return self.emit(&hwc, label);
+        }
+        if self.buffer.len() < self.capacity {
+            self.buffer.push((hwc, label));
+            return true;
+        }
+        let j = self.random(self.buffer.len());
+        let (old, old_label) = std::mem::replace(&mut self.buffer[j], (hwc, label));
+        self.emit(&old, old_label)
+    }
+
+    fn drain(&mut self) -> bool {
+        while !self.buffer.is_empty() {
+            let j = self.random(self.buffer.len());
+            let (hwc, label) = self.buffer.swap_remove(j);
+            if !self.emit(&hwc, label) {
+                return false;
+            }
+        }
+        true
+    }
+}
+
 fn read_shard(
     store: &Store,
     runtime: &tokio::runtime::Runtime,
     url: &str,
     normalise: &Normalise,
-    out: &SyncSender<Item>,
+    sink: &mut Sink<'_>,
 ) -> Result<bool, Error> {
     let bytes = runtime.block_on(store.get(url))?;
     let bad = |reason: String| Error::BadShard {
@@ -92,7 +143,7 @@ fn read_shard(
     };
     let mut archive = tar::Archive::new(&bytes[..]);
     // Files of one sample share a basename; a sample is complete once its .npy and .cls are seen.
-    let mut pending: HashMap<String, (Option<Vec<f32>>, Option<u32>)> = HashMap::new();
+    let mut pending: HashMap<String, (Option<Vec<u8>>, Option<u32>)> = HashMap::new();
     for entry in archive.entries().map_err(|e| bad(e.to_string()))? {
         let mut entry = entry.map_err(|e| bad(e.to_string()))?;
         let path = entry
@@ -124,9 +175,7 @@ fn read_shard(
                         expected: normalise.shape.to_vec(),
                     });
                 }
-                let mut image = vec![0f32; normalise.len()];
-                normalise.apply(values, &mut image);
-                slot.0 = Some(image);
+                slot.0 = Some(values.to_vec());
             }
             "cls" => {
                 let text = String::from_utf8_lossy(&data);
@@ -140,7 +189,7 @@ fn read_shard(
         }
         if let (Some(_), Some(_)) = slot
             && let Some((Some(image), Some(label))) = pending.remove(&base)
-            && out.send(Ok((image, label))).is_err()
+            && !sink.push(image, label)
         {
             // The trainer stopped reading.
             return Ok(false);
@@ -160,6 +209,20 @@ impl Prefetcher {
         normalise: Normalise,
         depth: usize,
     ) -> Prefetcher {
+        Prefetcher::spawn_shuffled(store, urls, normalise, depth, 0, 0)
+    }
+
+    /// Like [`Prefetcher::spawn`], with samples passed through a shuffle buffer of `shuffle`
+    /// samples (WebDataset's `shuffle(n)`): shards written in key order hold one class after
+    /// another, and batches drawn in that order would too. The order is a function of `seed`.
+    pub fn spawn_shuffled(
+        store: Store,
+        urls: Vec<String>,
+        normalise: Normalise,
+        depth: usize,
+        shuffle: usize,
+        seed: u64,
+    ) -> Prefetcher {
         let (sender, samples) = sync_channel(depth.max(1));
         let shape = normalise.clone();
         let worker = std::thread::spawn(move || {
@@ -176,8 +239,15 @@ impl Prefetcher {
                     return;
                 }
             };
+            let mut sink = Sink {
+                out: &sender,
+                normalise: &shape,
+                buffer: Vec::with_capacity(shuffle.min(1 << 16)),
+                capacity: shuffle,
+                state: seed,
+            };
             for url in &urls {
-                match read_shard(&store, &runtime, url, &shape, &sender) {
+                match read_shard(&store, &runtime, url, &shape, &mut sink) {
                     Ok(true) => {}
                     Ok(false) => return,
                     Err(e) => {
@@ -186,6 +256,7 @@ impl Prefetcher {
                     }
                 }
             }
+            sink.drain();
         });
         Prefetcher {
             samples,
@@ -331,6 +402,31 @@ mod tests {
         let mut reader = Prefetcher::spawn(store, urls, wrong, 4);
         let err = reader.next_batch(2).expect_err("wrong shape").to_string();
         assert!(err.contains("another recipe"), "{err}");
+    }
+
+    #[test]
+    fn the_shuffle_buffer_mixes_samples_deterministically() {
+        let runtime = tokio::runtime::Runtime::new().expect("runtime");
+        let store = Store::open("memory://reader-shuffle/train").expect("store");
+        let urls = shards(&store, &runtime, 30);
+        let read = |seed: u64| {
+            let mut reader =
+                Prefetcher::spawn_shuffled(store.clone(), urls.clone(), normalise(), 4, 16, seed);
+            let batch = reader.next_partial(30).expect("read").expect("batch");
+            // The red plane of each sample holds its number.
+            batch
+                .images
+                .chunks(12)
+                .map(|s| s[0] as u32)
+                .collect::<Vec<_>>()
+        };
+        let order = read(1);
+        let mut sorted = order.clone();
+        sorted.sort();
+        assert_eq!(sorted, (0..30).collect::<Vec<_>>(), "every sample once");
+        assert_ne!(order, sorted, "not in key order");
+        assert_eq!(order, read(1));
+        assert_ne!(order, read(2));
     }
 
     #[test]

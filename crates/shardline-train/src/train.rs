@@ -228,11 +228,17 @@ pub fn train(
             .iter()
             .map(|&i| train.shards[i].url.clone())
             .collect();
-        let mut reader = Prefetcher::spawn(
+        // A shuffle buffer of a few batches' worth of tensors (at least 1,000 samples): shards are
+        // written in key order, one class after another.
+        let shuffle = (config.batch * 32).max(1000);
+        let seed = config.seed ^ ((epoch as u64) << 32) ^ comm.rank() as u64;
+        let mut reader = Prefetcher::spawn_shuffled(
             train.store.clone(),
             urls,
             normalise.clone(),
             config.batch * 4,
+            shuffle,
+            seed,
         );
         let started = Instant::now();
         let (mut waited, mut reduced) = (0.0, 0.0);

@@ -5,3 +5,4 @@ pub mod datagen;
 pub mod manifest;
 pub mod process;
 pub mod quickstart;
+pub mod train;

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 
-use crate::cmd::{datagen, manifest, process};
+use crate::cmd::{datagen, manifest, process, train};
 use crate::progress::Ui;
 
 /// Flags of `shardline quickstart`.
@@ -38,7 +38,7 @@ pub async fn run(args: Args, ui: &Ui) -> Result<()> {
     };
 
     ui.say(format!(
-        "[1/3] datagen: the shapes dataset into {}",
+        "[1/4] datagen: the shapes dataset into {}",
         data.display()
     ));
     let shapes = datagen::ShapesArgs {
@@ -53,7 +53,7 @@ pub async fn run(args: Args, ui: &Ui) -> Result<()> {
     datagen::shapes(&shapes, ui).await?;
 
     ui.say(format!(
-        "[2/3] manifest: channels, table and lineage into {}",
+        "[2/4] manifest: channels, table and lineage into {}",
         manifests.display()
     ));
     let manifest_args = manifest::Args {
@@ -71,7 +71,7 @@ pub async fn run(args: Args, ui: &Ui) -> Result<()> {
 
     let processed = dir.join("processed");
     ui.say(format!(
-        "[3/3] process: 2 instances (sharded by key) write WebDataset shards into {}",
+        "[3/4] process: 2 instances (sharded by key) write WebDataset shards into {}",
         processed.display()
     ));
     let m = utf8(&manifests)?;
@@ -99,6 +99,26 @@ pub async fn run(args: Args, ui: &Ui) -> Result<()> {
     };
     process::run(process_args, ui).await?;
 
+    let model = dir.join("model");
+    ui.say(format!(
+        "[4/4] train: 2 data-parallel workers train the default CNN into {}",
+        model.display()
+    ));
+    let train_args = train::Args {
+        data: utf8(&processed)?,
+        out: utf8(&model)?,
+        workers: 2,
+        epochs: 30,
+        batch: 16,
+        lr: 2e-3,
+        lr_scaling: train::ScalingArg::Linear,
+        model: train::ModelArg::Cnn,
+        model_config: None,
+        seed: 0,
+        bucket_mib: 4,
+    };
+    let accuracy = train::run(train_args, ui).await?;
+
     ui.say("");
     ui.say("quickstart done. Outputs:");
     ui.say(format!("  images     {}/<class>/<id>.jpg", data.display()));
@@ -123,6 +143,16 @@ pub async fn run(args: Args, ui: &Ui) -> Result<()> {
         "  logs       {}/logs/algo-1.log, algo-2.log; report.json, lineage.json",
         processed.display()
     ));
-    ui.say("Stages still to come in Shardline: train, serve (see README.md).");
+    ui.say(format!(
+        "  model      {}/model.json, weights.bin, metrics.csv, lineage.json",
+        model.display()
+    ));
+    if let Some(a) = accuracy {
+        ui.say(format!(
+            "  test accuracy of the trained model: {:.2}%",
+            100.0 * a
+        ));
+    }
+    ui.say("Still to come in Shardline: serving, pipelines (see README.md).");
     Ok(())
 }

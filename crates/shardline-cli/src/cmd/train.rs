@@ -1,0 +1,269 @@
+//! `shardline train`: data-parallel training on the output of `shardline process`, with the
+//! workers as threads of this process (in-process collectives).
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use bytes::Bytes;
+use shardline_comm::InProcess;
+use shardline_dataset::Normalise;
+use shardline_process::shards::Index;
+use shardline_process::transform::Recipe;
+use shardline_store::Store;
+use shardline_store::commit::{self, Commit};
+use shardline_train::train::test_accuracy;
+use shardline_train::{Channel, Data, EpochMetrics, LrScaling, ModelConfig, TrainConfig, weights};
+
+use crate::progress::Ui;
+
+/// Flags of `shardline train`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
+    /// The output of `shardline process` (recipe.json, lineage.json, <channel>/index.json).
+    #[arg(long, value_name = "URL")]
+    pub data: String,
+    /// Where the model directory goes: model.json, weights.bin, labels.json, recipe.json,
+    /// metrics.csv, lineage.json.
+    #[arg(long, value_name = "URL")]
+    pub out: String,
+    /// Data-parallel workers (threads of this process, one model replica each).
+    #[arg(long, default_value_t = 2)]
+    pub workers: usize,
+    /// Passes over the training data.
+    #[arg(long, default_value_t = 10)]
+    pub epochs: usize,
+    /// Samples per worker and step.
+    #[arg(long, default_value_t = 32)]
+    pub batch: usize,
+    /// Base learning rate (Adam).
+    #[arg(long, default_value_t = 1e-3)]
+    pub lr: f64,
+    /// linear: lr x workers (Horovod's advice); none: the same lr for any number of workers.
+    #[arg(long, value_enum, default_value_t = ScalingArg::Linear)]
+    pub lr_scaling: ScalingArg,
+    /// The architecture (ignored with --model-config).
+    #[arg(long, value_enum, default_value_t = ModelArg::Cnn)]
+    pub model: ModelArg,
+    /// A JSON model config (kind, input, classes, widths) instead of --model.
+    #[arg(long, value_name = "FILE")]
+    pub model_config: Option<std::path::PathBuf>,
+    /// Seed of the shard order.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Gradient fusion bucket size, MiB.
+    #[arg(long, default_value_t = 4)]
+    pub bucket_mib: usize,
+}
+
+/// Learning-rate scaling.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum ScalingArg {
+    /// lr x workers.
+    Linear,
+    /// Unchanged.
+    None,
+}
+
+/// Architectures.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum ModelArg {
+    /// Strided convolutions (the default).
+    Cnn,
+    /// Fully connected.
+    Mlp,
+}
+
+async fn json<T: serde::de::DeserializeOwned>(store: &Store, key: &str) -> Result<T> {
+    let bytes = store.get(key).await.with_context(|| {
+        format!(
+            "train: --data must be the output of `shardline process`; reading {}",
+            store.uri_of(key)
+        )
+    })?;
+    serde_json::from_slice(&bytes)
+        .with_context(|| format!("train: {} is not valid", store.uri_of(key)))
+}
+
+async fn channel(data: &Store, name: &str) -> Result<Option<Channel>> {
+    if !data.exists(&format!("{name}/index.json")).await? {
+        return Ok(None);
+    }
+    let index: Index = json(data, &format!("{name}/index.json")).await?;
+    Ok(Some(Channel {
+        store: data.child(name),
+        shards: index.shardlist,
+    }))
+}
+
+fn metrics_csv(metrics: &[EpochMetrics]) -> String {
+    let mut out = String::from(
+        "epoch,train_loss,train_accuracy,validation_loss,validation_accuracy,samples_per_second,data_wait_percent,allreduce_ms\n",
+    );
+    for m in metrics {
+        out.push_str(&format!(
+            "{},{:.6},{:.6},{:.6},{:.6},{:.1},{:.2},{:.3}\n",
+            m.epoch,
+            m.train_loss,
+            m.train_accuracy,
+            m.validation_loss,
+            m.validation_accuracy,
+            m.samples_per_second,
+            m.data_wait_percent,
+            m.allreduce_ms
+        ));
+    }
+    out
+}
+
+/// Trains and writes the model directory; returns the test accuracy, if there is a test channel.
+pub async fn run(args: Args, ui: &Ui) -> Result<Option<f64>> {
+    if args.workers == 0 || args.batch == 0 || args.epochs == 0 {
+        bail!("train: --workers, --batch and --epochs must be at least 1");
+    }
+    if !(args.lr.is_finite() && args.lr > 0.0) {
+        bail!("train: --lr {} must be a positive number", args.lr);
+    }
+    let data = Store::open(&args.data).with_context(|| format!("train: --data {}", args.data))?;
+    let out = Store::open(&args.out).with_context(|| format!("train: --out {}", args.out))?;
+    commit::recover(&data).await?;
+    let recipe: Recipe = json(&data, "recipe.json").await?;
+    let lineage: serde_json::Value = json(&data, "lineage.json").await?;
+    let labels: Vec<String> = serde_json::from_value(lineage["labels"].clone())
+        .context("train: the data's lineage.json has no label list")?;
+    let train = channel(&data, "train").await?.with_context(|| {
+        format!(
+            "train: {} has no train channel (train/index.json)",
+            data.uri()
+        )
+    })?;
+    if train.shards.is_empty() {
+        bail!("train: the train channel of {} is empty", data.uri());
+    }
+    let validation = channel(&data, "validation").await?;
+    let test = channel(&data, "test").await?;
+    let [h, w, c] = recipe.shape();
+    let model_config = match &args.model_config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("train: --model-config {}", path.display()))?;
+            serde_json::from_str(&text).with_context(|| {
+                format!(
+                    "train: --model-config {} is not a model config",
+                    path.display()
+                )
+            })?
+        }
+        None => match args.model {
+            ModelArg::Cnn => ModelConfig::cnn([c, h, w], labels.len()),
+            ModelArg::Mlp => ModelConfig::mlp([c, h, w], labels.len()),
+        },
+    };
+    if model_config.input != [c, h, w] || model_config.classes != labels.len() {
+        bail!(
+            "train: the model config expects input {:?} and {} classes, but the data has {:?} and {} classes",
+            model_config.input,
+            model_config.classes,
+            [c, h, w],
+            labels.len()
+        );
+    }
+    model_config
+        .validate()
+        .map_err(|e| anyhow::anyhow!("train: model config: {e}"))?;
+    let config = TrainConfig {
+        epochs: args.epochs,
+        batch: args.batch,
+        lr: args.lr,
+        lr_scaling: match args.lr_scaling {
+            ScalingArg::Linear => LrScaling::Linear,
+            ScalingArg::None => LrScaling::None,
+        },
+        seed: args.seed,
+        bucket_bytes: args.bucket_mib.max(1) << 20,
+    };
+    let job = Data {
+        normalise: Normalise::from_recipe(&recipe),
+        train,
+        validation,
+    };
+    ui.say(format!(
+        "train: {} workers, {:?} model, {} epochs, batch {} per worker, on {}",
+        args.workers,
+        model_config.kind,
+        config.epochs,
+        config.batch,
+        data.uri()
+    ));
+    let workers: Vec<_> = InProcess::group(args.workers, Duration::from_secs(600))
+        .into_iter()
+        .map(|mut comm| {
+            let (model_config, job, config, test) = (model_config.clone(), job.clone(), config.clone(), test.clone());
+            std::thread::spawn(move || -> Result<_, shardline_train::Error> {
+                let device = burn::tensor::Device::default();
+                let print = |m: &EpochMetrics| {
+                    println!(
+                        "  epoch {:>3}: loss {:.4}, accuracy {:.3}, validation {:.3}, {:.0} samples/s, data wait {:.1}%, allreduce {:.2} ms/step",
+                        m.epoch, m.train_loss, m.train_accuracy, m.validation_accuracy, m.samples_per_second, m.data_wait_percent, m.allreduce_ms
+                    );
+                };
+                let trained = shardline_train::train(&mut comm, &model_config, &job, &config, &device, &print)?;
+                let accuracy = match &test {
+                    Some(test) => Some(test_accuracy(&mut comm, &trained.model, test, &job.normalise, &device)?),
+                    None => None,
+                };
+                let rank = shardline_comm::Communicator::rank(&comm);
+                Ok((rank, trained, accuracy))
+            })
+        })
+        .collect();
+    let mut results = Vec::new();
+    for worker in workers {
+        results.push(
+            worker
+                .join()
+                .map_err(|_| anyhow::anyhow!("train: a worker thread panicked"))??,
+        );
+    }
+    let (_, trained, accuracy) = results
+        .into_iter()
+        .find(|(rank, ..)| *rank == 0)
+        .context("train: rank 0 returned nothing")?;
+
+    // Rank 0 writes the model directory, atomically, lineage last.
+    let lineage_out = serde_json::json!({
+        "producer": shardline_lineage::PRODUCER,
+        "step": "train",
+        "data": data.uri(),
+        "data_lineage": shardline_lineage::Digest::of(&serde_json::to_vec(&lineage).unwrap_or_default()),
+        "workers": args.workers,
+        "settings": config,
+        "model": model_config,
+        "test_accuracy": accuracy,
+    });
+    let files: Vec<(&str, Vec<u8>)> = vec![
+        ("model.json", serde_json::to_vec_pretty(&model_config)?),
+        ("weights.bin", weights::encode(&trained.model)),
+        (
+            "labels.json",
+            serde_json::to_vec_pretty(&serde_json::json!({"classes": labels}))?,
+        ),
+        ("recipe.json", serde_json::to_vec_pretty(&recipe)?),
+        ("metrics.csv", metrics_csv(&trained.metrics).into_bytes()),
+        ("lineage.json", serde_json::to_vec_pretty(&lineage_out)?),
+    ];
+    commit::recover(&out).await?;
+    let mut tx = Commit::begin(&out);
+    for (name, bytes) in files {
+        tx.stage(name, Bytes::from(bytes)).await?;
+    }
+    tx.publish().await?;
+    match accuracy {
+        Some(a) => ui.say(format!(
+            "train: test accuracy {:.2}%; model in {}",
+            100.0 * a,
+            out.uri()
+        )),
+        None => ui.say(format!("train: no test channel; model in {}", out.uri())),
+    }
+    Ok(accuracy)
+}
