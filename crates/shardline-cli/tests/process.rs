@@ -747,3 +747,66 @@ fn train_learns_from_processed_shards_with_two_workers() {
         .fails();
     assert!(err.contains("needs inputs of at least 64x64"), "{err}");
 }
+
+/// `mpirun -np 2 shardline train` (one rank per process, MPI collectives) ends with the same
+/// weights as 2 in-process workers: same seeded start, same shards, same sums.
+#[cfg(feature = "mpi")]
+#[test]
+fn an_mpi_run_matches_the_in_process_run() {
+    let t = TestDir::new();
+    dataset(&t);
+    process(&t, &["--out", "p", "--instances", "2", "--size", "16x16"]).ok();
+    t.run(&[
+        "train",
+        "--data",
+        "p",
+        "--out",
+        "threads",
+        "--workers",
+        "2",
+        "--epochs",
+        "2",
+        "--batch",
+        "4",
+    ])
+    .ok();
+    let output = std::process::Command::new("timeout")
+        .args([
+            "300",
+            "mpirun",
+            "--allow-run-as-root",
+            "--oversubscribe",
+            "-np",
+            "2",
+            env!("CARGO_BIN_EXE_shardline"),
+        ])
+        .args([
+            "train", "--data", "p", "--out", "mpi", "--epochs", "2", "--batch", "4",
+        ])
+        .current_dir(t.dir.path())
+        .env("OMPI_MCA_btl_vader_single_copy_mechanism", "none")
+        .output()
+        .expect("mpirun runs (install openmpi-bin; see .ci/run)");
+    assert!(
+        output.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(String::from_utf8_lossy(&output.stdout).contains("2 MPI ranks"));
+    let config: shardline_train::ModelConfig =
+        serde_json::from_value(json(t.path("threads/model.json"))).expect("config");
+    let device = burn::tensor::Device::default();
+    let load = |dir: &str| {
+        let bytes = std::fs::read(t.path(dir).join("weights.bin")).expect("weights");
+        let model = shardline_train::weights::decode(config.init(&device), &bytes).expect("decode");
+        shardline_train::sync::parameters(&model)
+    };
+    let (a, b) = (load("threads"), load("mpi"));
+    let max_diff = a
+        .iter()
+        .zip(&b)
+        .flat_map(|((_, x), (_, y))| x.iter().zip(y).map(|(p, q)| (p - q).abs()))
+        .fold(0f32, f32::max);
+    assert!(max_diff < 1e-5, "weights differ by {max_diff}");
+}

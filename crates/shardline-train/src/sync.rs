@@ -149,3 +149,37 @@ pub fn broadcast_parameters<M: Module>(comm: &mut dyn Communicator, model: M) ->
     }
     load_parameters(model, values)
 }
+
+/// Replaces every parameter with a value drawn from a seeded stream, so that every run and every
+/// process starts from the same weights (Burn's own initialisers draw from an unseeded generator).
+/// Weights get He-uniform values (`±sqrt(6 / fan_in)`, for ReLU networks), biases zeros. Fan-in
+/// is `in × kh × kw` for a convolution weight `[out, in, kh, kw]` and `in` for a linear weight
+/// `[in, out]`.
+pub fn seeded<M: Module>(model: M, seed: u64) -> Result<M, Error> {
+    let mut state = seed ^ 0x5eed_5eed_5eed_5eed;
+    let mut uniform = move || {
+        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        ((z ^ (z >> 31)) >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+    };
+    let values = parameters(&model)
+        .into_iter()
+        .map(|(shape, old)| {
+            let fan_in = match shape.len() {
+                4 => shape[1] * shape[2] * shape[3],
+                2 => shape[0],
+                _ => 0,
+            };
+            let values = if fan_in == 0 {
+                vec![0.0; old.len()]
+            } else {
+                let bound = (6.0 / fan_in as f32).sqrt();
+                (0..old.len()).map(|_| uniform() * bound).collect()
+            };
+            (shape, values)
+        })
+        .collect();
+    load_parameters(model, values)
+}

@@ -208,7 +208,8 @@ pub fn train(
 ) -> Result<Trained, Error> {
     let (normalise, train, validation) = (&data.normalise, &data.train, data.validation.as_ref());
     let autodiff = device.clone().autodiff();
-    let model = model_config.init(&autodiff);
+    // Rank 0's seeded weights reach every rank through the broadcast, as in Horovod.
+    let model = crate::sync::seeded(model_config.init(&autodiff), config.seed)?;
     let mut model = broadcast_parameters(comm, model)?;
     let mut optimizer = AdamConfig::new().init();
     let lr = match config.lr_scaling {

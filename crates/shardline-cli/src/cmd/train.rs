@@ -115,6 +115,72 @@ fn metrics_csv(metrics: &[EpochMetrics]) -> String {
     out
 }
 
+/// One rank's work: train, then measure the test accuracy over all ranks.
+fn worker(
+    comm: &mut dyn shardline_comm::Communicator,
+    model_config: &ModelConfig,
+    job: &Data,
+    config: &TrainConfig,
+    test: Option<&Channel>,
+) -> Result<(shardline_train::Trained, Option<f64>), shardline_train::Error> {
+    let device = burn::tensor::Device::default();
+    let print = |m: &EpochMetrics| {
+        println!(
+            "  epoch {:>3}: loss {:.4}, accuracy {:.3}, validation {:.3}, {:.0} samples/s, data wait {:.1}%, allreduce {:.2} ms/step",
+            m.epoch,
+            m.train_loss,
+            m.train_accuracy,
+            m.validation_accuracy,
+            m.samples_per_second,
+            m.data_wait_percent,
+            m.allreduce_ms
+        );
+    };
+    let trained = shardline_train::train(comm, model_config, job, config, &device, &print)?;
+    let accuracy = match test {
+        Some(test) => Some(test_accuracy(
+            comm,
+            &trained.model,
+            test,
+            &job.normalise,
+            &device,
+        )?),
+        None => None,
+    };
+    Ok((trained, accuracy))
+}
+
+/// Whether `mpirun` started this process as one rank.
+fn launched_by_mpirun() -> bool {
+    std::env::var_os("OMPI_COMM_WORLD_SIZE").is_some()
+}
+
+/// Runs this process's rank over MPI; rank 0 gets the result.
+#[cfg(feature = "mpi")]
+fn mpi_rank(
+    model_config: &ModelConfig,
+    job: &Data,
+    config: &TrainConfig,
+    test: Option<&Channel>,
+) -> Result<Option<(shardline_train::Trained, Option<f64>)>> {
+    let mut comm = shardline_comm::mpi_comm::Mpi::init(Duration::from_secs(600))?;
+    let rank = shardline_comm::Communicator::rank(&comm);
+    let result = worker(&mut comm, model_config, job, config, test)?;
+    Ok((rank == 0).then_some(result))
+}
+
+#[cfg(not(feature = "mpi"))]
+fn mpi_rank(
+    _: &ModelConfig,
+    _: &Data,
+    _: &TrainConfig,
+    _: Option<&Channel>,
+) -> Result<Option<(shardline_train::Trained, Option<f64>)>> {
+    bail!(
+        "train: started by mpirun, but this shardline was built without MPI; build it with `cargo build --release --features mpi` (needs libopenmpi-dev and libclang-dev)"
+    )
+}
+
 /// Trains and writes the model directory; returns the test accuracy, if there is a test channel.
 pub async fn run(args: Args, ui: &Ui) -> Result<Option<f64>> {
     if args.workers == 0 || args.batch == 0 || args.epochs == 0 {
@@ -186,48 +252,57 @@ pub async fn run(args: Args, ui: &Ui) -> Result<Option<f64>> {
         train,
         validation,
     };
-    ui.say(format!(
-        "train: {} workers, {:?} model, {} epochs, batch {} per worker, on {}",
-        args.workers,
-        model_config.kind,
-        config.epochs,
-        config.batch,
-        data.uri()
-    ));
-    let workers: Vec<_> = InProcess::group(args.workers, Duration::from_secs(600))
-        .into_iter()
-        .map(|mut comm| {
-            let (model_config, job, config, test) = (model_config.clone(), job.clone(), config.clone(), test.clone());
-            std::thread::spawn(move || -> Result<_, shardline_train::Error> {
-                let device = burn::tensor::Device::default();
-                let print = |m: &EpochMetrics| {
-                    println!(
-                        "  epoch {:>3}: loss {:.4}, accuracy {:.3}, validation {:.3}, {:.0} samples/s, data wait {:.1}%, allreduce {:.2} ms/step",
-                        m.epoch, m.train_loss, m.train_accuracy, m.validation_accuracy, m.samples_per_second, m.data_wait_percent, m.allreduce_ms
-                    );
-                };
-                let trained = shardline_train::train(&mut comm, &model_config, &job, &config, &device, &print)?;
-                let accuracy = match &test {
-                    Some(test) => Some(test_accuracy(&mut comm, &trained.model, test, &job.normalise, &device)?),
-                    None => None,
-                };
-                let rank = shardline_comm::Communicator::rank(&comm);
-                Ok((rank, trained, accuracy))
-            })
-        })
-        .collect();
-    let mut results = Vec::new();
-    for worker in workers {
-        results.push(
-            worker
-                .join()
-                .map_err(|_| anyhow::anyhow!("train: a worker thread panicked"))??,
-        );
+    let workers = match std::env::var("OMPI_COMM_WORLD_SIZE") {
+        Ok(size) => format!("{size} MPI ranks"),
+        Err(_) => format!("{} workers", args.workers),
+    };
+    // Under mpirun only rank 0 talks.
+    if !std::env::var("OMPI_COMM_WORLD_RANK").is_ok_and(|r| r != "0") {
+        ui.say(format!(
+            "train: {workers}, {:?} model, {} epochs, batch {} per worker, on {}",
+            model_config.kind,
+            config.epochs,
+            config.batch,
+            data.uri()
+        ));
     }
-    let (_, trained, accuracy) = results
-        .into_iter()
-        .find(|(rank, ..)| *rank == 0)
-        .context("train: rank 0 returned nothing")?;
+    let (trained, accuracy) = if launched_by_mpirun() {
+        match mpi_rank(&model_config, &job, &config, test.as_ref())? {
+            Some(result) => result,
+            // Not rank 0: rank 0 writes the model.
+            None => return Ok(None),
+        }
+    } else {
+        let workers: Vec<_> = InProcess::group(args.workers, Duration::from_secs(600))
+            .into_iter()
+            .map(|mut comm| {
+                let (model_config, job, config, test) = (
+                    model_config.clone(),
+                    job.clone(),
+                    config.clone(),
+                    test.clone(),
+                );
+                std::thread::spawn(move || {
+                    let rank = shardline_comm::Communicator::rank(&comm);
+                    worker(&mut comm, &model_config, &job, &config, test.as_ref())
+                        .map(|r| (rank, r))
+                })
+            })
+            .collect();
+        let mut results = Vec::new();
+        for worker in workers {
+            results.push(
+                worker
+                    .join()
+                    .map_err(|_| anyhow::anyhow!("train: a worker thread panicked"))??,
+            );
+        }
+        results
+            .into_iter()
+            .find(|(rank, _)| *rank == 0)
+            .map(|(_, r)| r)
+            .context("train: rank 0 returned nothing")?
+    };
 
     // Rank 0 writes the model directory, atomically, lineage last.
     let lineage_out = serde_json::json!({
