@@ -68,6 +68,11 @@ impl Ui {
         }
     }
 
+    /// Whether `--quiet` was given.
+    pub fn is_quiet(&self) -> bool {
+        self.quiet
+    }
+
     /// Removes any bars before an error is printed.
     pub fn clear(&self) {
         let _ = self.bars.clear();

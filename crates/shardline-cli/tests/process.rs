@@ -810,3 +810,56 @@ fn an_mpi_run_matches_the_in_process_run() {
         .fold(0f32, f32::max);
     assert!(max_diff < 1e-5, "weights differ by {max_diff}");
 }
+
+#[test]
+fn a_killed_training_resumes_to_the_same_result() {
+    let mut t = TestDir::new();
+    dataset(&t);
+    process(&t, &["--out", "p", "--instances", "2", "--size", "16x16"]).ok();
+    let train = [
+        "train",
+        "--data",
+        "p",
+        "--workers",
+        "2",
+        "--epochs",
+        "3",
+        "--batch",
+        "4",
+    ];
+    let with_out = |out: &str, extra: &[&str]| -> Vec<String> {
+        train
+            .iter()
+            .chain(["--out", out].iter())
+            .chain(extra.iter())
+            .map(|s| s.to_string())
+            .collect()
+    };
+    let args = with_out("full", &[]);
+    t.run(&args.iter().map(String::as_str).collect::<Vec<_>>())
+        .ok();
+    // Killed right after the checkpoint of epoch 2.
+    t.env = vec![("SHARDLINE_FAULT", "train:after-epoch-2".into())];
+    let args = with_out("part", &[]);
+    t.run(&args.iter().map(String::as_str).collect::<Vec<_>>())
+        .fails();
+    assert!(!t.path("part/weights.bin").exists() && t.path("part/checkpoint/state.json").is_file());
+    t.env.clear();
+    let args = with_out("part", &["--resume"]);
+    let stdout = t
+        .run(&args.iter().map(String::as_str).collect::<Vec<_>>())
+        .ok();
+    assert!(
+        stdout.contains("resuming after epoch 2") && !stdout.contains("epoch   2:"),
+        "{stdout}"
+    );
+    assert_eq!(
+        std::fs::read(t.path("full/weights.bin")).expect("full"),
+        std::fs::read(t.path("part/weights.bin")).expect("resumed"),
+        "a resumed run ends where an uninterrupted one does"
+    );
+    let err = t
+        .run(&["train", "--data", "p", "--out", "nothing-here", "--resume"])
+        .fails();
+    assert!(err.contains("--resume needs a checkpoint"), "{err}");
+}

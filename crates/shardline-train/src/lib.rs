@@ -13,4 +13,6 @@ pub mod weights;
 
 pub use error::Error;
 pub use model::{Kind, Model, ModelConfig};
-pub use train::{Channel, Data, EpochMetrics, LrScaling, TrainConfig, Trained, train};
+pub use train::{
+    Channel, Data, EpochEnd, EpochMetrics, LrScaling, Resume, TrainConfig, Trained, train,
+};

@@ -13,6 +13,9 @@ use crate::Error;
 
 type Flat = (ParamId, Vec<usize>, Device, Vec<f32>);
 
+/// A model's parameters in module order: each one's shape and values.
+pub type Parameters = Vec<(Vec<usize>, Vec<f32>)>;
+
 struct CollectGrads<'a> {
     grads: &'a mut GradientsParams,
     out: Vec<Flat>,
@@ -74,7 +77,7 @@ pub fn average_gradients<M: Module>(
 }
 
 /// The model's parameters, flattened in module order.
-pub fn parameters<M: Module>(model: &M) -> Vec<(Vec<usize>, Vec<f32>)> {
+pub fn parameters<M: Module>(model: &M) -> Parameters {
     struct Collect(Vec<(Vec<usize>, Vec<f32>)>);
     impl ModuleVisitor for Collect {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
@@ -181,5 +184,25 @@ pub fn seeded<M: Module>(model: M, seed: u64) -> Result<M, Error> {
             (shape, values)
         })
         .collect();
-    load_parameters(model, values)
+    let model = load_parameters(model, values)?;
+    Ok(renumber(model))
+}
+
+/// Gives the parameters the ids 1, 2, 3... in module order, so that optimizer state saved by one
+/// run (keyed by parameter id) fits the same model built by another run or another rank.
+pub fn renumber<M: Module>(model: M) -> M {
+    struct Renumber(u64);
+    impl ModuleMapper for Renumber {
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            self.0 += 1;
+            let tensor = param.val();
+            let tensor = if tensor.is_require_grad() {
+                tensor.require_grad()
+            } else {
+                tensor
+            };
+            Param::initialized(ParamId::from(self.0), tensor)
+        }
+    }
+    model.map(&mut Renumber(0))
 }

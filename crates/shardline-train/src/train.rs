@@ -189,6 +189,23 @@ fn evaluate(
     ))
 }
 
+/// Where a resumed run starts: the state saved after `epoch` epochs.
+#[derive(Debug, Clone)]
+pub struct Resume {
+    /// Epochs already done.
+    pub epoch: usize,
+    /// The model's parameters then, in module order.
+    pub parameters: crate::sync::Parameters,
+    /// The optimizer's state then (burnpack bytes).
+    pub optimizer: Vec<u8>,
+    /// The metrics of the epochs done.
+    pub metrics: Vec<EpochMetrics>,
+}
+
+/// Called on rank 0 after each epoch with the metrics, the model and the optimizer's state, to
+/// write a checkpoint.
+pub type EpochEnd<'a> = &'a dyn Fn(&EpochMetrics, &Model, &[u8]) -> Result<(), Error>;
+
 /// What a worker returns: its final model and, on rank 0, the metrics.
 pub struct Trained {
     /// The trained model (identical on every rank).
@@ -204,20 +221,31 @@ pub fn train(
     data: &Data,
     config: &TrainConfig,
     device: &Device,
-    on_epoch: &dyn Fn(&EpochMetrics),
+    resume: Option<&Resume>,
+    on_epoch: EpochEnd<'_>,
 ) -> Result<Trained, Error> {
     let (normalise, train, validation) = (&data.normalise, &data.train, data.validation.as_ref());
     let autodiff = device.clone().autodiff();
     // Rank 0's seeded weights reach every rank through the broadcast, as in Horovod.
     let model = crate::sync::seeded(model_config.init(&autodiff), config.seed)?;
+    let (model, mut optimizer, first_epoch, mut metrics) = match resume {
+        None => (model, AdamConfig::new().init(), 0, Vec::new()),
+        Some(r) => (
+            crate::sync::load_parameters(model, r.parameters.clone())?,
+            AdamConfig::new()
+                .init()
+                .from_bytes(burn::tensor::Bytes::from_bytes_vec(r.optimizer.clone()))
+                .map_err(|e| Error::Weights(format!("the checkpoint's optimizer state: {e:?}")))?,
+            r.epoch,
+            r.metrics.clone(),
+        ),
+    };
     let mut model = broadcast_parameters(comm, model)?;
-    let mut optimizer = AdamConfig::new().init();
     let lr = match config.lr_scaling {
         LrScaling::Linear => config.lr * comm.size() as f64,
         LrScaling::None => config.lr,
     };
-    let mut metrics = Vec::new();
-    for epoch in 0..config.epochs {
+    for epoch in first_epoch..config.epochs {
         let plan = plan_epoch(
             &train.shards,
             comm.size(),
@@ -291,7 +319,10 @@ pub fn train(
             allreduce_ms: 1e3 * reduced / plan.steps.max(1) as f64,
         };
         if comm.rank() == 0 {
-            on_epoch(&m);
+            let state = optimizer
+                .into_bytes()
+                .map_err(|e| Error::Weights(format!("saving the optimizer state: {e:?}")))?;
+            on_epoch(&m, &model.valid(), &state)?;
         }
         metrics.push(m);
     }

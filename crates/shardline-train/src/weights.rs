@@ -3,7 +3,7 @@
 
 use crate::Error;
 use crate::model::Model;
-use crate::sync::{load_parameters, parameters};
+use crate::sync::{Parameters, load_parameters, parameters};
 
 const MAGIC: &[u8; 8] = b"SHLWGT01";
 
@@ -27,6 +27,11 @@ pub fn encode(model: &Model) -> Vec<u8> {
 
 /// Loads encoded parameters into a freshly initialised model of the same config.
 pub fn decode(model: Model, bytes: &[u8]) -> Result<Model, Error> {
+    load_parameters(model, decode_parameters(bytes)?)
+}
+
+/// The encoded parameters, in module order.
+pub fn decode_parameters(bytes: &[u8]) -> Result<Parameters, Error> {
     let bad = |why: &str| Error::Weights(why.to_string());
     if bytes.len() < 16 || &bytes[..8] != MAGIC {
         return Err(bad("not a Shardline weights file"));
@@ -57,5 +62,5 @@ pub fn decode(model: Model, bytes: &[u8]) -> Result<Model, Error> {
     if at != bytes.len() {
         return Err(bad("trailing bytes after the values"));
     }
-    load_parameters(model, values)
+    Ok(values)
 }

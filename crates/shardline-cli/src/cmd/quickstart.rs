@@ -116,6 +116,7 @@ pub async fn run(args: Args, ui: &Ui) -> Result<()> {
         model_config: None,
         seed: 0,
         bucket_mib: 4,
+        resume: false,
     };
     let accuracy = train::run(train_args, ui).await?;
 

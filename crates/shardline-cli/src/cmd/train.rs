@@ -12,7 +12,9 @@ use shardline_process::transform::Recipe;
 use shardline_store::Store;
 use shardline_store::commit::{self, Commit};
 use shardline_train::train::test_accuracy;
-use shardline_train::{Channel, Data, EpochMetrics, LrScaling, ModelConfig, TrainConfig, weights};
+use shardline_train::{
+    Channel, Data, EpochMetrics, LrScaling, ModelConfig, Resume, TrainConfig, weights,
+};
 
 use crate::progress::Ui;
 
@@ -53,6 +55,9 @@ pub struct Args {
     /// Gradient fusion bucket size, MiB.
     #[arg(long, default_value_t = 4)]
     pub bucket_mib: usize,
+    /// Continue from the checkpoint in --out (written after every epoch) instead of starting over.
+    #[arg(long)]
+    pub resume: bool,
 }
 
 /// Learning-rate scaling.
@@ -115,34 +120,98 @@ fn metrics_csv(metrics: &[EpochMetrics]) -> String {
     out
 }
 
-/// One rank's work: train, then measure the test accuracy over all ranks.
+/// Everything one rank needs, shared by the worker threads.
+#[derive(Clone)]
+struct Run {
+    model_config: ModelConfig,
+    job: Data,
+    config: TrainConfig,
+    test: Option<Channel>,
+    resume: Option<Resume>,
+    out: Store,
+    quiet: bool,
+}
+
+/// Writes the checkpoint of an epoch under `checkpoint/`, atomically, the state record last.
+fn checkpoint(
+    out: &Store,
+    done: &[EpochMetrics],
+    model: &shardline_train::Model,
+    optimizer: &[u8],
+) -> Result<(), shardline_train::Error> {
+    let state = serde_json::json!({"epoch": done.len(), "metrics": done});
+    let files = [
+        ("checkpoint/weights.bin", weights::encode(model)),
+        ("checkpoint/optimizer.bpk", optimizer.to_vec()),
+        (
+            "checkpoint/state.json",
+            serde_json::to_vec_pretty(&state).unwrap_or_default(),
+        ),
+    ];
+    let write = async {
+        let mut tx = Commit::begin_scoped(out, Some("checkpoint"));
+        for (name, bytes) in files {
+            tx.stage(name, Bytes::from(bytes)).await?;
+        }
+        tx.publish().await
+    };
+    // Called from a worker thread, outside any async runtime.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| shardline_train::Error::Data(format!("checkpoint: {e}")))?;
+    runtime
+        .block_on(write)
+        .map_err(|e| shardline_train::Error::Data(format!("writing the checkpoint: {e}")))
+}
+
+/// One rank's work: train (rank 0 writes a checkpoint after every epoch), then measure the test
+/// accuracy over all ranks.
 fn worker(
     comm: &mut dyn shardline_comm::Communicator,
-    model_config: &ModelConfig,
-    job: &Data,
-    config: &TrainConfig,
-    test: Option<&Channel>,
+    run: &Run,
 ) -> Result<(shardline_train::Trained, Option<f64>), shardline_train::Error> {
     let device = burn::tensor::Device::default();
-    let print = |m: &EpochMetrics| {
-        println!(
-            "  epoch {:>3}: loss {:.4}, accuracy {:.3}, validation {:.3}, {:.0} samples/s, data wait {:.1}%, allreduce {:.2} ms/step",
-            m.epoch,
-            m.train_loss,
-            m.train_accuracy,
-            m.validation_accuracy,
-            m.samples_per_second,
-            m.data_wait_percent,
-            m.allreduce_ms
-        );
+    let done = std::sync::Mutex::new(
+        run.resume
+            .as_ref()
+            .map(|r| r.metrics.clone())
+            .unwrap_or_default(),
+    );
+    let on_epoch = |m: &EpochMetrics, model: &shardline_train::Model, optimizer: &[u8]| {
+        if !run.quiet {
+            println!(
+                "  epoch {:>3}: loss {:.4}, accuracy {:.3}, validation {:.3}, {:.0} samples/s, data wait {:.1}%, allreduce {:.2} ms/step",
+                m.epoch,
+                m.train_loss,
+                m.train_accuracy,
+                m.validation_accuracy,
+                m.samples_per_second,
+                m.data_wait_percent,
+                m.allreduce_ms
+            );
+        }
+        let mut done = done.lock().unwrap_or_else(|e| e.into_inner());
+        done.push(m.clone());
+        checkpoint(&run.out, &done, model, optimizer)?;
+        shardline_process::fault::point("train", &format!("after-epoch-{}", m.epoch));
+        Ok(())
     };
-    let trained = shardline_train::train(comm, model_config, job, config, &device, &print)?;
-    let accuracy = match test {
+    let trained = shardline_train::train(
+        comm,
+        &run.model_config,
+        &run.job,
+        &run.config,
+        &device,
+        run.resume.as_ref(),
+        &on_epoch,
+    )?;
+    let accuracy = match &run.test {
         Some(test) => Some(test_accuracy(
             comm,
             &trained.model,
             test,
-            &job.normalise,
+            &run.job.normalise,
             &device,
         )?),
         None => None,
@@ -157,25 +226,22 @@ fn launched_by_mpirun() -> bool {
 
 /// Runs this process's rank over MPI; rank 0 gets the result.
 #[cfg(feature = "mpi")]
-fn mpi_rank(
-    model_config: &ModelConfig,
-    job: &Data,
-    config: &TrainConfig,
-    test: Option<&Channel>,
-) -> Result<Option<(shardline_train::Trained, Option<f64>)>> {
-    let mut comm = shardline_comm::mpi_comm::Mpi::init(Duration::from_secs(600))?;
-    let rank = shardline_comm::Communicator::rank(&comm);
-    let result = worker(&mut comm, model_config, job, config, test)?;
-    Ok((rank == 0).then_some(result))
+fn mpi_rank(run: &Run) -> Result<Option<(shardline_train::Trained, Option<f64>)>> {
+    // On its own thread: checkpoints start their own runtime, which cannot nest in this one.
+    let run = run.clone();
+    let thread = std::thread::spawn(move || -> Result<_> {
+        let mut comm = shardline_comm::mpi_comm::Mpi::init(Duration::from_secs(600))?;
+        let rank = shardline_comm::Communicator::rank(&comm);
+        let result = worker(&mut comm, &run)?;
+        Ok((rank == 0).then_some(result))
+    });
+    thread
+        .join()
+        .map_err(|_| anyhow::anyhow!("train: the MPI worker panicked"))?
 }
 
 #[cfg(not(feature = "mpi"))]
-fn mpi_rank(
-    _: &ModelConfig,
-    _: &Data,
-    _: &TrainConfig,
-    _: Option<&Channel>,
-) -> Result<Option<(shardline_train::Trained, Option<f64>)>> {
+fn mpi_rank(_: &Run) -> Result<Option<(shardline_train::Trained, Option<f64>)>> {
     bail!(
         "train: started by mpirun, but this shardline was built without MPI; build it with `cargo build --release --features mpi` (needs libopenmpi-dev and libclang-dev)"
     )
@@ -266,8 +332,41 @@ pub async fn run(args: Args, ui: &Ui) -> Result<Option<f64>> {
             data.uri()
         ));
     }
+    let resume = if args.resume {
+        let state: serde_json::Value = json(&out, "checkpoint/state.json")
+            .await
+            .context("train: --resume needs a checkpoint in --out")?;
+        let weights_bytes = out.get("checkpoint/weights.bin").await?;
+        let optimizer = out.get("checkpoint/optimizer.bpk").await?.to_vec();
+        let epoch = state["epoch"]
+            .as_u64()
+            .context("train: checkpoint/state.json has no epoch")? as usize;
+        let metrics: Vec<EpochMetrics> = serde_json::from_value(state["metrics"].clone())?;
+        let parameters = weights::decode_parameters(&weights_bytes)?;
+        ui.say(format!(
+            "train: resuming after epoch {epoch} from {}",
+            out.uri_of("checkpoint/")
+        ));
+        Some(Resume {
+            epoch,
+            parameters,
+            optimizer,
+            metrics,
+        })
+    } else {
+        None
+    };
+    let run = Run {
+        model_config: model_config.clone(),
+        job,
+        config: config.clone(),
+        test,
+        resume,
+        out: out.clone(),
+        quiet: ui.is_quiet(),
+    };
     let (trained, accuracy) = if launched_by_mpirun() {
-        match mpi_rank(&model_config, &job, &config, test.as_ref())? {
+        match mpi_rank(&run)? {
             Some(result) => result,
             // Not rank 0: rank 0 writes the model.
             None => return Ok(None),
@@ -276,16 +375,10 @@ pub async fn run(args: Args, ui: &Ui) -> Result<Option<f64>> {
         let workers: Vec<_> = InProcess::group(args.workers, Duration::from_secs(600))
             .into_iter()
             .map(|mut comm| {
-                let (model_config, job, config, test) = (
-                    model_config.clone(),
-                    job.clone(),
-                    config.clone(),
-                    test.clone(),
-                );
+                let run = run.clone();
                 std::thread::spawn(move || {
                     let rank = shardline_comm::Communicator::rank(&comm);
-                    worker(&mut comm, &model_config, &job, &config, test.as_ref())
-                        .map(|r| (rank, r))
+                    worker(&mut comm, &run).map(|r| (rank, r))
                 })
             })
             .collect();
