@@ -54,6 +54,9 @@ enum Command {
     /// Train an image classifier on processed shards, data-parallel (Horovod's model): N workers,
     /// weights broadcast from rank 0, gradients averaged by fused allreduce.
     Train(Box<cmd::train::Args>),
+    /// Evaluate a trained model on a channel of processed data: accuracy, per-class precision
+    /// and recall, confusion matrix.
+    Evaluate(cmd::evaluate::Args),
     /// Measure a stage against its usual Python implementation and print a table.
     #[command(subcommand)]
     Bench(cmd::bench::Command),
@@ -137,6 +140,7 @@ fn main() -> ExitCode {
             Command::Manifest(args) => cmd::manifest::run(args, &ui).await,
             Command::Process(args) => cmd::process::run(*args, &ui).await,
             Command::Train(args) => cmd::train::run(*args, &ui).await.map(|_| ()),
+            Command::Evaluate(args) => cmd::evaluate::run(args, &ui).await,
             Command::Bench(command) => cmd::bench::run(command, &ui).await,
         }
     });

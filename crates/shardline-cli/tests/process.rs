@@ -708,10 +708,35 @@ fn train_learns_from_processed_shards_with_two_workers() {
         "labels.json",
         "recipe.json",
         "metrics.csv",
+        "training.svg",
+        "model.tar.gz",
         "lineage.json",
     ] {
         assert!(t.path("model").join(file).is_file(), "{file}");
     }
+    // model.tar.gz holds the model directory's files.
+    let packed = std::fs::File::open(t.path("model/model.tar.gz")).expect("tarball");
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(packed));
+    let names: Vec<String> = archive
+        .entries()
+        .expect("entries")
+        .map(|e| {
+            e.expect("entry")
+                .path()
+                .expect("path")
+                .display()
+                .to_string()
+        })
+        .collect();
+    assert!(
+        names.contains(&"weights.bin".to_string()) && names.contains(&"model.json".to_string()),
+        "{names:?}"
+    );
+    assert!(
+        std::fs::read_to_string(t.path("model/training.svg"))
+            .expect("svg")
+            .starts_with("<svg")
+    );
     let metrics = std::fs::read_to_string(t.path("model/metrics.csv")).expect("metrics");
     assert_eq!(metrics.lines().count(), 4, "{metrics}");
     // The saved weights load into the saved model config and nothing else.
@@ -722,6 +747,33 @@ fn train_learns_from_processed_shards_with_two_workers() {
     assert!(shardline_train::weights::decode(config.init(&device), &bytes).is_ok());
     let other = shardline_train::ModelConfig::mlp(config.input, config.classes);
     assert!(shardline_train::weights::decode(other.init(&device), &bytes).is_err());
+
+    // Evaluation on the test channel: every test sample counted once, per-class figures.
+    let stdout = t
+        .run(&[
+            "evaluate",
+            "--model",
+            "model",
+            "--data",
+            "p",
+            "--json",
+            &t.arg("eval.json"),
+        ])
+        .ok();
+    assert!(stdout.contains("confusion matrix"), "{stdout}");
+    let report = json(t.path("eval.json"));
+    let matrix = report["confusion_matrix"].as_array().expect("matrix");
+    let counted: u64 = matrix
+        .iter()
+        .flat_map(|r| {
+            r.as_array()
+                .expect("row")
+                .iter()
+                .map(|v| v.as_u64().expect("n"))
+        })
+        .sum();
+    assert_eq!(counted, 16);
+    assert_eq!(report["classes"].as_array().expect("classes").len(), 2);
 
     // Bad input: not processed data, and a model that does not fit.
     let err = t.run(&["train", "--data", "m", "--out", "x"]).fails();

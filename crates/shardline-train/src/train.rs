@@ -342,3 +342,38 @@ pub fn test_accuracy(
 ) -> Result<f64, Error> {
     evaluate(comm, model, channel, normalise, 64, device).map(|(_, accuracy)| accuracy)
 }
+
+/// The confusion matrix of a model on a channel, read by this process alone:
+/// `matrix[true class][predicted class]`.
+pub fn confusion(
+    model: &Model,
+    channel: &Channel,
+    normalise: &Normalise,
+    classes: usize,
+    device: &Device,
+) -> Result<Vec<Vec<u64>>, Error> {
+    let urls = channel.shards.iter().map(|s| s.url.clone()).collect();
+    let mut reader = Prefetcher::spawn(channel.store.clone(), urls, normalise.clone(), 128);
+    let mut matrix = vec![vec![0u64; classes]; classes];
+    while let Some(batch) = reader.next_partial(64)? {
+        let (images, _) = tensors(&batch, normalise, device);
+        let predicted: Vec<i64> = model
+            .forward(images)
+            .argmax(1)
+            .flatten::<1>(0, 1)
+            .to_data()
+            .convert::<i64>()
+            .try_into_vec::<i64>()
+            .map_err(|e| Error::Data(format!("reading predictions: {e:?}")))?;
+        for (&truth, &guess) in batch.labels.iter().zip(&predicted) {
+            let (t, g) = (truth as usize, guess as usize);
+            if t >= classes || g >= classes {
+                return Err(Error::Data(format!(
+                    "label {t} or prediction {g} is outside the model's {classes} classes; were these shards made for another label set?"
+                )));
+            }
+            matrix[t][g] += 1;
+        }
+    }
+    Ok(matrix)
+}

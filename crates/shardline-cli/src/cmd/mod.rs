@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod datagen;
+pub mod evaluate;
 pub mod manifest;
 pub mod process;
 pub mod quickstart;

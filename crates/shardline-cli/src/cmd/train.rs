@@ -247,6 +247,97 @@ fn mpi_rank(_: &Run) -> Result<Option<(shardline_train::Trained, Option<f64>)>> 
     )
 }
 
+/// The training curves as an SVG: loss on the left, accuracy on the right, train and validation.
+fn plot(metrics: &[EpochMetrics]) -> String {
+    let (w, h, pad) = (360.0, 240.0, 36.0);
+    let series = |f: &dyn Fn(&EpochMetrics) -> f64| -> Vec<f64> { metrics.iter().map(f).collect() };
+    let panel = |x0: f64, title: &str, lines: &[(&str, Vec<f64>)]| -> String {
+        let max = lines
+            .iter()
+            .flat_map(|(_, v)| v.iter().copied())
+            .filter(|v| v.is_finite())
+            .fold(0.0f64, f64::max)
+            .max(1e-9);
+        let n = metrics.len().max(2) as f64 - 1.0;
+        // Falling curves leave the top free, rising ones the bottom.
+        let legend_y = if title == "loss" {
+            pad + 16.0
+        } else {
+            h - pad - 26.0
+        };
+        let mut out = format!(
+            r##"<g transform="translate({x0},0)"><rect x="{pad}" y="{pad}" width="{}" height="{}" fill="none" stroke="#999"/><text x="{}" y="22" text-anchor="middle" font-size="14">{title}</text><text x="{pad}" y="{}" font-size="10">epoch 1</text><text x="{}" y="{}" font-size="10" text-anchor="end">epoch {}</text><text x="4" y="{}" font-size="10">{max:.2}</text>"##,
+            w - 2.0 * pad,
+            h - 2.0 * pad,
+            w / 2.0,
+            h - 20.0,
+            w - pad,
+            h - 20.0,
+            metrics.len(),
+            pad + 4.0
+        );
+        for (i, (name, values)) in lines.iter().enumerate() {
+            let colour = ["#1f77b4", "#ff7f0e"][i % 2];
+            let points: Vec<String> = values
+                .iter()
+                .enumerate()
+                .filter(|(_, v)| v.is_finite())
+                .map(|(k, v)| {
+                    format!(
+                        "{:.1},{:.1}",
+                        pad + (w - 2.0 * pad) * k as f64 / n,
+                        h - pad - (h - 2.0 * pad) * v / max
+                    )
+                })
+                .collect();
+            out.push_str(&format!(
+                r#"<polyline fill="none" stroke="{colour}" stroke-width="2" points="{}"/><text x="{}" y="{}" font-size="11" fill="{colour}">{name}</text>"#,
+                points.join(" "),
+                w - pad - 80.0,
+                legend_y + 14.0 * i as f64
+            ));
+        }
+        out.push_str("</g>");
+        out
+    };
+    let loss = panel(
+        0.0,
+        "loss",
+        &[
+            ("train", series(&|m| m.train_loss)),
+            ("validation", series(&|m| m.validation_loss)),
+        ],
+    );
+    let accuracy = panel(
+        w,
+        "accuracy",
+        &[
+            ("train", series(&|m| m.train_accuracy)),
+            ("validation", series(&|m| m.validation_accuracy)),
+        ],
+    );
+    format!(
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{}" height="{h}" font-family="sans-serif">{loss}{accuracy}</svg>
+"#,
+        2.0 * w
+    )
+}
+
+/// The model directory's files packed as `model.tar.gz` (SageMaker's artefact form).
+fn tarball(files: &[(&str, Vec<u8>)]) -> Result<Vec<u8>> {
+    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    let mut builder = tar::Builder::new(gz);
+    for (name, bytes) in files {
+        let mut header = tar::Header::new_ustar();
+        header.set_size(bytes.len() as u64);
+        header.set_mode(0o644);
+        header.set_mtime(0);
+        header.set_entry_type(tar::EntryType::Regular);
+        builder.append_data(&mut header, name, &bytes[..])?;
+    }
+    Ok(builder.into_inner()?.finish()?)
+}
+
 /// Trains and writes the model directory; returns the test accuracy, if there is a test channel.
 pub async fn run(args: Args, ui: &Ui) -> Result<Option<f64>> {
     if args.workers == 0 || args.batch == 0 || args.epochs == 0 {
@@ -417,8 +508,13 @@ pub async fn run(args: Args, ui: &Ui) -> Result<Option<f64>> {
         ),
         ("recipe.json", serde_json::to_vec_pretty(&recipe)?),
         ("metrics.csv", metrics_csv(&trained.metrics).into_bytes()),
+        ("training.svg", plot(&trained.metrics).into_bytes()),
         ("lineage.json", serde_json::to_vec_pretty(&lineage_out)?),
     ];
+    let packed = tarball(&files)?;
+    let mut files = files;
+    // The tarball before lineage.json, which stays the last file committed.
+    files.insert(files.len() - 1, ("model.tar.gz", packed));
     commit::recover(&out).await?;
     let mut tx = Commit::begin(&out);
     for (name, bytes) in files {
