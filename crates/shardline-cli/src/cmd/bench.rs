@@ -23,6 +23,9 @@ pub enum Command {
     /// The process step (decode + resize to 224x224 + shard 500x375 JPEGs) for 1 and 2
     /// instances, beside a Pillow + numpy peer, with peak memory per instance.
     Process(ProcessArgs),
+    /// Training throughput: 1 worker on 1 and 2 threads, 2 workers of 1 thread (over MPI when
+    /// built with it), with the scaling efficiency, data wait and allreduce time.
+    Train(TrainArgs),
 }
 
 /// Flags of `shardline bench manifest`.
@@ -522,10 +525,212 @@ async fn process(args: ProcessArgs, ui: &Ui) -> Result<()> {
     Ok(())
 }
 
+/// Flags of `shardline bench train`.
+#[derive(Debug, clap::Args)]
+pub struct TrainArgs {
+    /// Images per class of the shapes dataset (4 classes).
+    #[arg(long, default_value_t = 1000)]
+    pub per_class: usize,
+    /// Image size after processing (square).
+    #[arg(long, default_value_t = 32)]
+    pub size: u32,
+    /// Epochs per run (the first is left out of the rates: it warms up).
+    #[arg(long, default_value_t = 3)]
+    pub epochs: usize,
+    /// Samples per worker and step.
+    #[arg(long, default_value_t = 64)]
+    pub batch: usize,
+    /// Where the generated data and outputs live (reused across runs).
+    #[arg(long, default_value = "bench/data")]
+    pub dir: PathBuf,
+}
+
+/// Mean of a metrics.csv column over the epochs after the first.
+fn steady(out: &Path, column: usize) -> Result<f64> {
+    let text = std::fs::read_to_string(out.join("metrics.csv"))?;
+    let values: Vec<f64> = text
+        .lines()
+        .skip(2)
+        .filter_map(|l| l.split(',').nth(column).and_then(|v| v.parse().ok()))
+        .collect();
+    if values.is_empty() {
+        bail!(
+            "bench: {} has too few epochs; use --epochs 2 or more",
+            out.join("metrics.csv").display()
+        );
+    }
+    Ok(values.iter().sum::<f64>() / values.len() as f64)
+}
+
+async fn train(args: TrainArgs, ui: &Ui) -> Result<()> {
+    std::fs::create_dir_all(&args.dir)?;
+    let dir = args
+        .dir
+        .canonicalize()?
+        .join(format!("train-{}x{}", args.per_class, args.size));
+    let exe = std::env::current_exe()?;
+    let processed = dir.join("processed");
+    let marker = dir.join("COMPLETE");
+    let quiet = |args: &[String], log: &str, env: &[(&str, &str)]| -> Result<Sample> {
+        let mut command = std::process::Command::new(&exe);
+        command.arg("--quiet").args(args).envs(env.iter().copied());
+        measure(&mut command, &dir.join(log))
+    };
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    if !marker.exists() {
+        std::fs::create_dir_all(&dir)?;
+        ui.say("  generating and processing the shapes dataset ...");
+        let data = dir.join("data").to_string_lossy().to_string();
+        let manifests = dir.join("m").to_string_lossy().to_string();
+        let _ = std::fs::remove_dir_all(&manifests);
+        let _ = std::fs::remove_dir_all(&processed);
+        quiet(
+            &s(&[
+                "datagen",
+                "shapes",
+                "--out",
+                &data,
+                "--classes",
+                "4",
+                "--per-class",
+                &args.per_class.to_string(),
+                "--size",
+                "64",
+            ]),
+            "datagen.log",
+            &[],
+        )?;
+        quiet(
+            &s(&["manifest", "--source", &data, "--out", &manifests]),
+            "manifest.log",
+            &[],
+        )?;
+        let mut process = s(&[
+            "process",
+            "--out",
+            &processed.to_string_lossy(),
+            "--instances",
+            "2",
+            "--size",
+            &args.size.to_string(),
+        ]);
+        for c in ["train", "validation", "test"] {
+            process.extend(s(&["--input", &format!("{c}={manifests}/{c}.manifest")]));
+        }
+        quiet(&process, "process.log", &[])?;
+        std::fs::write(&marker, b"")?;
+    }
+    let common = |out: &str| {
+        s(&[
+            "train",
+            "--data",
+            &processed.to_string_lossy(),
+            "--out",
+            &dir.join(out).to_string_lossy(),
+            "--epochs",
+            &args.epochs.to_string(),
+            "--batch",
+            &args.batch.to_string(),
+        ])
+    };
+    let mut rows: Vec<(String, usize, f64, f64, f64, f64)> = Vec::new();
+    let mut record = |name: &str, workers: usize, out: &str, sample: Sample| -> Result<()> {
+        let path = dir.join(out);
+        rows.push((
+            name.to_string(),
+            workers,
+            steady(&path, 5)?,
+            steady(&path, 6)?,
+            steady(&path, 7)?,
+            sample.seconds,
+        ));
+        Ok(())
+    };
+    ui.say("  1 worker, 1 thread ...");
+    let mut a = common("one-thread");
+    a.extend(s(&["--workers", "1"]));
+    let sample = quiet(&a, "one-thread.log", &[("RAYON_NUM_THREADS", "1")])?;
+    record("1 worker, 1 thread", 1, "one-thread", sample)?;
+    ui.say("  1 worker, 2 threads ...");
+    let mut b = common("one-worker-two-threads");
+    b.extend(s(&["--workers", "1"]));
+    let sample = quiet(
+        &b,
+        "one-worker-two-threads.log",
+        &[("RAYON_NUM_THREADS", "2")],
+    )?;
+    record("1 worker, 2 threads", 1, "one-worker-two-threads", sample)?;
+    // Two workers of one thread each: two MPI processes when this build has MPI, otherwise two
+    // in-process workers sharing a pool of two threads.
+    let mpi = cfg!(feature = "mpi")
+        && std::process::Command::new("mpirun")
+            .arg("--version")
+            .output()
+            .is_ok();
+    if mpi {
+        ui.say("  2 workers (mpirun -np 2), 1 thread each ...");
+        let mut command = std::process::Command::new("mpirun");
+        command
+            .args([
+                "--allow-run-as-root",
+                "--oversubscribe",
+                "-np",
+                "2",
+                "-x",
+                "RAYON_NUM_THREADS=1",
+            ])
+            .arg(&exe)
+            .arg("--quiet")
+            .args(common("two-workers"))
+            .env("OMPI_MCA_btl_vader_single_copy_mechanism", "none");
+        let sample = measure(&mut command, &dir.join("two-workers.log"))?;
+        record(
+            "2 workers (2 MPI processes, 1 thread each)",
+            2,
+            "two-workers",
+            sample,
+        )?;
+    } else {
+        ui.say("  2 in-process workers sharing 2 threads ...");
+        let mut c = common("two-workers");
+        c.extend(s(&["--workers", "2"]));
+        let sample = quiet(&c, "two-workers.log", &[("RAYON_NUM_THREADS", "2")])?;
+        record(
+            "2 workers (in-process, 2 threads shared)",
+            2,
+            "two-workers",
+            sample,
+        )?;
+    }
+    let base = rows[0].2;
+    let mut text = format!(
+        "training, default CNN on {0}x{0} RGB shapes (4 classes, {1} images), batch {2} per worker, epochs 2..{3} averaged; {4} cores, {5}\n\n",
+        args.size,
+        4 * args.per_class,
+        args.batch,
+        args.epochs,
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        cpu_model()
+    );
+    text.push_str("| run | workers | samples/s | vs 1 worker, 1 thread | scaling efficiency | data wait % | allreduce ms/step | wall s |\n");
+    text.push_str("|---|---:|---:|---:|---:|---:|---:|---:|\n");
+    for (name, workers, rate, wait, allreduce, seconds) in &rows {
+        text.push_str(&format!(
+            "| {name} | {workers} | {rate:.0} | {:.2}x | {:.0}% | {wait:.1} | {allreduce:.2} | {seconds:.1} |\n",
+            rate / base,
+            100.0 * rate / (base * *workers as f64),
+        ));
+    }
+    println!("{text}");
+    std::fs::write(args.dir.join("train-bench.md"), &text)?;
+    Ok(())
+}
+
 /// Runs a benchmark.
 pub async fn run(command: Command, ui: &Ui) -> Result<()> {
     match command {
         Command::Manifest(args) => manifest(args, ui).await,
         Command::Process(args) => process(args, ui).await,
+        Command::Train(args) => train(args, ui).await,
     }
 }
