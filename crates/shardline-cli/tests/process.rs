@@ -910,6 +910,27 @@ fn a_killed_training_resumes_to_the_same_result() {
         std::fs::read(t.path("part/weights.bin")).expect("resumed"),
         "a resumed run ends where an uninterrupted one does"
     );
+    // A diverging loss stops training with a clear error; the finished epochs' checkpoint stays.
+    let err = t
+        .run(&[
+            "train",
+            "--data",
+            "p",
+            "--out",
+            "part",
+            "--workers",
+            "2",
+            "--epochs",
+            "5",
+            "--batch",
+            "4",
+            "--resume",
+            "--lr",
+            "1e8",
+        ])
+        .fails();
+    assert!(err.contains("(diverging); lower --lr"), "{err}");
+    assert!(t.path("part/checkpoint/state.json").is_file());
     let err = t
         .run(&["train", "--data", "p", "--out", "nothing-here", "--resume"])
         .fails();

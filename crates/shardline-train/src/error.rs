@@ -13,7 +13,9 @@ pub enum Error {
     #[error("train: {0}")]
     Data(String),
     /// The loss became NaN or infinite.
-    #[error("train: the loss became {loss}; lower --lr (the last good model is kept)")]
+    #[error(
+        "train: the loss became {loss} (diverging); lower --lr. The checkpoint of the last finished epoch, if any, stays in --out (continue with --resume)"
+    )]
     Diverged {
         /// The loss value.
         loss: f32,

@@ -245,6 +245,7 @@ pub fn train(
         LrScaling::Linear => config.lr * comm.size() as f64,
         LrScaling::None => config.lr,
     };
+    let mut first_loss: Option<f64> = None;
     for epoch in first_epoch..config.epochs {
         let plan = plan_epoch(
             &train.shards,
@@ -289,6 +290,11 @@ pub fn train(
             )?;
             model = next;
             reduced += seconds;
+            // An exploding loss stops training like a NaN would: far above where this run began.
+            let first = *first_loss.get_or_insert(loss);
+            if loss > (100.0 * first).max(1e3) {
+                return Err(Error::Diverged { loss: loss as f32 });
+            }
             let s = score(logits, labels, loss);
             sums.loss += s.loss;
             sums.correct += s.correct;
