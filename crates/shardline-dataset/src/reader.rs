@@ -69,13 +69,22 @@ pub struct Batch {
     pub waited: Duration,
 }
 
-type Item = Result<(Vec<f32>, u32), Error>;
+/// Samples travel in chunks: one queue operation (and at most one wake-up of the trainer) per
+/// chunk rather than per sample.
+const CHUNK: usize = 32;
+
+/// A chunk of normalised samples: `[n, c, h, w]` values and `n` labels.
+type Item = Result<(Vec<f32>, Vec<u32>), Error>;
 
 /// Streams the samples of a list of shards on a background thread.
 pub struct Prefetcher {
     samples: Receiver<Item>,
     worker: Option<JoinHandle<()>>,
     normalise: Normalise,
+    /// Samples received but not yet handed out.
+    images: Vec<f32>,
+    labels: Vec<u32>,
+    finished: bool,
 }
 
 /// Where unpacked samples go: straight to the queue, or through a shuffle buffer first.
@@ -85,6 +94,7 @@ struct Sink<'a> {
     buffer: Vec<(Vec<u8>, u32)>,
     capacity: usize,
     state: u64,
+    chunk: (Vec<f32>, Vec<u32>),
 }
 
 impl Sink<'_> {
@@ -97,11 +107,32 @@ impl Sink<'_> {
         ((z ^ (z >> 31)) % below as u64) as usize
     }
 
-    /// Normalises and queues one sample; false once the trainer stopped reading.
-    fn emit(&self, hwc: &[u8], label: u32) -> bool {
-        let mut image = vec![0f32; self.normalise.len()];
-        self.normalise.apply(hwc, &mut image);
-        self.out.send(Ok((image, label))).is_ok()
+    /// Normalises one sample into the open chunk, queueing the chunk when full; false once the
+    /// trainer stopped reading.
+    fn emit(&mut self, hwc: &[u8], label: u32) -> bool {
+        let n = self.normalise.len();
+        let (images, labels) = &mut self.chunk;
+        let at = images.len();
+        images.resize(at + n, 0.0);
+        self.normalise.apply(hwc, &mut images[at..]);
+        labels.push(label);
+        if labels.len() >= CHUNK {
+            return self.flush();
+        }
+        true
+    }
+
+    /// Queues the open chunk, if any.
+    fn flush(&mut self) -> bool {
+        if self.chunk.1.is_empty() {
+            return true;
+        }
+        let n = self.normalise.len();
+        let chunk = std::mem::replace(
+            &mut self.chunk,
+            (Vec::with_capacity(CHUNK * n), Vec::with_capacity(CHUNK)),
+        );
+        self.out.send(Ok(chunk)).is_ok()
     }
 
     fn push(&mut self, hwc: Vec<u8>, label: u32) -> bool {
@@ -223,7 +254,7 @@ impl Prefetcher {
         shuffle: usize,
         seed: u64,
     ) -> Prefetcher {
-        let (sender, samples) = sync_channel(depth.max(1));
+        let (sender, samples) = sync_channel(depth.div_ceil(CHUNK).max(2));
         let shape = normalise.clone();
         let worker = std::thread::spawn(move || {
             let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -245,6 +276,7 @@ impl Prefetcher {
                 buffer: Vec::with_capacity(shuffle.min(1 << 16)),
                 capacity: shuffle,
                 state: seed,
+                chunk: (Vec::new(), Vec::new()),
             };
             for url in &urls {
                 match read_shard(&store, &runtime, url, &shape, &mut sink) {
@@ -256,12 +288,45 @@ impl Prefetcher {
                     }
                 }
             }
-            sink.drain();
+            if sink.drain() {
+                sink.flush();
+            }
         });
         Prefetcher {
             samples,
             worker: Some(worker),
             normalise,
+            images: Vec::new(),
+            labels: Vec::new(),
+            finished: false,
+        }
+    }
+
+    /// Receives chunks until `size` samples are held or the shards are exhausted.
+    fn fill(&mut self, size: usize) -> Result<(), Error> {
+        while self.labels.len() < size && !self.finished {
+            match self.samples.recv() {
+                Ok(Ok((images, labels))) => {
+                    self.images.extend_from_slice(&images);
+                    self.labels.extend_from_slice(&labels);
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(_) => self.finished = true,
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands out the first `size` samples held.
+    fn take(&mut self, size: usize, waited: Duration) -> Batch {
+        let size = size.min(self.labels.len());
+        let n = self.normalise.len();
+        let images = self.images.drain(..size * n).collect();
+        let labels = self.labels.drain(..size).collect();
+        Batch {
+            images,
+            labels,
+            waited,
         }
     }
 
@@ -269,23 +334,11 @@ impl Prefetcher {
     /// last batch is dropped: every rank runs whole batches).
     pub fn next_batch(&mut self, size: usize) -> Result<Option<Batch>, Error> {
         let started = Instant::now();
-        let mut images = Vec::with_capacity(size * self.normalise.len());
-        let mut labels = Vec::with_capacity(size);
-        for _ in 0..size {
-            match self.samples.recv() {
-                Ok(Ok((image, label))) => {
-                    images.extend_from_slice(&image);
-                    labels.push(label);
-                }
-                Ok(Err(e)) => return Err(e),
-                Err(_) => return Ok(None),
-            }
+        self.fill(size)?;
+        if self.labels.len() < size {
+            return Ok(None);
         }
-        Ok(Some(Batch {
-            images,
-            labels,
-            waited: started.elapsed(),
-        }))
+        Ok(Some(self.take(size, started.elapsed())))
     }
 }
 
@@ -294,26 +347,11 @@ impl Prefetcher {
     /// (for evaluation, where every sample counts and no collective waits on batch counts).
     pub fn next_partial(&mut self, size: usize) -> Result<Option<Batch>, Error> {
         let started = Instant::now();
-        let mut images = Vec::with_capacity(size * self.normalise.len());
-        let mut labels = Vec::with_capacity(size);
-        while labels.len() < size {
-            match self.samples.recv() {
-                Ok(Ok((image, label))) => {
-                    images.extend_from_slice(&image);
-                    labels.push(label);
-                }
-                Ok(Err(e)) => return Err(e),
-                Err(_) => break,
-            }
-        }
-        if labels.is_empty() {
+        self.fill(size)?;
+        if self.labels.is_empty() {
             return Ok(None);
         }
-        Ok(Some(Batch {
-            images,
-            labels,
-            waited: started.elapsed(),
-        }))
+        Ok(Some(self.take(size, started.elapsed())))
     }
 }
 
