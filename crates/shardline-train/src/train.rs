@@ -95,11 +95,10 @@ struct Sums {
     samples: f64,
 }
 
-fn tensors(batch: &Batch, normalise: &Normalise, device: &Device) -> (Tensor<4>, Tensor<1, Int>) {
+fn tensors(batch: Batch, normalise: &Normalise, device: &Device) -> (Tensor<4>, Tensor<1, Int>) {
     let [h, w, c] = normalise.shape;
     let n = batch.labels.len();
-    let images =
-        Tensor::<4>::from_data(TensorData::new(batch.images.clone(), [n, c, h, w]), device);
+    let images = Tensor::<4>::from_data(TensorData::new(batch.images, [n, c, h, w]), device);
     let labels: Vec<i64> = batch.labels.iter().map(|&l| i64::from(l)).collect();
     let labels = Tensor::<1, Int>::from_data(TensorData::new(labels, [n]), device);
     (images, labels)
@@ -171,7 +170,7 @@ fn evaluate(
     let mut sums = Sums::default();
     // Evaluation needs no collective per batch, so ranks may hold different numbers of batches.
     while let Some(b) = reader.next_partial(batch)? {
-        let (images, labels) = tensors(&b, normalise, device);
+        let (images, labels) = tensors(b, normalise, device);
         let logits = model.forward(images);
         let loss: f32 = CrossEntropyLossConfig::new()
             .init(device)
@@ -278,7 +277,7 @@ pub fn train(
                 Error::Data("a rank ran out of samples before the planned steps".into())
             })?;
             waited += batch.waited.as_secs_f64();
-            let (images, labels) = tensors(&batch, normalise, &autodiff);
+            let (images, labels) = tensors(batch, normalise, &autodiff);
             let (next, loss, seconds, logits) = step(
                 comm,
                 model,
@@ -362,7 +361,8 @@ pub fn confusion(
     let mut reader = Prefetcher::spawn(channel.store.clone(), urls, normalise.clone(), 128);
     let mut matrix = vec![vec![0u64; classes]; classes];
     while let Some(batch) = reader.next_partial(64)? {
-        let (images, _) = tensors(&batch, normalise, device);
+        let truths = batch.labels.clone();
+        let (images, _) = tensors(batch, normalise, device);
         let predicted: Vec<i64> = model
             .forward(images)
             .argmax(1)
@@ -371,7 +371,7 @@ pub fn confusion(
             .convert::<i64>()
             .try_into_vec::<i64>()
             .map_err(|e| Error::Data(format!("reading predictions: {e:?}")))?;
-        for (&truth, &guess) in batch.labels.iter().zip(&predicted) {
+        for (&truth, &guess) in truths.iter().zip(&predicted) {
             let (t, g) = (truth as usize, guess as usize);
             if t >= classes || g >= classes {
                 return Err(Error::Data(format!(

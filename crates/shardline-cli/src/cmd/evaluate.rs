@@ -2,7 +2,6 @@
 //! precision and recall, the confusion matrix — as JSON and as a table.
 
 use anyhow::{Context, Result, bail};
-use bytes::Bytes;
 use shardline_dataset::Normalise;
 use shardline_process::shards::Index;
 use shardline_process::transform::Recipe;
@@ -28,35 +27,28 @@ pub struct Args {
     pub json: Option<std::path::PathBuf>,
 }
 
-async fn json<T: serde::de::DeserializeOwned>(store: &Store, key: &str, what: &str) -> Result<T> {
-    let bytes: Bytes = store
-        .get(key)
-        .await
-        .with_context(|| format!("evaluate: {what}: reading {}", store.uri_of(key)))?;
-    serde_json::from_slice(&bytes)
-        .with_context(|| format!("evaluate: {} is not valid", store.uri_of(key)))
-}
-
 /// Evaluates and prints the report.
 pub async fn run(args: Args, ui: &Ui) -> Result<()> {
     let model_dir =
         Store::open(&args.model).with_context(|| format!("evaluate: --model {}", args.model))?;
     let data =
         Store::open(&args.data).with_context(|| format!("evaluate: --data {}", args.data))?;
-    let config: ModelConfig = json(
+    let config: ModelConfig = super::read_json(
         &model_dir,
         "model.json",
-        "--model must be a directory written by `shardline train`",
+        "evaluate: --model must be a directory written by `shardline train`",
     )
     .await?;
-    let labels: serde_json::Value = json(&model_dir, "labels.json", "the model's labels").await?;
+    let labels: serde_json::Value =
+        super::read_json(&model_dir, "labels.json", "evaluate: the model's labels").await?;
     let classes: Vec<String> = serde_json::from_value(labels["classes"].clone())
         .context("evaluate: the model's labels.json has no classes")?;
-    let model_recipe: Recipe = json(&model_dir, "recipe.json", "the model's recipe").await?;
-    let data_recipe: Recipe = json(
+    let model_recipe: Recipe =
+        super::read_json(&model_dir, "recipe.json", "evaluate: the model's recipe").await?;
+    let data_recipe: Recipe = super::read_json(
         &data,
         "recipe.json",
-        "--data must be the output of `shardline process`",
+        "evaluate: --data must be the output of `shardline process`",
     )
     .await?;
     if model_recipe.shape() != data_recipe.shape() || model_recipe.mode != data_recipe.mode {
@@ -68,10 +60,10 @@ pub async fn run(args: Args, ui: &Ui) -> Result<()> {
             model_recipe.mode
         );
     }
-    let index: Index = json(
+    let index: Index = super::read_json(
         &data,
         &format!("{}/index.json", args.channel),
-        &format!("the {} channel", args.channel),
+        &format!("evaluate: the {} channel", args.channel),
     )
     .await?;
     let channel = Channel {

@@ -78,22 +78,16 @@ pub enum ModelArg {
     Mlp,
 }
 
-async fn json<T: serde::de::DeserializeOwned>(store: &Store, key: &str) -> Result<T> {
-    let bytes = store.get(key).await.with_context(|| {
-        format!(
-            "train: --data must be the output of `shardline process`; reading {}",
-            store.uri_of(key)
-        )
-    })?;
-    serde_json::from_slice(&bytes)
-        .with_context(|| format!("train: {} is not valid", store.uri_of(key)))
-}
-
 async fn channel(data: &Store, name: &str) -> Result<Option<Channel>> {
     if !data.exists(&format!("{name}/index.json")).await? {
         return Ok(None);
     }
-    let index: Index = json(data, &format!("{name}/index.json")).await?;
+    let index: Index = super::read_json(
+        data,
+        &format!("{name}/index.json"),
+        "train: --data must be the output of `shardline process`",
+    )
+    .await?;
     Ok(Some(Channel {
         store: data.child(name),
         shards: index.shardlist,
@@ -349,8 +343,18 @@ pub async fn run(args: Args, ui: &Ui) -> Result<Option<f64>> {
     let data = Store::open(&args.data).with_context(|| format!("train: --data {}", args.data))?;
     let out = Store::open(&args.out).with_context(|| format!("train: --out {}", args.out))?;
     commit::recover(&data).await?;
-    let recipe: Recipe = json(&data, "recipe.json").await?;
-    let lineage: serde_json::Value = json(&data, "lineage.json").await?;
+    let recipe: Recipe = super::read_json(
+        &data,
+        "recipe.json",
+        "train: --data must be the output of `shardline process`",
+    )
+    .await?;
+    let lineage: serde_json::Value = super::read_json(
+        &data,
+        "lineage.json",
+        "train: --data must be the output of `shardline process`",
+    )
+    .await?;
     let labels: Vec<String> = serde_json::from_value(lineage["labels"].clone())
         .context("train: the data's lineage.json has no label list")?;
     let train = channel(&data, "train").await?.with_context(|| {
@@ -424,9 +428,12 @@ pub async fn run(args: Args, ui: &Ui) -> Result<Option<f64>> {
         ));
     }
     let resume = if args.resume {
-        let state: serde_json::Value = json(&out, "checkpoint/state.json")
-            .await
-            .context("train: --resume needs a checkpoint in --out")?;
+        let state: serde_json::Value = super::read_json(
+            &out,
+            "checkpoint/state.json",
+            "train: --resume needs a checkpoint in --out",
+        )
+        .await?;
         let weights_bytes = out.get("checkpoint/weights.bin").await?;
         let optimizer = out.get("checkpoint/optimizer.bpk").await?.to_vec();
         let epoch = state["epoch"]
