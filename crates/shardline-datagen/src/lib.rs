@@ -113,7 +113,7 @@ impl ShapesConfig {
 }
 
 /// SplitMix64: tiny, fast and fully specified, so the stream is the same everywhere.
-struct Rng(u64);
+struct Rng(shardline_lineage::SplitMix64);
 
 impl Rng {
     fn new(seed: u64, class: usize, index: usize) -> Rng {
@@ -121,15 +121,13 @@ impl Rng {
         bytes[..8].copy_from_slice(&seed.to_le_bytes());
         bytes[8..16].copy_from_slice(&(class as u64).to_le_bytes());
         bytes[16..].copy_from_slice(&(index as u64).to_le_bytes());
-        Rng(xxhash_rust::xxh3::xxh3_64(&bytes))
+        Rng(shardline_lineage::SplitMix64(xxhash_rust::xxh3::xxh3_64(
+            &bytes,
+        )))
     }
 
     fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
 
     /// Uniform in [lo, hi).

@@ -93,18 +93,13 @@ struct Sink<'a> {
     normalise: &'a Normalise,
     buffer: Vec<(Vec<u8>, u32)>,
     capacity: usize,
-    state: u64,
+    state: shardline_lineage::SplitMix64,
     chunk: (Vec<f32>, Vec<u32>),
 }
 
 impl Sink<'_> {
     fn random(&mut self, below: usize) -> usize {
-        // SplitMix64: a fixed, portable stream, so a seed orders samples alike everywhere.
-        self.state = self.state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        ((z ^ (z >> 31)) % below as u64) as usize
+        (self.state.next_u64() % below as u64) as usize
     }
 
     /// Normalises one sample into the open chunk, queueing the chunk when full; false once the
@@ -275,7 +270,7 @@ impl Prefetcher {
                 normalise: &shape,
                 buffer: Vec::with_capacity(shuffle.min(1 << 16)),
                 capacity: shuffle,
-                state: seed,
+                state: shardline_lineage::SplitMix64(seed),
                 chunk: (Vec::new(), Vec::new()),
             };
             for url in &urls {

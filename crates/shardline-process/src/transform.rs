@@ -126,15 +126,11 @@ pub enum Reject {
 }
 
 /// Per-key randomness for augmentation: the same key and seed always augment alike.
-struct KeyRng(u64);
+struct KeyRng(shardline_lineage::SplitMix64);
 
 impl KeyRng {
     fn unit(&mut self) -> f64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
+        (self.0.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
 }
 
@@ -174,7 +170,9 @@ pub fn process(
     let source = Image::from_vec_u8(width, height, pixels, pixel_type)
         .map_err(|e| Reject::Decode(e.to_string()))?;
 
-    let mut rng = KeyRng(xxhash_rust::xxh3::xxh3_64_with_seed(key.as_bytes(), seed));
+    let mut rng = KeyRng(shardline_lineage::SplitMix64(
+        xxhash_rust::xxh3::xxh3_64_with_seed(key.as_bytes(), seed),
+    ));
     let algorithm = match recipe.filter {
         Filter::Nearest => ResizeAlg::Nearest,
         Filter::Bilinear => ResizeAlg::Convolution(FilterType::Bilinear),

@@ -159,14 +159,8 @@ pub fn broadcast_parameters<M: Module>(comm: &mut dyn Communicator, model: M) ->
 /// is `in × kh × kw` for a convolution weight `[out, in, kh, kw]` and `in` for a linear weight
 /// `[in, out]`.
 pub fn seeded<M: Module>(model: M, seed: u64) -> Result<M, Error> {
-    let mut state = seed ^ 0x5eed_5eed_5eed_5eed;
-    let mut uniform = move || {
-        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        ((z ^ (z >> 31)) >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
-    };
+    let mut rng = shardline_lineage::SplitMix64(seed ^ 0x5eed_5eed_5eed_5eed);
+    let mut uniform = move || (rng.next_u64() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0;
     let values = parameters(&model)
         .into_iter()
         .map(|(shape, old)| {
