@@ -5,6 +5,7 @@
 //!
 //! This crate knows nothing about HTTP, launchers or how the shards were made beyond the recipe.
 
+pub mod device;
 mod error;
 pub mod model;
 pub mod sync;
@@ -14,5 +15,6 @@ pub mod weights;
 pub use error::Error;
 pub use model::{Kind, Model, ModelConfig};
 pub use train::{
-    Channel, Data, EpochEnd, EpochMetrics, LrScaling, Resume, TrainConfig, Trained, train,
+    Channel, Data, EpochEnd, EpochMetrics, Hooks, LrScaling, Resume, StepEnd, TrainConfig, Trained,
+    train,
 };

@@ -85,6 +85,9 @@ pub struct EpochMetrics {
     pub data_wait_percent: f64,
     /// Mean allreduce time per step, milliseconds.
     pub allreduce_ms: f64,
+    /// Seconds of the epoch's training steps (rank 0's clock; validation left out).
+    #[serde(default)]
+    pub train_seconds: f64,
 }
 
 /// Loss and accuracy sums of one pass.
@@ -205,6 +208,20 @@ pub struct Resume {
 /// write a checkpoint.
 pub type EpochEnd<'a> = &'a dyn Fn(&EpochMetrics, &Model, &[u8]) -> Result<(), Error>;
 
+/// Called on every rank after each training step with `(epoch, step, steps)`, both counted from
+/// 1: progress bars, and the fault points of the crash tests.
+pub type StepEnd<'a> = &'a dyn Fn(usize, usize, usize);
+
+/// What the training loop calls back into: after every step (every rank) and after every epoch
+/// (rank 0).
+#[derive(Clone, Copy)]
+pub struct Hooks<'a> {
+    /// After each epoch, on rank 0: the checkpoint.
+    pub on_epoch: EpochEnd<'a>,
+    /// After each step, on every rank.
+    pub on_step: StepEnd<'a>,
+}
+
 /// What a worker returns: its final model and, on rank 0, the metrics.
 pub struct Trained {
     /// The trained model (identical on every rank).
@@ -221,7 +238,7 @@ pub fn train(
     config: &TrainConfig,
     device: &Device,
     resume: Option<&Resume>,
-    on_epoch: EpochEnd<'_>,
+    hooks: Hooks<'_>,
 ) -> Result<Trained, Error> {
     let (normalise, train, validation) = (&data.normalise, &data.train, data.validation.as_ref());
     let autodiff = device.clone().autodiff();
@@ -272,7 +289,7 @@ pub fn train(
         let started = Instant::now();
         let (mut waited, mut reduced) = (0.0, 0.0);
         let mut sums = Sums::default();
-        for _ in 0..plan.steps {
+        for done in 1..=plan.steps {
             let batch = reader.next_batch(config.batch)?.ok_or_else(|| {
                 Error::Data("a rank ran out of samples before the planned steps".into())
             })?;
@@ -298,6 +315,7 @@ pub fn train(
             sums.loss += s.loss;
             sums.correct += s.correct;
             sums.samples += s.samples;
+            (hooks.on_step)(epoch + 1, done, plan.steps);
         }
         drop(reader);
         let elapsed = started.elapsed().as_secs_f64();
@@ -322,12 +340,13 @@ pub fn train(
             samples_per_second: total.samples / elapsed.max(1e-9),
             data_wait_percent: 100.0 * waited / elapsed.max(1e-9),
             allreduce_ms: 1e3 * reduced / plan.steps.max(1) as f64,
+            train_seconds: elapsed,
         };
         if comm.rank() == 0 {
             let state = optimizer
                 .into_bytes()
                 .map_err(|e| Error::Weights(format!("saving the optimizer state: {e:?}")))?;
-            on_epoch(&m, &model.valid(), &state)?;
+            (hooks.on_epoch)(&m, &model.valid(), &state)?;
         }
         metrics.push(m);
     }

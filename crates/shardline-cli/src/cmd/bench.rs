@@ -2,6 +2,7 @@
 //! the same run, on the same data. Wall time and peak memory of each side come from the kernel's
 //! accounting of the child process (wait4), so both are measured the same way.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Instant;
@@ -543,6 +544,85 @@ pub struct TrainArgs {
     /// Where the generated data and outputs live (reused across runs).
     #[arg(long, default_value = "bench/data")]
     pub dir: PathBuf,
+    /// Epochs of the time-to-accuracy runs (Shardline and the TensorFlow peer).
+    #[arg(long, default_value_t = 10)]
+    pub accuracy_epochs: usize,
+    /// Leave out the TensorFlow/Keras peer (bench/peer_train.py, which needs tensorflow-cpu:
+    /// installed from bench/requirements-train.txt on first use).
+    #[arg(long)]
+    pub no_peer: bool,
+}
+
+/// The columns of a metrics.csv, by header name, one vector per epoch.
+fn metrics_columns(out: &Path) -> Result<Vec<BTreeMap<String, f64>>> {
+    let path = out.join("metrics.csv");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("bench: {}", path.display()))?;
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap_or_default().split(',').collect();
+    Ok(lines
+        .map(|line| {
+            header
+                .iter()
+                .zip(line.split(','))
+                .map(|(k, v)| (k.to_string(), v.parse().unwrap_or(f64::NAN)))
+                .collect()
+        })
+        .collect())
+}
+
+/// One framework's time-to-accuracy run: per epoch (cumulative training seconds, validation
+/// accuracy), the final test accuracy, and the steady samples/s.
+struct Curve {
+    name: String,
+    epochs: Vec<(f64, f64)>,
+    test_accuracy: f64,
+    samples_per_second: f64,
+}
+
+impl Curve {
+    /// The first epoch (1-based) and cumulative seconds at which validation accuracy reaches
+    /// `target`.
+    fn reaches(&self, target: f64) -> Option<(usize, f64)> {
+        self.epochs
+            .iter()
+            .enumerate()
+            .find(|(_, (_, accuracy))| *accuracy >= target)
+            .map(|(i, (seconds, _))| (i + 1, *seconds))
+    }
+}
+
+/// Makes sure TensorFlow can be imported, installing bench/requirements-train.txt if not.
+fn tensorflow_ready(ui: &Ui) -> Result<()> {
+    let import = || {
+        std::process::Command::new("python3")
+            .args(["-c", "import tensorflow"])
+            .env("TF_CPP_MIN_LOG_LEVEL", "3")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if import() {
+        return Ok(());
+    }
+    ui.say("  installing the TensorFlow peer (python3 -m pip install -r bench/requirements-train.txt) ...");
+    let status = std::process::Command::new("python3")
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "-r",
+            "bench/requirements-train.txt",
+        ])
+        .status()
+        .context("bench: cannot run python3 -m pip")?;
+    if !status.success() || !import() {
+        bail!(
+            "bench: TensorFlow could not be installed for the peer; install bench/requirements-train.txt yourself, or pass --no-peer"
+        );
+    }
+    Ok(())
 }
 
 /// Mean of a metrics.csv column over the epochs after the first.
@@ -669,20 +749,8 @@ async fn train(args: TrainArgs, ui: &Ui) -> Result<()> {
             .is_ok();
     if mpi {
         ui.say("  2 workers (mpirun -np 2), 1 thread each ...");
-        let mut command = std::process::Command::new("mpirun");
-        command
-            .args([
-                "--allow-run-as-root",
-                "--oversubscribe",
-                "-np",
-                "2",
-                "-x",
-                "RAYON_NUM_THREADS=1",
-            ])
-            .arg(&exe)
-            .arg("--quiet")
-            .args(common("two-workers"))
-            .env("OMPI_MCA_btl_vader_single_copy_mechanism", "none");
+        let mut command = mpirun(&exe);
+        command.args(common("two-workers"));
         let sample = measure(&mut command, &dir.join("two-workers.log"))?;
         record(
             "2 workers (2 MPI processes, 1 thread each)",
@@ -702,6 +770,155 @@ async fn train(args: TrainArgs, ui: &Ui) -> Result<()> {
             sample,
         )?;
     }
+    // The reference CNN (max-pools, dense 128): the peer's own model, on Shardline.
+    ui.say("  reference CNN, 1 worker, 2 threads ...");
+    let mut r = common("reference-one-worker");
+    r.extend(s(&["--workers", "1", "--model", "reference"]));
+    let sample = quiet(
+        &r,
+        "reference-one-worker.log",
+        &[("RAYON_NUM_THREADS", "2")],
+    )?;
+    record(
+        "reference CNN: 1 worker, 2 threads",
+        1,
+        "reference-one-worker",
+        sample,
+    )?;
+    if mpi {
+        ui.say("  reference CNN, 2 workers (mpirun -np 2), 1 thread each ...");
+        let mut command = mpirun(&exe);
+        command
+            .args(common("reference-two-workers"))
+            .args(["--model", "reference"]);
+        let sample = measure(&mut command, &dir.join("reference-two-workers.log"))?;
+        record(
+            "reference CNN: 2 workers (2 MPI processes, 1 thread each)",
+            2,
+            "reference-two-workers",
+            sample,
+        )?;
+    }
+
+    // Time to accuracy: Shardline's default model (2 workers, 32 samples each per step) beside
+    // the TensorFlow/Keras peer training the reference CNN (batch 64, Adam 1e-3, 2 threads).
+    let mut curves = Vec::new();
+    if !args.no_peer {
+        tensorflow_ready(ui)?;
+        for onednn in ["off", "on"] {
+            ui.say(format!(
+                "  TensorFlow peer, reference CNN, oneDNN {onednn}, {} epochs ...",
+                args.accuracy_epochs
+            ));
+            let json_path = dir.join(format!("peer-train-onednn-{onednn}.json"));
+            let mut command = std::process::Command::new("python3");
+            command
+                .arg("bench/peer_train.py")
+                .arg("--data")
+                .arg(&processed)
+                .args([
+                    "--epochs",
+                    &args.accuracy_epochs.to_string(),
+                    "--batch",
+                    "64",
+                    "--lr",
+                    "1e-3",
+                    "--threads",
+                    "2",
+                    "--onednn",
+                    onednn,
+                ])
+                .arg("--json")
+                .arg(&json_path)
+                .env("TF_CPP_MIN_LOG_LEVEL", "2");
+            measure(
+                &mut command,
+                &dir.join(format!("peer-train-onednn-{onednn}.log")),
+            )?;
+            let result: serde_json::Value = serde_json::from_slice(&std::fs::read(&json_path)?)
+                .with_context(|| format!("bench: {}", json_path.display()))?;
+            let epochs: Vec<(f64, f64)> = result["epochs"]
+                .as_array()
+                .context("bench: the peer's JSON has no epochs")?
+                .iter()
+                .map(|e| {
+                    (
+                        e["train_seconds"].as_f64().unwrap_or(f64::NAN),
+                        e["validation_accuracy"].as_f64().unwrap_or(f64::NAN),
+                    )
+                })
+                .collect();
+            let rates: Vec<f64> = result["epochs"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .skip(1)
+                .filter_map(|e| e["samples_per_s"].as_f64())
+                .collect();
+            curves.push(Curve {
+                name: format!(
+                    "{} (reference CNN, oneDNN {onednn}, 2 threads)",
+                    result["framework"].as_str().unwrap_or("tensorflow")
+                ),
+                epochs,
+                test_accuracy: result["final_test_accuracy"].as_f64().unwrap_or(f64::NAN),
+                samples_per_second: rates.iter().sum::<f64>() / rates.len().max(1) as f64,
+            });
+        }
+    }
+    ui.say(format!(
+        "  Shardline, default CNN, 2 workers, {} epochs ...",
+        args.accuracy_epochs
+    ));
+    let out = dir.join("accuracy");
+    let mut args_accuracy = s(&[
+        "train",
+        "--data",
+        &processed.to_string_lossy(),
+        "--out",
+        &out.to_string_lossy(),
+        "--epochs",
+        &args.accuracy_epochs.to_string(),
+        "--batch",
+        "32",
+    ]);
+    let _ = std::fs::remove_dir_all(&out);
+    if mpi {
+        let mut command = mpirun(&exe);
+        command.args(&args_accuracy);
+        measure(&mut command, &dir.join("accuracy.log"))?;
+    } else {
+        args_accuracy.extend(s(&["--workers", "2"]));
+        quiet(
+            &args_accuracy,
+            "accuracy.log",
+            &[("RAYON_NUM_THREADS", "2")],
+        )?;
+    }
+    let columns = metrics_columns(&out)?;
+    let mut clock = 0.0;
+    let epochs = columns
+        .iter()
+        .map(|c| {
+            clock += c.get("train_seconds").copied().unwrap_or(f64::NAN);
+            (
+                clock,
+                c.get("validation_accuracy").copied().unwrap_or(f64::NAN),
+            )
+        })
+        .collect();
+    let lineage: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("lineage.json"))?)?;
+    curves.push(Curve {
+        name: format!(
+            "shardline (default CNN, 2 workers x 32, {})",
+            if mpi { "MPI" } else { "in-process" }
+        ),
+        epochs,
+        test_accuracy: lineage["test_accuracy"].as_f64().unwrap_or(f64::NAN),
+        samples_per_second: steady(&out, 5)?,
+    });
+
     let base = rows[0].2;
     let mut text = format!(
         "training, default CNN on {0}x{0} RGB shapes (4 classes, {1} images), batch {2} per worker, epochs 2..{3} averaged; {4} cores, {5}\n\n",
@@ -721,9 +938,76 @@ async fn train(args: TrainArgs, ui: &Ui) -> Result<()> {
             100.0 * rate / (base * *workers as f64),
         ));
     }
+    // The target: the best validation accuracy the peers reach (Shardline alone when there is
+    // no peer). Times are cumulative training seconds, evaluation left out, on both sides.
+    let peers: Vec<&Curve> = curves
+        .iter()
+        .filter(|c| !c.name.starts_with("shardline"))
+        .collect();
+    let judged: Vec<&Curve> = if peers.is_empty() {
+        curves.iter().collect()
+    } else {
+        peers.clone()
+    };
+    let target = judged
+        .iter()
+        .flat_map(|c| c.epochs.iter().map(|(_, a)| *a))
+        .filter(|a| a.is_finite())
+        .fold(0.0, f64::max);
+    text.push_str(&format!(
+        "\ntime to accuracy: the first epoch whose validation accuracy reaches {:.2}% (the best the peers reach in {} epochs); training seconds, evaluation left out\n\n",
+        100.0 * target,
+        args.accuracy_epochs
+    ));
+    text.push_str("| framework | samples/s | epochs to target | seconds to target | final validation acc | final test acc |\n");
+    text.push_str("|---|---:|---:|---:|---:|---:|\n");
+    for curve in &curves {
+        let (epochs, seconds) = match curve.reaches(target) {
+            Some((e, t)) => (e.to_string(), format!("{t:.1}")),
+            None => ("not reached".into(), "-".into()),
+        };
+        text.push_str(&format!(
+            "| {} | {:.0} | {epochs} | {seconds} | {:.2}% | {:.2}% |\n",
+            curve.name,
+            curve.samples_per_second,
+            100.0 * curve.epochs.last().map_or(f64::NAN, |e| e.1),
+            100.0 * curve.test_accuracy
+        ));
+    }
+    if let Some(shardline) = curves.iter().find(|c| c.name.starts_with("shardline"))
+        && let Some((_, ours)) = shardline.reaches(target)
+    {
+        for peer in &peers {
+            if let Some((_, theirs)) = peer.reaches(target) {
+                text.push_str(&format!(
+                    "\nshardline reaches the target in {:.2}x the time of {}\n",
+                    ours / theirs,
+                    peer.name
+                ));
+            }
+        }
+    }
     println!("{text}");
     std::fs::write(args.dir.join("train-bench.md"), &text)?;
     Ok(())
+}
+
+/// `mpirun -np 2` of this binary, one thread per rank, quiet.
+fn mpirun(exe: &Path) -> std::process::Command {
+    let mut command = std::process::Command::new("mpirun");
+    command
+        .args([
+            "--allow-run-as-root",
+            "--oversubscribe",
+            "-np",
+            "2",
+            "-x",
+            "RAYON_NUM_THREADS=1",
+        ])
+        .arg(exe)
+        .arg("--quiet")
+        .env("OMPI_MCA_btl_vader_single_copy_mechanism", "none");
+    command
 }
 
 /// Runs a benchmark.

@@ -7,6 +7,7 @@ pub mod manifest;
 pub mod process;
 pub mod quickstart;
 pub mod train;
+pub mod train_script;
 
 use anyhow::{Context, Result};
 use shardline_store::Store;

@@ -105,7 +105,7 @@ pub async fn run(args: Args, ui: &Ui) -> Result<()> {
         model.display()
     ));
     let train_args = train::Args {
-        data: utf8(&processed)?,
+        data: Some(utf8(&processed)?),
         out: utf8(&model)?,
         workers: 2,
         epochs: 30,
@@ -117,6 +117,8 @@ pub async fn run(args: Args, ui: &Ui) -> Result<()> {
         seed: 0,
         bucket_mib: 4,
         resume: false,
+        device: "cpu".into(),
+        script: Default::default(),
     };
     let accuracy = train::run(train_args, ui).await?;
 

@@ -23,7 +23,7 @@ use crate::progress::Ui;
 pub struct Args {
     /// The output of `shardline process` (recipe.json, lineage.json, <channel>/index.json).
     #[arg(long, value_name = "URL")]
-    pub data: String,
+    pub data: Option<String>,
     /// Where the model directory goes: model.json, weights.bin, labels.json, recipe.json,
     /// metrics.csv, lineage.json.
     #[arg(long, value_name = "URL")]
@@ -58,6 +58,13 @@ pub struct Args {
     /// Continue from the checkpoint in --out (written after every epoch) instead of starting over.
     #[arg(long)]
     pub resume: bool,
+    /// The device: cpu (Burn's flex backend, the default), or cuda / wgpu in a build with that
+    /// feature (`--features cuda`).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Your own training program instead of Shardline's trainer.
+    #[command(flatten)]
+    pub script: super::train_script::ScriptArgs,
 }
 
 /// Learning-rate scaling.
@@ -76,6 +83,9 @@ pub enum ModelArg {
     Cnn,
     /// Fully connected.
     Mlp,
+    /// The benchmark's reference CNN (3x3 convolutions and 2x2 max-pools, 32 then 64 channels,
+    /// dense 128), as Keras tutorials write it.
+    Reference,
 }
 
 async fn channel(data: &Store, name: &str) -> Result<Option<Channel>> {
@@ -96,11 +106,11 @@ async fn channel(data: &Store, name: &str) -> Result<Option<Channel>> {
 
 fn metrics_csv(metrics: &[EpochMetrics]) -> String {
     let mut out = String::from(
-        "epoch,train_loss,train_accuracy,validation_loss,validation_accuracy,samples_per_second,data_wait_percent,allreduce_ms\n",
+        "epoch,train_loss,train_accuracy,validation_loss,validation_accuracy,samples_per_second,data_wait_percent,allreduce_ms,train_seconds\n",
     );
     for m in metrics {
         out.push_str(&format!(
-            "{},{:.6},{:.6},{:.6},{:.6},{:.1},{:.2},{:.3}\n",
+            "{},{:.6},{:.6},{:.6},{:.6},{:.1},{:.2},{:.3},{:.3}\n",
             m.epoch,
             m.train_loss,
             m.train_accuracy,
@@ -108,7 +118,8 @@ fn metrics_csv(metrics: &[EpochMetrics]) -> String {
             m.validation_accuracy,
             m.samples_per_second,
             m.data_wait_percent,
-            m.allreduce_ms
+            m.allreduce_ms,
+            m.train_seconds
         ));
     }
     out
@@ -124,16 +135,23 @@ struct Run {
     resume: Option<Resume>,
     out: Store,
     quiet: bool,
+    /// What a checkpoint must match to be resumed: the model config, the labels and the recipe.
+    identity: serde_json::Value,
+    /// The Burn device's name.
+    device: String,
+    /// Rank 0's bar of the steps of the current epoch (drawn only on a terminal).
+    bar: Option<indicatif::ProgressBar>,
 }
 
 /// Writes the checkpoint of an epoch under `checkpoint/`, atomically, the state record last.
 fn checkpoint(
     out: &Store,
+    identity: &serde_json::Value,
     done: &[EpochMetrics],
     model: &shardline_train::Model,
     optimizer: &[u8],
 ) -> Result<(), shardline_train::Error> {
-    let state = serde_json::json!({"epoch": done.len(), "metrics": done});
+    let state = serde_json::json!({"epoch": done.len(), "metrics": done, "identity": identity});
     let files = [
         ("checkpoint/weights.bin", weights::encode(model)),
         ("checkpoint/optimizer.bpk", optimizer.to_vec()),
@@ -159,22 +177,77 @@ fn checkpoint(
         .map_err(|e| shardline_train::Error::Data(format!("writing the checkpoint: {e}")))
 }
 
+/// Refuses a checkpoint that another model, another label set or another recipe wrote.
+fn check_checkpoint(
+    found: &serde_json::Value,
+    wanted: &serde_json::Value,
+    out: &Store,
+) -> Result<()> {
+    let at = out.uri_of("checkpoint/");
+    if found.is_null() {
+        bail!(
+            "train: the checkpoint in {at} does not say which model wrote it; start a new run (another --out, without --resume)"
+        );
+    }
+    if found["model"] != wanted["model"] {
+        bail!(
+            "train: the checkpoint in {at} belongs to another model ({}), not this run's ({}); resume with the same --model/--model-config, or start a new run with another --out",
+            found["model"],
+            wanted["model"]
+        );
+    }
+    if found["labels"] != wanted["labels"] {
+        bail!(
+            "train: the checkpoint in {at} was trained on the classes {}, but --data has {}; resume on the same data, or start a new run with another --out",
+            found["labels"],
+            wanted["labels"]
+        );
+    }
+    if found["recipe"] != wanted["recipe"] {
+        bail!(
+            "train: the checkpoint in {at} was trained on data processed with another recipe ({} vs {}); resume on the same processed data, or start a new run with another --out",
+            found["recipe"],
+            wanted["recipe"]
+        );
+    }
+    Ok(())
+}
+
 /// One rank's work: train (rank 0 writes a checkpoint after every epoch), then measure the test
 /// accuracy over all ranks.
 fn worker(
     comm: &mut dyn shardline_comm::Communicator,
     run: &Run,
 ) -> Result<(shardline_train::Trained, Option<f64>), shardline_train::Error> {
-    let device = burn::tensor::Device::default();
+    let device = shardline_train::device::by_name(&run.device)?;
     let done = std::sync::Mutex::new(
         run.resume
             .as_ref()
             .map(|r| r.metrics.clone())
             .unwrap_or_default(),
     );
+    let rank = comm.rank();
+    let on_step = |epoch: usize, step: usize, steps: usize| {
+        if let Some(bar) = run.bar.as_ref().filter(|_| rank == 0) {
+            if step == 1 {
+                bar.reset();
+                bar.set_length(steps as u64);
+                bar.set_message(format!("epoch {epoch}/{}", run.config.epochs));
+            }
+            bar.inc(1);
+        }
+        shardline_process::fault::point(
+            &format!("rank-{rank}"),
+            &format!("epoch-{epoch}-step-{step}"),
+        );
+    };
+    let say = |line: String| match &run.bar {
+        Some(bar) => bar.suspend(|| println!("{line}")),
+        None => println!("{line}"),
+    };
     let on_epoch = |m: &EpochMetrics, model: &shardline_train::Model, optimizer: &[u8]| {
         if !run.quiet {
-            println!(
+            say(format!(
                 "  epoch {:>3}: loss {:.4}, accuracy {:.3}, validation {:.3}, {:.0} samples/s, data wait {:.1}%, allreduce {:.2} ms/step",
                 m.epoch,
                 m.train_loss,
@@ -183,11 +256,11 @@ fn worker(
                 m.samples_per_second,
                 m.data_wait_percent,
                 m.allreduce_ms
-            );
+            ));
         }
         let mut done = done.lock().unwrap_or_else(|e| e.into_inner());
         done.push(m.clone());
-        checkpoint(&run.out, &done, model, optimizer)?;
+        checkpoint(&run.out, &run.identity, &done, model, optimizer)?;
         shardline_process::fault::point("train", &format!("after-epoch-{}", m.epoch));
         Ok(())
     };
@@ -198,8 +271,14 @@ fn worker(
         &run.config,
         &device,
         run.resume.as_ref(),
-        &on_epoch,
+        shardline_train::Hooks {
+            on_epoch: &on_epoch,
+            on_step: &on_step,
+        },
     )?;
+    if let Some(bar) = run.bar.as_ref().filter(|_| rank == 0) {
+        bar.finish_and_clear();
+    }
     let accuracy = match &run.test {
         Some(test) => Some(test_accuracy(
             comm,
@@ -213,9 +292,25 @@ fn worker(
     Ok((trained, accuracy))
 }
 
-/// Whether `mpirun` started this process as one rank.
+/// This process's rank when a launcher started it as one rank of an MPI job: `mpirun`
+/// (`OMPI_COMM_WORLD_RANK`), a PMIx launcher (`PMIX_RANK`, e.g. Slurm's `srun --mpi=pmix`), or a
+/// Slurm job step of several tasks (`SLURM_PROCID` with `SLURM_STEP_NUM_TASKS` > 1).
+fn launcher_rank() -> Option<String> {
+    for var in ["OMPI_COMM_WORLD_RANK", "PMIX_RANK"] {
+        if let Ok(rank) = std::env::var(var) {
+            return Some(rank);
+        }
+    }
+    let tasks = std::env::var("SLURM_STEP_NUM_TASKS").ok()?;
+    if tasks.parse::<usize>().is_ok_and(|n| n > 1) {
+        return std::env::var("SLURM_PROCID").ok();
+    }
+    None
+}
+
+/// Whether a launcher started this process as one rank of an MPI job.
 fn launched_by_mpirun() -> bool {
-    std::env::var_os("OMPI_COMM_WORLD_SIZE").is_some()
+    launcher_rank().is_some()
 }
 
 /// Runs this process's rank over MPI; rank 0 gets the result.
@@ -318,7 +413,7 @@ fn plot(metrics: &[EpochMetrics]) -> String {
 }
 
 /// The model directory's files packed as `model.tar.gz` (SageMaker's artefact form).
-fn tarball(files: &[(&str, Vec<u8>)]) -> Result<Vec<u8>> {
+pub(crate) fn tarball(files: &[(&str, Vec<u8>)]) -> Result<Vec<u8>> {
     let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     let mut builder = tar::Builder::new(gz);
     for (name, bytes) in files {
@@ -340,7 +435,16 @@ pub async fn run(args: Args, ui: &Ui) -> Result<Option<f64>> {
     if !(args.lr.is_finite() && args.lr > 0.0) {
         bail!("train: --lr {} must be a positive number", args.lr);
     }
-    let data = Store::open(&args.data).with_context(|| format!("train: --data {}", args.data))?;
+    if args.script.script.is_some() {
+        super::train_script::run(args.data.as_deref(), &args.out, &args.script, ui).await?;
+        return Ok(None);
+    }
+    shardline_train::device::by_name(&args.device)?;
+    let data_url = args
+        .data
+        .as_deref()
+        .context("train: --data is required: the output of `shardline process`")?;
+    let data = Store::open(data_url).with_context(|| format!("train: --data {data_url}"))?;
     let out = Store::open(&args.out).with_context(|| format!("train: --out {}", args.out))?;
     commit::recover(&data).await?;
     let recipe: Recipe = super::read_json(
@@ -383,6 +487,7 @@ pub async fn run(args: Args, ui: &Ui) -> Result<Option<f64>> {
         None => match args.model {
             ModelArg::Cnn => ModelConfig::cnn([c, h, w], labels.len()),
             ModelArg::Mlp => ModelConfig::mlp([c, h, w], labels.len()),
+            ModelArg::Reference => ModelConfig::reference([c, h, w], labels.len()),
         },
     };
     if model_config.input != [c, h, w] || model_config.classes != labels.len() {
@@ -413,12 +518,17 @@ pub async fn run(args: Args, ui: &Ui) -> Result<Option<f64>> {
         train,
         validation,
     };
-    let workers = match std::env::var("OMPI_COMM_WORLD_SIZE") {
-        Ok(size) => format!("{size} MPI ranks"),
-        Err(_) => format!("{} workers", args.workers),
+    let workers = match (
+        launched_by_mpirun(),
+        std::env::var("OMPI_COMM_WORLD_SIZE").or_else(|_| std::env::var("SLURM_STEP_NUM_TASKS")),
+    ) {
+        (true, Ok(size)) => format!("{size} MPI ranks"),
+        (true, Err(_)) => "MPI ranks".to_string(),
+        (false, _) => format!("{} workers", args.workers),
     };
-    // Under mpirun only rank 0 talks.
-    if !std::env::var("OMPI_COMM_WORLD_RANK").is_ok_and(|r| r != "0") {
+    // Under a launcher only rank 0 talks.
+    let rank_zero = launcher_rank().is_none_or(|r| r == "0");
+    if rank_zero {
         ui.say(format!(
             "train: {workers}, {:?} model, {} epochs, batch {} per worker, on {}",
             model_config.kind,
@@ -427,6 +537,7 @@ pub async fn run(args: Args, ui: &Ui) -> Result<Option<f64>> {
             data.uri()
         ));
     }
+    let identity = serde_json::json!({"model": model_config, "labels": labels, "recipe": recipe});
     let resume = if args.resume {
         let state: serde_json::Value = super::read_json(
             &out,
@@ -434,6 +545,7 @@ pub async fn run(args: Args, ui: &Ui) -> Result<Option<f64>> {
             "train: --resume needs a checkpoint in --out",
         )
         .await?;
+        check_checkpoint(&state["identity"], &identity, &out)?;
         let weights_bytes = out.get("checkpoint/weights.bin").await?;
         let optimizer = out.get("checkpoint/optimizer.bpk").await?.to_vec();
         let epoch = state["epoch"]
@@ -462,6 +574,9 @@ pub async fn run(args: Args, ui: &Ui) -> Result<Option<f64>> {
         resume,
         out: out.clone(),
         quiet: ui.is_quiet(),
+        identity,
+        device: args.device.clone(),
+        bar: rank_zero.then(|| ui.bar("epoch", Some(0), "steps")),
     };
     let (trained, accuracy) = if launched_by_mpirun() {
         match mpi_rank(&run)? {

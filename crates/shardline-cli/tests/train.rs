@@ -1,0 +1,272 @@
+//! Training as a user runs it, beyond Shardline's own loop: a SageMaker script-mode program
+//! under 2 processes, a rank killed mid-run, and checkpoints that do not fit the run.
+
+mod common;
+
+use std::io::Read;
+
+use common::TestDir;
+
+/// Shapes (2 classes x 20), manifests and processed 16x16 shards from 2 instances at `p`.
+fn processed(t: &TestDir, extra: &[&str]) {
+    t.shapes("data", 2, 20);
+    t.run(&[
+        "manifest",
+        "--source",
+        "data",
+        "--out",
+        "m",
+        "--split",
+        "train=0.5,validation=0.25,test=0.25",
+    ])
+    .ok();
+    let mut args = vec!["process".to_string()];
+    for c in ["train", "validation", "test"] {
+        args.push("--input".into());
+        args.push(format!("{c}={}/{c}.manifest", t.arg("m")));
+    }
+    for a in ["--out", "p", "--instances", "2", "--size", "16x16"]
+        .iter()
+        .chain(extra)
+    {
+        args.push(a.to_string());
+    }
+    t.run(&args.iter().map(String::as_str).collect::<Vec<_>>())
+        .ok();
+}
+
+/// The members of a `.tar.gz`, with their contents.
+fn untar(path: std::path::PathBuf) -> Vec<(String, Vec<u8>)> {
+    let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(file));
+    let mut out = Vec::new();
+    for entry in archive.entries().expect("tar") {
+        let mut entry = entry.expect("entry");
+        let name = entry.path().expect("path").to_string_lossy().into_owned();
+        let mut bytes = Vec::new();
+        entry.read_to_end(&mut bytes).expect("read");
+        out.push((name, bytes));
+    }
+    out.sort();
+    out
+}
+
+fn json(path: std::path::PathBuf) -> serde_json::Value {
+    serde_json::from_slice(
+        &std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
+    )
+    .expect("json")
+}
+
+/// An unchanged SageMaker script-mode program (Python, numpy) runs as 2 MPI processes on the
+/// processed channels; its model directory comes back as model.tar.gz with the lineage of the
+/// channels; a failing run publishes no model and quotes the program's failure file.
+#[test]
+fn a_sagemaker_training_script_runs_under_two_processes() {
+    let mut t = TestDir::new();
+    processed(&t, &[]);
+    t.env = vec![("OMPI_MCA_btl_vader_single_copy_mechanism", "none".into())];
+    let script = format!(
+        "python3 {}/tests/data/sagemaker_training.py",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let stdout = t
+        .run(&[
+            "train",
+            "--data",
+            "p",
+            "--out",
+            "sm",
+            "--script",
+            &script,
+            "--processes-per-host",
+            "2",
+            "--hyperparameter",
+            "epochs=2",
+            "--hyperparameter",
+            "learning-rate=0.05",
+        ])
+        .ok();
+    assert!(
+        stdout.contains("--epochs 2 --learning-rate 0.05"),
+        "{stdout}"
+    );
+    let model = untar(t.path("sm/model.tar.gz"));
+    let names: Vec<&str> = model.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["means.npy", "metrics.json"]);
+    let metrics: serde_json::Value = serde_json::from_slice(&model[1].1).expect("metrics");
+    assert_eq!(metrics["ranks"], 2, "{metrics}");
+    let train_index = json(t.path("p/train/index.json"));
+    let train_samples: u64 = train_index["shardlist"]
+        .as_array()
+        .expect("shards")
+        .iter()
+        .map(|s| s["nsamples"].as_u64().expect("nsamples"))
+        .sum();
+    assert_eq!(metrics["train_samples"], train_samples, "{metrics}");
+    let test_index = json(t.path("p/test/index.json"));
+    let test_samples: u64 = test_index["shardlist"]
+        .as_array()
+        .expect("shards")
+        .iter()
+        .map(|s| s["nsamples"].as_u64().expect("nsamples"))
+        .sum();
+    assert_eq!(metrics["test_samples"], test_samples, "{metrics}");
+    // Both ranks wrote their share to SM_OUTPUT_DATA_DIR.
+    let output: Vec<String> = untar(t.path("sm/output.tar.gz"))
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(output, ["rank-0.json", "rank-1.json"]);
+    let log = std::fs::read_to_string(t.path("sm/logs/algo-1.log")).expect("log");
+    assert!(
+        log.contains("rank 1/2") && log.contains("rank 0/2"),
+        "{log}"
+    );
+    // Lineage: every channel file by digest, the hyperparameters typed as in SM_HPS.
+    let lineage = json(t.path("sm/lineage.json"));
+    assert_eq!(lineage["hyperparameters"]["epochs"], 2);
+    assert_eq!(lineage["processes_per_host"], 2);
+    let files = &lineage["channels"]["train"]["files"];
+    assert!(
+        files["index.json"]["digest"]
+            .as_str()
+            .expect("digest")
+            .starts_with("sha256:")
+    );
+    for channel in ["train", "validation", "test"] {
+        assert!(lineage["channels"][channel]["uri"].is_string(), "{lineage}");
+    }
+
+    // A failing program: its failure file is quoted, its log kept, no model published.
+    let err = t
+        .run(&[
+            "train",
+            "--data",
+            "p",
+            "--out",
+            "failed",
+            "--script",
+            &script,
+            "--hyperparameter",
+            "fail=yes",
+        ])
+        .fails();
+    assert!(err.contains("the script was asked to fail"), "{err}");
+    assert!(t.path("failed/logs/algo-1.log").is_file());
+    assert!(!t.path("failed/model.tar.gz").exists() && !t.path("failed/lineage.json").exists());
+
+    // Bad inputs, named.
+    std::fs::create_dir_all(t.path("empty")).expect("mkdir");
+    let err = t
+        .run(&[
+            "train",
+            "--out",
+            "x",
+            "--script",
+            &script,
+            "--channel",
+            &format!("train={}", t.arg("empty")),
+        ])
+        .fails();
+    assert!(
+        err.contains("channel train") && err.contains("is empty"),
+        "{err}"
+    );
+    let err = t
+        .run(&[
+            "train",
+            "--data",
+            "p",
+            "--out",
+            "x",
+            "--script",
+            &script,
+            "--hyperparameter",
+            "lr",
+        ])
+        .fails();
+    assert!(err.contains("\"lr\" must look like NAME=VALUE"), "{err}");
+}
+
+/// A checkpoint is resumed only by the run that wrote it: same model, classes and recipe.
+#[test]
+fn a_checkpoint_from_another_model_or_recipe_is_refused() {
+    let t = TestDir::new();
+    processed(&t, &[]);
+    let train = |data: &str, extra: &[&str]| {
+        let mut args = vec![
+            "train",
+            "--data",
+            data,
+            "--out",
+            "a",
+            "--workers",
+            "1",
+            "--batch",
+            "8",
+        ];
+        args.extend_from_slice(extra);
+        t.run(&args)
+    };
+    train("p", &["--epochs", "1"]).ok();
+    let err = train("p", &["--epochs", "2", "--resume", "--model", "mlp"]).fails();
+    assert!(err.contains("belongs to another model"), "{err}");
+    // The same images processed with another recipe (mirrored): same shape, other data.
+    let mut args = vec!["process".to_string()];
+    for c in ["train", "validation", "test"] {
+        args.push("--input".into());
+        args.push(format!("{c}={}/{c}.manifest", t.arg("m")));
+    }
+    for a in ["--out", "q", "--size", "16x16", "--augment", "flip"] {
+        args.push(a.into());
+    }
+    t.run(&args.iter().map(String::as_str).collect::<Vec<_>>())
+        .ok();
+    let err = train("q", &["--epochs", "2", "--resume"]).fails();
+    assert!(err.contains("another recipe"), "{err}");
+    // The right run resumes.
+    let stdout = train("p", &["--epochs", "2", "--resume"]).ok();
+    assert!(stdout.contains("resuming after epoch 1"), "{stdout}");
+}
+
+/// `mpirun -np 2 shardline train` with rank 1 killed in the middle of an epoch: the job stops
+/// with an error that names the rank, instead of rank 0 waiting forever in the allreduce.
+#[cfg(feature = "mpi")]
+#[test]
+fn a_rank_killed_mid_run_stops_the_job() {
+    let t = TestDir::new();
+    processed(&t, &[]);
+    let output = std::process::Command::new("timeout")
+        .args([
+            "300",
+            "mpirun",
+            "--allow-run-as-root",
+            "--oversubscribe",
+            "-x",
+            "SHARDLINE_FAULT",
+            "-np",
+            "2",
+            env!("CARGO_BIN_EXE_shardline"),
+        ])
+        .args([
+            "train", "--data", "p", "--out", "killed", "--epochs", "3", "--batch", "4",
+        ])
+        .current_dir(t.dir.path())
+        .env("OMPI_MCA_btl_vader_single_copy_mechanism", "none")
+        .env("SHARDLINE_FAULT", "rank-1:epoch-2-step-2")
+        .output()
+        .expect("mpirun runs (install openmpi-bin; see .ci/run)");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(!output.status.success(), "{text}");
+    assert_ne!(output.status.code(), Some(124), "the job hung:\n{text}");
+    assert!(text.contains("aborting rank-1 at epoch-2-step-2"), "{text}");
+    assert!(text.contains("rank 1"), "mpirun names the rank:\n{text}");
+    // Epoch 1's checkpoint stays; no model that looks complete.
+    assert!(t.path("killed/checkpoint/state.json").is_file());
+    assert!(!t.path("killed/weights.bin").exists());
+}
