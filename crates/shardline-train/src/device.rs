@@ -26,6 +26,7 @@ pub fn by_name(name: &str) -> Result<Device, Error> {
         "cuda" => Ok(Device::cuda(0usize)),
         #[cfg(feature = "wgpu")]
         "wgpu" => Ok(Device::wgpu(burn::tensor::DeviceKind::DefaultDevice)),
+        #[allow(unreachable_patterns)]
         "cuda" | "wgpu" => Err(Error::Config(format!(
             "--device {name} needs a build with that backend: cargo build --release --features {name}"
         ))),
