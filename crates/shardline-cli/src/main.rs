@@ -57,6 +57,9 @@ enum Command {
     /// Evaluate a trained model on a channel of processed data: accuracy, per-class precision
     /// and recall, confusion matrix.
     Evaluate(cmd::evaluate::Args),
+    /// The model registry: register a trained model as the next version of a name, list, show.
+    #[command(subcommand)]
+    Model(cmd::model::Command),
     /// Measure a stage against its usual Python implementation and print a table.
     #[command(subcommand)]
     Bench(cmd::bench::Command),
@@ -141,6 +144,7 @@ fn main() -> ExitCode {
             Command::Process(args) => cmd::process::run(*args, &ui).await,
             Command::Train(args) => cmd::train::run(*args, &ui).await.map(|_| ()),
             Command::Evaluate(args) => cmd::evaluate::run(args, &ui).await,
+            Command::Model(command) => cmd::model::run(command, &ui).await,
             Command::Bench(command) => cmd::bench::run(command, &ui).await,
         }
     });

@@ -270,3 +270,74 @@ fn a_rank_killed_mid_run_stops_the_job() {
     assert!(t.path("killed/checkpoint/state.json").is_file());
     assert!(!t.path("killed/weights.bin").exists());
 }
+
+/// A trained model registered twice gets versions 1 and 2, with its evaluation and lineage;
+/// `list` and `show` read them back; unknown versions are named.
+#[test]
+fn trained_models_are_registered_with_versions_metrics_and_lineage() {
+    let t = TestDir::new();
+    processed(&t, &[]);
+    t.run(&[
+        "train",
+        "--data",
+        "p",
+        "--out",
+        "model",
+        "--workers",
+        "1",
+        "--epochs",
+        "1",
+        "--batch",
+        "8",
+    ])
+    .ok();
+    t.run(&[
+        "evaluate",
+        "--model",
+        "model",
+        "--data",
+        "p",
+        "--json",
+        "eval.json",
+    ])
+    .ok();
+    let register = |extra: &[&str]| {
+        let mut args = vec![
+            "model",
+            "register",
+            "--name",
+            "shapes",
+            "--model",
+            "model",
+            "--registry",
+            "reg",
+        ];
+        args.extend_from_slice(extra);
+        t.run(&args)
+    };
+    let out = register(&["--metrics", "eval.json"]).ok();
+    assert!(out.contains("registered shapes:1"), "{out}");
+    let out = register(&[]).ok();
+    assert!(out.contains("registered shapes:2"), "{out}");
+    let list = t.run(&["model", "list", "--registry", "reg"]).ok();
+    assert_eq!(
+        list.lines().filter(|l| l.starts_with("shapes")).count(),
+        2,
+        "{list}"
+    );
+    let shown = t
+        .run(&["model", "show", "shapes:1", "--json", "--registry", "reg"])
+        .ok();
+    let record: serde_json::Value = serde_json::from_str(&shown).expect("record");
+    let evaluation = json(t.path("eval.json"));
+    assert_eq!(record["metrics"]["evaluation"], evaluation);
+    assert_eq!(record["lineage"]["step"], "train");
+    assert_eq!(
+        std::fs::read(t.path("reg/models/shapes/1/model.tar.gz")).expect("copy"),
+        std::fs::read(t.path("model/model.tar.gz")).expect("model")
+    );
+    let err = t
+        .run(&["model", "show", "shapes:7", "--registry", "reg"])
+        .fails();
+    assert!(err.contains("shapes:7 is not registered"), "{err}");
+}

@@ -293,6 +293,22 @@ impl Store {
         Ok(())
     }
 
+    /// Writes an object only if none exists at `key`; `Ok(false)` when one does. Two writers
+    /// racing for the same key: exactly one gets `Ok(true)` (an exclusive create on local files,
+    /// a conditional PUT on S3, which the server must support).
+    pub async fn put_new(&self, key: &str, bytes: Bytes) -> Result<bool> {
+        let options = object_store::PutOptions::from(object_store::PutMode::Create);
+        match self
+            .inner
+            .put_opts(&self.path(key), PutPayload::from_bytes(bytes), options)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
+            Err(e) => Err(self.fail(key, e)),
+        }
+    }
+
     /// Whether an object exists.
     pub async fn exists(&self, key: &str) -> Result<bool> {
         match self.inner.head(&self.path(key)).await {

@@ -4,6 +4,7 @@ pub mod bench;
 pub mod datagen;
 pub mod evaluate;
 pub mod manifest;
+pub mod model;
 pub mod process;
 pub mod quickstart;
 pub mod train;

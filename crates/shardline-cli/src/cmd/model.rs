@@ -1,0 +1,176 @@
+//! `shardline model register|list|show`: the model registry (named models, version numbers,
+//! their metrics and lineage).
+
+use anyhow::{Context, Result};
+use shardline_registry::{Reference, Registry};
+
+use crate::progress::Ui;
+
+/// Where the registry lives.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RegistryArg {
+    /// The registry's root: any store URL. Default: $SHARDLINE_REGISTRY, else
+    /// ~/.shardline/registry.
+    #[arg(long, value_name = "URL")]
+    pub registry: Option<String>,
+}
+
+impl RegistryArg {
+    fn open(&self) -> Result<Registry> {
+        let url = self
+            .registry
+            .clone()
+            .unwrap_or_else(shardline_registry::default_url);
+        Registry::open(&url).with_context(|| format!("model: --registry {url}"))
+    }
+}
+
+/// The registry's subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Register a trained model (a directory written by `shardline train`, or a model.tar.gz)
+    /// as the next version of a name; the registry keeps its own copy.
+    Register {
+        /// The model's name (letters, digits, '.', '_', '-').
+        #[arg(long)]
+        name: String,
+        /// The model directory or model.tar.gz.
+        #[arg(long, value_name = "URL")]
+        model: String,
+        /// An evaluation report to keep with it (`shardline evaluate --json FILE`).
+        #[arg(long, value_name = "FILE")]
+        metrics: Option<std::path::PathBuf>,
+        /// A free-text description.
+        #[arg(long)]
+        description: Option<String>,
+        #[command(flatten)]
+        registry: RegistryArg,
+    },
+    /// List registered models and versions.
+    List {
+        /// Only this model's versions.
+        #[arg(long)]
+        name: Option<String>,
+        #[command(flatten)]
+        registry: RegistryArg,
+    },
+    /// Show one version's record (name:3, name:latest): metrics, lineage, where its copy is.
+    Show {
+        /// name:version or name:latest.
+        reference: String,
+        /// Print the whole record as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        registry: RegistryArg,
+    },
+}
+
+fn accuracy(record: &shardline_registry::Record) -> String {
+    record.metrics["evaluation"]["accuracy"]
+        .as_f64()
+        .or_else(|| record.metrics["test_accuracy"].as_f64())
+        .map_or("-".into(), |a| format!("{:.2}%", 100.0 * a))
+}
+
+/// Runs a registry command.
+pub async fn run(command: Command, ui: &Ui) -> Result<()> {
+    match command {
+        Command::Register {
+            name,
+            model,
+            metrics,
+            description,
+            registry,
+        } => {
+            let registry = registry.open()?;
+            let evaluation = match &metrics {
+                Some(path) => {
+                    let text = std::fs::read(path)
+                        .with_context(|| format!("model register: --metrics {}", path.display()))?;
+                    Some(serde_json::from_slice(&text).with_context(|| {
+                        format!(
+                            "model register: --metrics {} is not JSON (write it with `shardline evaluate --json`)",
+                            path.display()
+                        )
+                    })?)
+                }
+                None => None,
+            };
+            let record = registry
+                .register(&name, &model, evaluation, description)
+                .await?;
+            ui.say(format!(
+                "model: registered {}:{} from {} (test accuracy {}) in {}",
+                record.name,
+                record.version,
+                record.source,
+                accuracy(&record),
+                registry.uri()
+            ));
+        }
+        Command::List { name, registry } => {
+            let registry = registry.open()?;
+            let records = registry.list(name.as_deref()).await?;
+            if records.is_empty() {
+                ui.say(format!("model: no models registered in {}", registry.uri()));
+                return Ok(());
+            }
+            let width = records
+                .iter()
+                .map(|r| r.name.len())
+                .max()
+                .unwrap_or(4)
+                .max(4);
+            ui.say(format!(
+                "{:<width$}  version  registered            accuracy  source",
+                "name"
+            ));
+            for r in &records {
+                ui.say(format!(
+                    "{:<width$}  {:>7}  {:<20}  {:>8}  {}",
+                    r.name,
+                    r.version,
+                    r.registered_at,
+                    accuracy(r),
+                    r.source
+                ));
+            }
+        }
+        Command::Show {
+            reference,
+            json,
+            registry,
+        } => {
+            let registry = registry.open()?;
+            let reference = Reference::parse(&reference)?;
+            let record = registry.get(&reference).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&record)?);
+                return Ok(());
+            }
+            ui.say(format!("{}:{}", record.name, record.version));
+            ui.say(format!("  registered  {}", record.registered_at));
+            ui.say(format!("  source      {}", record.source));
+            ui.say(format!("  copy        {}", registry.artifact_uri(&record)));
+            ui.say(format!(
+                "  model       {} bytes, {}",
+                record.model.bytes,
+                record.model.digest.as_str()
+            ));
+            if let Some(d) = &record.description {
+                ui.say(format!("  description {d}"));
+            }
+            ui.say(format!("  accuracy    {}", accuracy(&record)));
+            for key in ["data", "step", "workers"] {
+                if !record.lineage[key].is_null() {
+                    ui.say(format!("  {key:<11} {}", record.lineage[key]));
+                }
+            }
+            if !record.lineage["settings"].is_null() {
+                ui.say(format!("  settings    {}", record.lineage["settings"]));
+            }
+        }
+    }
+    Ok(())
+}
