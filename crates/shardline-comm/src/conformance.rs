@@ -45,7 +45,8 @@ fn broadcast(comm: &mut dyn Communicator) -> Result<(), String> {
 fn allreduce(comm: &mut dyn Communicator) -> Result<(), String> {
     let size = comm.size() as f32;
     let rank = comm.rank() as f32;
-    for len in [1usize, 7, 4096, 100_003] {
+    // 600,001 values: more than two of the MPI communicator's 1 MiB pieces, the last one short.
+    for len in [1usize, 7, 4096, 100_003, 600_001] {
         let mut buffer: Vec<f32> = (0..len).map(|i| rank + i as f32).collect();
         comm.allreduce_sum(&mut buffer).map_err(|e| e.to_string())?;
         // Sum over ranks r of (r + i) = size*i + size*(size-1)/2.

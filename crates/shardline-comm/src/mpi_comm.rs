@@ -131,6 +131,9 @@ impl Mpi {
     }
 }
 
+/// Elements of one allreduce call: 1 MiB of `f32`.
+const ALLREDUCE_PIECE: usize = 256 * 1024;
+
 impl Communicator for Mpi {
     fn rank(&self) -> usize {
         self.world.rank() as usize
@@ -163,11 +166,15 @@ impl Communicator for Mpi {
 
     fn allreduce_sum(&mut self, buffer: &mut [f32]) -> Result<(), Error> {
         self.agree(Op::AllreduceSum, buffer.len())?;
-        if !buffer.is_empty() {
+        // In pieces of 1 MiB: each piece is copied into the send buffer (rsmpi has no
+        // MPI_IN_PLACE) and reduced while it is still in cache. One allreduce of a large buffer
+        // measured slower than its pieces (about 70% of a plain allreduce at 8 MiB, against
+        // 90% and more in pieces).
+        for piece in buffer.chunks_mut(ALLREDUCE_PIECE) {
             self.scratch.clear();
-            self.scratch.extend_from_slice(buffer);
+            self.scratch.extend_from_slice(piece);
             self.world
-                .all_reduce_into(&self.scratch[..], buffer, SystemOperation::sum());
+                .all_reduce_into(&self.scratch[..], piece, SystemOperation::sum());
         }
         self.done();
         Ok(())

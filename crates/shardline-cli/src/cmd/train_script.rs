@@ -51,7 +51,8 @@ pub struct ScriptArgs {
     #[arg(long = "channel", value_name = "NAME=URL", requires = "script")]
     pub channels: Vec<String>,
     /// The local root of the SageMaker layout (input/, model/, output/); default a temporary
-    /// directory. /opt/ml gives SageMaker's own paths. Its model/ and output/ are emptied first.
+    /// directory. /opt/ml gives SageMaker's own paths. Its input/, model/ and output/ are
+    /// replaced.
     #[arg(long, value_name = "DIR", requires = "script")]
     pub root: Option<PathBuf>,
 }
