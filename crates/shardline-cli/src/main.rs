@@ -57,6 +57,9 @@ enum Command {
     /// Evaluate a trained model on a channel of processed data: accuracy, per-class precision
     /// and recall, confusion matrix.
     Evaluate(cmd::evaluate::Args),
+    /// Serve a trained model over HTTP: SageMaker hosting (/ping, /invocations) and KServe v2
+    /// (/v2/...), with dynamic batching and Prometheus metrics at /metrics.
+    Serve(Box<cmd::serve::Args>),
     /// The model registry: register a trained model as the next version of a name, list, show.
     #[command(subcommand)]
     Model(cmd::model::Command),
@@ -144,6 +147,7 @@ fn main() -> ExitCode {
             Command::Process(args) => cmd::process::run(*args, &ui).await,
             Command::Train(args) => cmd::train::run(*args, &ui).await.map(|_| ()),
             Command::Evaluate(args) => cmd::evaluate::run(args, &ui).await,
+            Command::Serve(args) => cmd::serve::run(*args, &ui).await,
             Command::Model(command) => cmd::model::run(command, &ui).await,
             Command::Bench(command) => cmd::bench::run(command, &ui).await,
         }

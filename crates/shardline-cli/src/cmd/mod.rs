@@ -7,6 +7,7 @@ pub mod manifest;
 pub mod model;
 pub mod process;
 pub mod quickstart;
+pub mod serve;
 pub mod train;
 pub mod train_script;
 

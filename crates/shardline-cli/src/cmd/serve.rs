@@ -1,0 +1,128 @@
+//! `shardline serve`: a trained model behind HTTP, speaking SageMaker hosting (`/ping`,
+//! `/invocations`) and KServe v2 (`/v2/...`), with dynamic batching and Prometheus metrics.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use shardline_registry::{Reference, Registry};
+use shardline_serve::{
+    BatchConfig, ClassifierOptions, ImageClassifier, ModelFiles, Server, ServerConfig,
+};
+
+use crate::progress::Ui;
+
+/// Flags of `shardline serve`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
+    /// The model: a directory written by `shardline train`, a model.tar.gz (local or on any
+    /// store), or a registered NAME:VERSION / NAME:latest.
+    #[arg(long, value_name = "URL")]
+    pub model: String,
+    /// The registry for NAME:VERSION models (default: $SHARDLINE_REGISTRY, else
+    /// ~/.shardline/registry).
+    #[arg(long, value_name = "URL")]
+    pub registry: Option<String>,
+    /// The address to listen on. 127.0.0.1 answers this machine only; 0.0.0.0 everyone.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// The port (SageMaker's is 8080; 0 picks a free one, printed at start).
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+    /// The most requests gathered into one model call (1 turns batching off).
+    #[arg(long, default_value_t = 32)]
+    pub max_batch: usize,
+    /// How long the first request of a batch waits for others, in milliseconds.
+    #[arg(long, default_value_t = 2)]
+    pub max_delay_ms: u64,
+    /// Requests that may wait for the model; beyond that the server answers 429 at once.
+    #[arg(long, default_value_t = 1024)]
+    pub queue: usize,
+    /// Model threads, each with its own copy of the model.
+    #[arg(long, default_value_t = 1)]
+    pub workers: usize,
+    /// How long a request may wait for its prediction before a 504, in milliseconds.
+    #[arg(long, default_value_t = 60_000)]
+    pub timeout_ms: u64,
+    /// The largest request body, in bytes (SageMaker's limit is 6 MB); larger ones get 413.
+    #[arg(long, default_value_t = 6 * 1024 * 1024)]
+    pub body_limit: usize,
+    /// The model's name in the KServe v2 paths (default: the registered name, else "model").
+    #[arg(long)]
+    pub name: Option<String>,
+}
+
+/// Where a `--model` argument points, and the name and version it gives the model.
+async fn locate(model: &str, registry: Option<&str>) -> Result<(String, String, String)> {
+    if Reference::looks_like(model) {
+        let reference = Reference::parse(model)?;
+        let url = registry
+            .map(str::to_string)
+            .unwrap_or_else(shardline_registry::default_url);
+        let registry = Registry::open(&url).with_context(|| format!("serve: --registry {url}"))?;
+        let (record, uri) = registry.resolve(&reference).await?;
+        return Ok((uri, record.name, record.version.to_string()));
+    }
+    Ok((model.to_string(), "model".into(), "1".into()))
+}
+
+/// Resolves when the process is asked to stop (Ctrl-C or SIGTERM).
+async fn stop_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => {
+                    let _ = interrupt.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+}
+
+/// Loads the model and serves until stopped; requests in flight are answered before it exits.
+pub async fn run(args: Args, ui: &Ui) -> Result<()> {
+    if args.timeout_ms == 0 || args.body_limit == 0 {
+        bail!("serve: --timeout-ms and --body-limit must be at least 1");
+    }
+    let (url, registered, version) = locate(&args.model, args.registry.as_deref()).await?;
+    let files = ModelFiles::load(&url)
+        .await
+        .with_context(|| format!("serve: --model {}", args.model))?;
+    let config = ServerConfig {
+        name: args.name.clone().unwrap_or(registered),
+        version,
+        body_limit: args.body_limit,
+        timeout: Duration::from_millis(args.timeout_ms),
+        batch: BatchConfig {
+            max_batch: args.max_batch,
+            max_delay: Duration::from_millis(args.max_delay_ms),
+            queue: args.queue,
+            workers: args.workers,
+        },
+    };
+    let name = config.name.clone();
+    let handler = ImageClassifier::new(files, ClassifierOptions::default());
+    let classes = handler.classes().len();
+    let server = Server::start(handler, config)?;
+    let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
+        .await
+        .with_context(|| format!("serve: cannot listen on {}:{}", args.host, args.port))?;
+    let address = listener.local_addr()?;
+    ui.say(format!(
+        "serve: {name} ({classes} classes) from {url} on http://{address} (SageMaker: /ping, /invocations; KServe v2: /v2/models/{name}; /metrics); batches of up to {} within {} ms",
+        args.max_batch, args.max_delay_ms
+    ));
+    shardline_serve::serve(listener, shardline_serve::app(server), stop_signal()).await?;
+    ui.say("serve: stopped; every request in flight was answered");
+    Ok(())
+}

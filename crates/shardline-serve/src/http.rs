@@ -1,0 +1,475 @@
+//! The HTTP endpoint (axum): SageMaker hosting (`/ping`, `/invocations`,
+//! `/execution-parameters`), the Open Inference Protocol v2 REST API (KServe), and Prometheus
+//! `/metrics`. Errors are answered as `{"error": "..."}` on both protocols.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+
+use crate::batcher::{BatchConfig, Batcher};
+use crate::inference::{Answer, Inference, Request, Tensor};
+use crate::metrics::Metrics;
+use crate::{Error, InferenceError};
+
+/// Settings of a server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerConfig {
+    /// The model's name in the v2 API (`/v2/models/{name}`).
+    pub name: String,
+    /// The model's version in the v2 metadata.
+    pub version: String,
+    /// The largest request body accepted, in bytes; larger ones get 413.
+    pub body_limit: usize,
+    /// How long a request may wait for its prediction (queue and model); then 504.
+    pub timeout: Duration,
+    /// The batcher's settings.
+    pub batch: BatchConfig,
+}
+
+impl Default for ServerConfig {
+    fn default() -> ServerConfig {
+        ServerConfig {
+            name: "model".into(),
+            version: "1".into(),
+            body_limit: 6 * 1024 * 1024,
+            timeout: Duration::from_secs(60),
+            batch: BatchConfig::default(),
+        }
+    }
+}
+
+/// Bodies above this size are decoded on a blocking thread, so that a large JPEG does not hold
+/// up the runtime's worker; small ones (the usual case) are decoded in place.
+const INLINE_DECODE: usize = 64 * 1024;
+
+/// A running model behind its batcher, with its metrics: what the routes share.
+pub struct Server<I: Inference> {
+    handler: Arc<I>,
+    batcher: Batcher<I>,
+    metrics: Arc<Metrics>,
+    config: ServerConfig,
+}
+
+impl<I: Inference> Server<I> {
+    /// Starts the model threads (building the model on each) and returns the server.
+    pub fn start(handler: I, config: ServerConfig) -> Result<Arc<Server<I>>, Error> {
+        if config.body_limit == 0 || config.timeout.is_zero() {
+            return Err(Error::BadConfig(
+                "--body-limit and --timeout-ms must be positive".into(),
+            ));
+        }
+        let handler = Arc::new(handler);
+        let metrics = Arc::new(Metrics::new());
+        let batcher = Batcher::start(handler.clone(), config.batch, metrics.clone())?;
+        Ok(Arc::new(Server {
+            handler,
+            batcher,
+            metrics,
+            config,
+        }))
+    }
+
+    /// The inference hooks.
+    pub fn handler(&self) -> &I {
+        &self.handler
+    }
+
+    /// The server's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &ServerConfig {
+        &self.config
+    }
+
+    /// Whether the model threads are running.
+    pub fn ready(&self) -> bool {
+        self.batcher.ready()
+    }
+
+    /// One input through the batching queue to the model and back, within the timeout. Batch
+    /// transform calls this too, so it predicts exactly as the endpoint does.
+    pub async fn predict(&self, input: I::Input) -> Result<I::Output, InferenceError> {
+        let pending = self.batcher.submit(input)?;
+        match tokio::time::timeout(self.config.timeout, pending).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(InferenceError::internal("the model thread stopped")),
+            Err(_) => Err(InferenceError {
+                status: 504,
+                message: format!(
+                    "no prediction within {} ms (queue and model); retry, lower the load or raise --timeout-ms",
+                    self.config.timeout.as_millis()
+                ),
+            }),
+        }
+    }
+
+    /// Runs the input hook, on a blocking thread for large bodies.
+    async fn decode(&self, body: Bytes, content_type: String) -> Result<I::Input, InferenceError> {
+        if body.len() <= INLINE_DECODE {
+            return self.handler.input(Request {
+                body: &body,
+                content_type: &content_type,
+            });
+        }
+        let handler = self.handler.clone();
+        tokio::task::spawn_blocking(move || {
+            handler.input(Request {
+                body: &body,
+                content_type: &content_type,
+            })
+        })
+        .await
+        .map_err(|_| InferenceError::internal("decoding the request failed (panicked)"))?
+    }
+}
+
+/// The router of a server; serve it with [`serve`] (or drive it in tests with `oneshot`).
+pub fn app<I: Inference>(server: Arc<Server<I>>) -> Router {
+    let body_limit = server.config.body_limit;
+    let metrics = server.metrics.clone();
+    Router::new()
+        .route("/ping", get(ping::<I>))
+        .route("/invocations", post(invocations::<I>))
+        .route("/execution-parameters", get(execution_parameters::<I>))
+        .route("/v2/health/live", get(live))
+        .route("/v2/health/ready", get(ready::<I>))
+        .route("/v2", get(server_metadata))
+        .route("/v2/models/{model}", get(model_metadata::<I>))
+        .route("/v2/models/{model}/ready", get(model_ready::<I>))
+        .route("/v2/models/{model}/infer", post(infer::<I>))
+        .route("/metrics", get(render_metrics::<I>))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn_with_state(metrics, track))
+        .with_state(server)
+}
+
+/// Serves `app` on `listener` until `shutdown` completes, then stops accepting connections and
+/// returns once every request in flight has been answered (graceful shutdown).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(|source| Error::Io {
+            what: "serving HTTP".into(),
+            source,
+        })
+}
+
+/// Records every request's route, status and latency.
+async fn track(
+    State(metrics): State<Arc<Metrics>>,
+    request: axum::extract::Request,
+    next: Next,
+) -> Response {
+    let started = Instant::now();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let response = next.run(request).await;
+    metrics.observe(
+        &route,
+        response.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
+    response
+}
+
+/// `{"error": message}` with the error's status.
+fn failure(e: InferenceError) -> Response {
+    let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut response = (
+        status,
+        axum::Json(serde_json::json!({ "error": e.message })),
+    )
+        .into_response();
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    response
+}
+
+/// A body that could not be read: over the limit (413) or cut off.
+fn body_failure(rejection: BytesRejection, limit: usize) -> InferenceError {
+    let status = rejection.status().as_u16();
+    if status == 413 {
+        InferenceError {
+            status,
+            message: format!(
+                "the request body is larger than the limit of {limit} bytes; send a smaller payload or raise --body-limit"
+            ),
+        }
+    } else {
+        InferenceError {
+            status,
+            message: format!(
+                "the request body could not be read: {}",
+                rejection.body_text()
+            ),
+        }
+    }
+}
+
+fn media_type(headers: &HeaderMap) -> String {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|v| v.trim().to_ascii_lowercase())
+        .unwrap_or_default()
+}
+
+async fn not_found() -> Response {
+    failure(InferenceError {
+        status: 404,
+        message: "no such route; the endpoint serves /ping, /invocations, /metrics and /v2/..."
+            .into(),
+    })
+}
+
+async fn ping<I: Inference>(State(server): State<Arc<Server<I>>>) -> StatusCode {
+    if server.ready() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    }
+}
+
+async fn execution_parameters<I: Inference>(
+    State(server): State<Arc<Server<I>>>,
+) -> axum::Json<serde_json::Value> {
+    let c = &server.config;
+    axum::Json(serde_json::json!({
+        "MaxConcurrentTransforms": c.batch.max_batch * c.batch.workers,
+        "BatchStrategy": "SINGLE_RECORD",
+        "MaxPayloadInMB": (c.body_limit / (1024 * 1024)).max(1),
+    }))
+}
+
+async fn invocations<I: Inference>(
+    State(server): State<Arc<Server<I>>>,
+    headers: HeaderMap,
+    Query(params): Query<HashMap<String, String>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let answer = Answer {
+        accept: headers
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string(),
+        params,
+    };
+    let result = async {
+        let body = body.map_err(|r| body_failure(r, server.config.body_limit))?;
+        let input = server.decode(body, media_type(&headers)).await?;
+        let output = server.predict(input).await?;
+        server.handler.output(output, &answer)
+    }
+    .await;
+    match result {
+        Ok(reply) => ([(header::CONTENT_TYPE, reply.content_type)], reply.body).into_response(),
+        Err(e) => failure(e),
+    }
+}
+
+async fn live() -> axum::Json<serde_json::Value> {
+    axum::Json(serde_json::json!({ "live": true }))
+}
+
+async fn ready<I: Inference>(State(server): State<Arc<Server<I>>>) -> Response {
+    let ready = server.ready();
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, axum::Json(serde_json::json!({ "ready": ready }))).into_response()
+}
+
+async fn server_metadata() -> axum::Json<serde_json::Value> {
+    axum::Json(serde_json::json!({
+        "name": "shardline",
+        "version": env!("CARGO_PKG_VERSION"),
+        "extensions": [],
+    }))
+}
+
+/// The served model, or 404 naming the one that is.
+fn check_model<I: Inference>(server: &Server<I>, model: &str) -> Result<(), InferenceError> {
+    if model == server.config.name {
+        Ok(())
+    } else {
+        Err(InferenceError {
+            status: 404,
+            message: format!(
+                "model {model:?} is not served here; this server serves {:?}",
+                server.config.name
+            ),
+        })
+    }
+}
+
+async fn model_metadata<I: Inference>(
+    State(server): State<Arc<Server<I>>>,
+    Path(model): Path<String>,
+) -> Response {
+    if let Err(e) = check_model(&server, &model) {
+        return failure(e);
+    }
+    let (inputs, outputs) = server.handler.signature();
+    axum::Json(serde_json::json!({
+        "name": server.config.name,
+        "versions": [server.config.version],
+        "platform": "shardline_burn",
+        "inputs": inputs,
+        "outputs": outputs,
+    }))
+    .into_response()
+}
+
+async fn model_ready<I: Inference>(
+    State(server): State<Arc<Server<I>>>,
+    Path(model): Path<String>,
+) -> Response {
+    if let Err(e) = check_model(&server, &model) {
+        return failure(e);
+    }
+    ready(State(server)).await
+}
+
+/// A v2 inference request. Unknown fields (`parameters`, `outputs`) are accepted and ignored.
+#[derive(Debug, Deserialize)]
+struct InferRequest {
+    id: Option<String>,
+    inputs: Vec<InferInput>,
+}
+
+#[derive(Debug, Deserialize)]
+struct InferInput {
+    name: String,
+    shape: Vec<i64>,
+    datatype: String,
+    data: Flat,
+}
+
+/// Tensor data, flat or nested (the v2 protocol allows both), flattened row-major as it is
+/// parsed, without an intermediate JSON tree.
+#[derive(Debug)]
+struct Flat(Vec<f32>);
+
+impl<'de> Deserialize<'de> for Flat {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Flat, D::Error> {
+        struct Visit<'a>(&'a mut Vec<f32>);
+        impl<'de> serde::de::DeserializeSeed<'de> for Visit<'_> {
+            type Value = ();
+            fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+                d.deserialize_any(self)
+            }
+        }
+        impl<'de> serde::de::Visitor<'de> for Visit<'_> {
+            type Value = ();
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("numbers, or nested lists of numbers")
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<(), E> {
+                self.0.push(v as f32);
+                Ok(())
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<(), E> {
+                self.0.push(v as f32);
+                Ok(())
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<(), E> {
+                self.0.push(v as f32);
+                Ok(())
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+                while seq.next_element_seed(Visit(&mut *self.0))?.is_some() {}
+                Ok(())
+            }
+        }
+        let mut out = Vec::new();
+        serde::de::DeserializeSeed::deserialize(Visit(&mut out), d)?;
+        Ok(Flat(out))
+    }
+}
+
+async fn infer<I: Inference>(
+    State(server): State<Arc<Server<I>>>,
+    Path(model): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let mut id = None;
+    let result = async {
+        check_model(&server, &model)?;
+        let body = body.map_err(|r| body_failure(r, server.config.body_limit))?;
+        let request: InferRequest = serde_json::from_slice(&body).map_err(|e| {
+            InferenceError::bad_request(format!(
+                "the body is not a v2 inference request ({{\"inputs\": [{{\"name\", \"shape\", \"datatype\", \"data\"}}]}}): {e}"
+            ))
+        })?;
+        id = request.id;
+        let tensors = request
+            .inputs
+            .into_iter()
+            .map(|i| Tensor {
+                name: i.name,
+                shape: i.shape,
+                datatype: i.datatype,
+                data: i.data.0,
+            })
+            .collect();
+        let input = server.handler.input_tensors(tensors)?;
+        let output = server.predict(input).await?;
+        server.handler.output_tensors(output)
+    }
+    .await;
+    match result {
+        Ok(outputs) => {
+            let mut answer = serde_json::json!({
+                "model_name": server.config.name,
+                "model_version": server.config.version,
+                "outputs": outputs,
+            });
+            if let Some(id) = id {
+                answer["id"] = serde_json::Value::String(id);
+            }
+            axum::Json(answer).into_response()
+        }
+        Err(e) => failure(e),
+    }
+}
+
+async fn render_metrics<I: Inference>(State(server): State<Arc<Server<I>>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        server.metrics.render(),
+    )
+        .into_response()
+}

@@ -1,0 +1,178 @@
+//! A trained model's files, read from a model directory written by `shardline train` or from its
+//! `model.tar.gz` (SageMaker's artefact form), on any store.
+
+use std::collections::HashMap;
+use std::io::Read;
+
+use shardline_process::transform::Recipe;
+use shardline_store::Store;
+use shardline_train::ModelConfig;
+
+use crate::Error;
+
+/// The files of a model directory that serving needs, checked against each other.
+#[derive(Debug, Clone)]
+pub struct ModelFiles {
+    /// Where the model was read from.
+    pub source: String,
+    /// The architecture (`model.json`).
+    pub config: ModelConfig,
+    /// The encoded weights (`weights.bin`).
+    pub weights: Vec<u8>,
+    /// The class names, in label-id order (`labels.json`'s `classes`).
+    pub classes: Vec<String>,
+    /// The preprocessing recipe the model was trained with (`recipe.json`).
+    pub recipe: Recipe,
+    /// The model's lineage record (`lineage.json`), when it has one.
+    pub lineage: Option<serde_json::Value>,
+    /// The per-epoch metrics (`metrics.csv`), when there are some.
+    pub metrics_csv: Option<String>,
+}
+
+/// The files of a model directory, by name.
+const FILES: [&str; 6] = [
+    "model.json",
+    "weights.bin",
+    "labels.json",
+    "recipe.json",
+    "lineage.json",
+    "metrics.csv",
+];
+
+/// A model in a tarball is read only up to this size per file, so a hostile archive cannot
+/// exhaust memory (the largest models here are a few MiB).
+const MAX_FILE: u64 = 2 << 30;
+
+impl ModelFiles {
+    /// Reads a model from `url`: a directory written by `shardline train` (local or on any
+    /// store), a directory holding only `model.tar.gz`, or the URL of a `.tar.gz` itself.
+    pub async fn load(url: &str) -> Result<ModelFiles, Error> {
+        let bad = |reason: String| Error::BadModel {
+            url: url.to_string(),
+            reason,
+        };
+        let files = if url.ends_with(".tar.gz") || url.ends_with(".tgz") {
+            let full = shardline_store::Location::parse(url)?.uri();
+            let (dir, name) = full
+                .trim_end_matches('/')
+                .rsplit_once('/')
+                .ok_or_else(|| bad("not a URL of a file".into()))?;
+            let bytes = Store::open(dir)?.get(name).await?;
+            unpack(&bytes).map_err(|e| bad(format!("not a readable model.tar.gz ({e})")))?
+        } else {
+            let store = Store::open(url)?;
+            shardline_store::commit::recover(&store).await?;
+            if store.exists("model.json").await? {
+                let mut files = HashMap::new();
+                for name in FILES {
+                    if let Some(bytes) = store.get_opt(name).await? {
+                        files.insert(name.to_string(), bytes.to_vec());
+                    }
+                }
+                files
+            } else if let Some(bytes) = store.get_opt("model.tar.gz").await? {
+                unpack(&bytes).map_err(|e| bad(format!("model.tar.gz is not readable ({e})")))?
+            } else {
+                return Err(bad(
+                    "holds neither model.json nor model.tar.gz; give the --out of `shardline train`"
+                        .into(),
+                ));
+            }
+        };
+        ModelFiles::from_files(url, files)
+    }
+
+    /// Checks and assembles a model from its files by name.
+    pub fn from_files(url: &str, mut files: HashMap<String, Vec<u8>>) -> Result<ModelFiles, Error> {
+        let bad = |reason: String| Error::BadModel {
+            url: url.to_string(),
+            reason,
+        };
+        let mut take = |name: &str| {
+            files.remove(name).ok_or_else(|| {
+                bad(format!(
+                    "{name} is missing; is this a model written by `shardline train`?"
+                ))
+            })
+        };
+        let config: ModelConfig = serde_json::from_slice(&take("model.json")?)
+            .map_err(|e| bad(format!("model.json is not valid ({e})")))?;
+        config
+            .validate()
+            .map_err(|e| bad(format!("model.json: {e}")))?;
+        let weights = take("weights.bin")?;
+        let labels: serde_json::Value = serde_json::from_slice(&take("labels.json")?)
+            .map_err(|e| bad(format!("labels.json is not valid JSON ({e})")))?;
+        let classes: Vec<String> = serde_json::from_value(labels["classes"].clone())
+            .map_err(|_| bad("labels.json has no \"classes\" list of names".into()))?;
+        let recipe: Recipe = serde_json::from_slice(&take("recipe.json")?)
+            .map_err(|e| bad(format!("recipe.json is not valid ({e})")))?;
+        if classes.len() != config.classes {
+            return Err(bad(format!(
+                "labels.json names {} classes, model.json has {}",
+                classes.len(),
+                config.classes
+            )));
+        }
+        let [h, w, c] = recipe.shape();
+        if config.input != [c, h, w] {
+            return Err(bad(format!(
+                "recipe.json makes {c}x{h}x{w} tensors, model.json expects {:?}",
+                config.input
+            )));
+        }
+        if recipe.mean.len() != c || recipe.std.len() != c || recipe.std.iter().any(|&s| s <= 0.0) {
+            return Err(bad(format!(
+                "recipe.json needs {c} means and {c} positive standard deviations"
+            )));
+        }
+        let lineage = files
+            .remove("lineage.json")
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok());
+        let metrics_csv = files
+            .remove("metrics.csv")
+            .and_then(|bytes| String::from_utf8(bytes).ok());
+        Ok(ModelFiles {
+            source: url.to_string(),
+            config,
+            weights,
+            classes,
+            recipe,
+            lineage,
+            metrics_csv,
+        })
+    }
+
+    /// Builds the Burn model with these weights (on the calling thread: Burn's model is not
+    /// shared between threads).
+    pub fn build(&self, device: &burn::tensor::Device) -> Result<shardline_train::Model, Error> {
+        Ok(shardline_train::weights::decode(
+            self.config.init(device),
+            &self.weights,
+        )?)
+    }
+}
+
+/// The model files at the root of a gzipped tar.
+fn unpack(bytes: &[u8]) -> std::io::Result<HashMap<String, Vec<u8>>> {
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(bytes));
+    let mut files = HashMap::new();
+    for entry in archive.entries()? {
+        let entry = entry?;
+        if !entry.header().entry_type().is_file() {
+            continue;
+        }
+        let path = entry
+            .path()?
+            .to_string_lossy()
+            .trim_start_matches("./")
+            .to_string();
+        if !FILES.contains(&path.as_str()) {
+            continue;
+        }
+        let mut data = Vec::new();
+        entry.take(MAX_FILE).read_to_end(&mut data)?;
+        files.insert(path, data);
+    }
+    Ok(files)
+}
