@@ -1,0 +1,446 @@
+//! `shardline serve` on a real socket, as a client would use it: both protocols, batching under
+//! concurrent load, the limits, overload, timeouts and graceful shutdown.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+
+use common::TestDir;
+
+/// A model trained for one epoch on 3-class shapes, and one image of each class.
+fn model(t: &TestDir) -> Vec<Vec<u8>> {
+    t.shapes("data", 3, 12);
+    t.run(&[
+        "manifest",
+        "--source",
+        "data",
+        "--out",
+        "m",
+        "--split",
+        "train=0.5,validation=0.25,test=0.25",
+    ])
+    .ok();
+    let mut args = vec!["process".to_string()];
+    for c in ["train", "validation", "test"] {
+        args.push("--input".into());
+        args.push(format!("{c}={}/{c}.manifest", t.arg("m")));
+    }
+    for a in ["--out", "p", "--size", "16x16"] {
+        args.push(a.into());
+    }
+    t.run(&args.iter().map(String::as_str).collect::<Vec<_>>())
+        .ok();
+    t.run(&[
+        "train",
+        "--data",
+        "p",
+        "--out",
+        "model",
+        "--workers",
+        "1",
+        "--epochs",
+        "1",
+        "--batch",
+        "8",
+    ])
+    .ok();
+    let mut images = Vec::new();
+    for class in ["circle", "square", "triangle"] {
+        let dir = t.path("data").join(class);
+        let mut files: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+            .map(|e| e.expect("entry").path())
+            .collect();
+        files.sort();
+        images.push(std::fs::read(&files[0]).expect("image"));
+    }
+    images
+}
+
+/// A running server; killed when dropped.
+struct Served {
+    child: Child,
+    address: String,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(t: &TestDir, extra: &[&str]) -> Served {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_shardline"))
+        .args(["serve", "--model", "model", "--port", "0"])
+        .args(extra)
+        .current_dir(t.dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start shardline serve");
+    let mut line = String::new();
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    stdout.read_line(&mut line).expect("the first line");
+    // Keep reading what the server prints, as a terminal would.
+    std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+    let address = line
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+        .to_string();
+    Served { child, address }
+}
+
+/// One HTTP/1.1 request; returns the status and the body.
+fn http(
+    address: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String) {
+    let mut stream = TcpStream::connect(address).expect("connect");
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        request.push_str(&format!("{k}: {v}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).expect("write");
+    let _ = stream.write_all(body);
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {text:?}"));
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
+    (status, body)
+}
+
+/// CRC-32 (IEEE), as PNG chunks carry it.
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in bytes {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+fn json(body: &str) -> serde_json::Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
+}
+
+#[test]
+fn both_protocols_answer_and_agree() {
+    let t = TestDir::new();
+    let images = model(&t);
+    let s = serve(&t, &[]);
+    let a = s.address.as_str();
+    assert_eq!(http(a, "GET", "/ping", &[], b"").0, 200);
+    assert_eq!(http(a, "GET", "/v2/health/live", &[], b"").0, 200);
+    assert_eq!(http(a, "GET", "/v2/health/ready", &[], b"").0, 200);
+    assert_eq!(http(a, "GET", "/v2/models/model/ready", &[], b"").0, 200);
+    let (status, body) = http(a, "GET", "/v2", &[], b"");
+    assert_eq!(status, 200, "{body}");
+    assert!(json(&body)["name"].is_string(), "{body}");
+    let (status, body) = http(a, "GET", "/v2/models/model", &[], b"");
+    assert_eq!(status, 200);
+    let metadata = json(&body);
+    assert_eq!(
+        metadata["inputs"][0]["shape"],
+        serde_json::json!([-1, 3, 16, 16])
+    );
+    assert_eq!(metadata["outputs"][0]["shape"], serde_json::json!([-1, 3]));
+
+    for image in &images {
+        for content_type in ["image/jpeg", "application/x-image"] {
+            let (status, body) = http(
+                a,
+                "POST",
+                "/invocations?k=2",
+                &[
+                    ("Content-Type", content_type),
+                    ("Accept", "application/json"),
+                ],
+                image,
+            );
+            assert_eq!(status, 200, "{body}");
+            let answer = json(&body);
+            let labels = answer["predictions"][0]["labels"]
+                .as_array()
+                .expect("labels");
+            let probabilities = answer["predictions"][0]["probabilities"]
+                .as_array()
+                .expect("probabilities");
+            assert_eq!((labels.len(), probabilities.len()), (2, 2), "{body}");
+            assert!(probabilities[0].as_f64() >= probabilities[1].as_f64());
+        }
+    }
+    // The v2 tensor path gives a probability row per image that sums to 1, and echoes the id.
+    let zeros = vec![0.0f32; 2 * 3 * 16 * 16];
+    let request = serde_json::json!({"id": "42", "inputs": [{"name": "input", "shape": [2, 3, 16, 16], "datatype": "FP32", "data": zeros}]});
+    let (status, body) = http(
+        a,
+        "POST",
+        "/v2/models/model/infer",
+        &[("Content-Type", "application/json")],
+        request.to_string().as_bytes(),
+    );
+    assert_eq!(status, 200, "{body}");
+    let answer = json(&body);
+    assert_eq!(answer["id"], "42");
+    assert_eq!(answer["outputs"][0]["shape"], serde_json::json!([2, 3]));
+    let row: f64 = answer["outputs"][0]["data"].as_array().expect("data")[..3]
+        .iter()
+        .map(|v| v.as_f64().expect("number"))
+        .sum();
+    assert!((row - 1.0).abs() < 1e-4, "{body}");
+    // The same tensor through /invocations as JSON gives the same probabilities.
+    let (status, same) = http(
+        a,
+        "POST",
+        "/invocations?k=3",
+        &[("Content-Type", "application/json")],
+        serde_json::json!({"shape": [2, 3, 16, 16], "data": vec![0.0f32; 2 * 3 * 16 * 16]})
+            .to_string()
+            .as_bytes(),
+    );
+    assert_eq!(status, 200, "{same}");
+    let top: f64 = json(&same)["predictions"][0]["probabilities"][0]
+        .as_f64()
+        .expect("p");
+    let best = answer["outputs"][0]["data"].as_array().expect("data")[..3]
+        .iter()
+        .map(|v| v.as_f64().expect("number"))
+        .fold(0.0, f64::max);
+    assert!((top - best).abs() < 1e-5, "{same} vs {body}");
+    // Accept: text/csv is honoured.
+    let (status, csv) = http(
+        a,
+        "POST",
+        "/invocations?k=1",
+        &[("Content-Type", "image/jpeg"), ("Accept", "text/csv")],
+        &images[0],
+    );
+    assert_eq!(status, 200);
+    assert!(csv.starts_with("image,label,probability\n0,"), "{csv}");
+}
+
+#[test]
+fn limits_give_clear_client_errors() {
+    let t = TestDir::new();
+    let images = model(&t);
+    let s = serve(&t, &["--body-limit", "4000"]);
+    let a = s.address.as_str();
+    let (status, body) = http(
+        a,
+        "POST",
+        "/invocations",
+        &[("Content-Type", "image/jpeg")],
+        &vec![0u8; 5000],
+    );
+    assert_eq!(status, 413, "{body}");
+    let (status, body) = http(
+        a,
+        "POST",
+        "/invocations",
+        &[("Content-Type", "image/png")],
+        b"not an image",
+    );
+    assert_eq!(status, 400);
+    assert!(body.contains("not a JPEG or PNG"), "{body}");
+    let truncated = &images[0][..images[0].len() / 2];
+    let (status, body) = http(
+        a,
+        "POST",
+        "/invocations",
+        &[("Content-Type", "image/jpeg")],
+        truncated,
+    );
+    assert_eq!(status, 400, "{body}");
+    // A PNG header declaring 100000 x 100000 pixels: refused before any decoding.
+    let mut chunk = b"IHDR".to_vec();
+    chunk.extend_from_slice(&100_000u32.to_be_bytes());
+    chunk.extend_from_slice(&100_000u32.to_be_bytes());
+    chunk.extend_from_slice(&[8, 2, 0, 0, 0]);
+    let mut bomb = b"\x89PNG\r\n\x1a\n\x00\x00\x00\x0d".to_vec();
+    bomb.extend_from_slice(&chunk);
+    bomb.extend_from_slice(&crc32(&chunk).to_be_bytes());
+    // An empty IDAT: the header is complete, the pixels never come.
+    bomb.extend_from_slice(&[0, 0, 0, 0]);
+    bomb.extend_from_slice(b"IDAT");
+    bomb.extend_from_slice(&crc32(b"IDAT").to_be_bytes());
+    let (status, body) = http(
+        a,
+        "POST",
+        "/invocations",
+        &[("Content-Type", "image/png")],
+        &bomb,
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("100000"), "{body}");
+    // Tensor shapes are checked against the data before anything is allocated.
+    let lying = serde_json::json!({"inputs": [{"name": "input", "shape": [1000000, 3, 16, 16], "datatype": "FP32", "data": [0.0, 1.0]}]});
+    let (status, body) = http(
+        a,
+        "POST",
+        "/v2/models/model/infer",
+        &[("Content-Type", "application/json")],
+        lying.to_string().as_bytes(),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(json(&body)["error"].is_string());
+    let (status, _) = http(
+        a,
+        "POST",
+        "/v2/models/other/infer",
+        &[("Content-Type", "application/json")],
+        b"{}",
+    );
+    assert_eq!(status, 404);
+}
+
+#[test]
+fn concurrent_requests_are_batched_and_overload_is_refused() {
+    let t = TestDir::new();
+    let images = model(&t);
+    let s = serve(&t, &["--max-batch", "16", "--max-delay-ms", "20"]);
+    let address = s.address.clone();
+    let threads: Vec<_> = (0..24)
+        .map(|i| {
+            let address = address.clone();
+            let image = images[i % 3].clone();
+            std::thread::spawn(move || {
+                http(
+                    &address,
+                    "POST",
+                    "/invocations",
+                    &[("Content-Type", "image/jpeg")],
+                    &image,
+                )
+                .0
+            })
+        })
+        .collect();
+    for thread in threads {
+        assert_eq!(thread.join().expect("client"), 200);
+    }
+    let (_, metrics) = http(&address, "GET", "/metrics", &[], b"");
+    // Requests per model call: 24 requests in fewer than 24 calls means batches above 1.
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().last())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} not in\n{metrics}"))
+    };
+    let calls = value("shardline_serve_batch_size_count");
+    let requests = value("shardline_serve_batch_size_sum");
+    assert_eq!(requests, 24.0, "{metrics}");
+    assert!(
+        calls < 24.0,
+        "no batching: {calls} calls for 24 requests\n{metrics}"
+    );
+    assert!(metrics.contains("shardline_serve_request_duration_seconds_bucket"));
+    assert!(metrics.contains("shardline_serve_queue_seconds"));
+    drop(s);
+
+    // A queue of 1 before a slow batcher: the rest are refused at once with 429, not queued.
+    let s = serve(
+        &t,
+        &["--queue", "1", "--max-batch", "1", "--max-delay-ms", "0"],
+    );
+    let address = s.address.clone();
+    let threads: Vec<_> = (0..32)
+        .map(|i| {
+            let address = address.clone();
+            let image = images[i % 3].clone();
+            std::thread::spawn(move || {
+                http(
+                    &address,
+                    "POST",
+                    "/invocations",
+                    &[("Content-Type", "image/jpeg")],
+                    &image,
+                )
+                .0
+            })
+        })
+        .collect();
+    let statuses: Vec<u16> = threads
+        .into_iter()
+        .map(|t| t.join().expect("client"))
+        .collect();
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 429),
+        "{statuses:?}"
+    );
+    assert!(statuses.contains(&200), "{statuses:?}");
+    assert!(statuses.contains(&429), "no request was refused: {statuses:?}");
+    assert_eq!(http(&address, "GET", "/ping", &[], b"").0, 200);
+}
+
+#[test]
+fn timeouts_answer_504_and_sigterm_finishes_requests_in_flight() {
+    let t = TestDir::new();
+    let images = model(&t);
+    // The batcher waits 300 ms for company; a request allowed 50 ms gets 504.
+    let s = serve(&t, &["--max-delay-ms", "300", "--timeout-ms", "50"]);
+    let (status, body) = http(
+        &s.address,
+        "POST",
+        "/invocations",
+        &[("Content-Type", "image/jpeg")],
+        &images[0],
+    );
+    assert_eq!(status, 504, "{body}");
+    drop(s);
+
+    // A request waiting in the batcher when SIGTERM arrives is still answered; then the server
+    // exits 0.
+    let mut s = serve(&t, &["--max-delay-ms", "1000"]);
+    let address = s.address.clone();
+    let image = images[1].clone();
+    let client = std::thread::spawn(move || {
+        http(
+            &address,
+            "POST",
+            "/invocations",
+            &[("Content-Type", "image/jpeg")],
+            &image,
+        )
+    });
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let pid = s.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill")
+            .success()
+    );
+    let (status, body) = client.join().expect("client");
+    assert_eq!(status, 200, "{body}");
+    let exit = s.child.wait().expect("wait");
+    assert!(exit.success(), "{exit:?}");
+}
