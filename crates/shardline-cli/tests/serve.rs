@@ -396,7 +396,10 @@ fn concurrent_requests_are_batched_and_overload_is_refused() {
         "{statuses:?}"
     );
     assert!(statuses.contains(&200), "{statuses:?}");
-    assert!(statuses.contains(&429), "no request was refused: {statuses:?}");
+    assert!(
+        statuses.contains(&429),
+        "no request was refused: {statuses:?}"
+    );
     assert_eq!(http(&address, "GET", "/ping", &[], b"").0, 200);
 }
 

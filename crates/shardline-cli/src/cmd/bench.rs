@@ -27,6 +27,9 @@ pub enum Command {
     /// Training throughput: 1 worker on 1 and 2 threads, 2 workers of 1 thread (over MPI when
     /// built with it), with the scaling efficiency, data wait and allreduce time.
     Train(TrainArgs),
+    /// The endpoint under wrk: single 32x32 PNG requests at 1, 16 and 64 connections, with and
+    /// without dynamic batching; requests/s, p50, p99 and errors.
+    Serve(super::bench_serve::ServeArgs),
 }
 
 /// Flags of `shardline bench manifest`.
@@ -135,7 +138,7 @@ struct Case {
     peer: Sample,
 }
 
-fn cpu_model() -> String {
+pub(crate) fn cpu_model() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|text| {
@@ -1060,5 +1063,6 @@ pub async fn run(command: Command, ui: &Ui) -> Result<()> {
         Command::Manifest(args) => manifest(args, ui).await,
         Command::Process(args) => process(args, ui).await,
         Command::Train(args) => train(args, ui).await,
+        Command::Serve(args) => super::bench_serve::run(args, ui).await,
     }
 }

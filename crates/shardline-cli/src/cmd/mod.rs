@@ -1,6 +1,7 @@
 //! One module per subcommand: flags, their validation, and the call into the library.
 
 pub mod bench;
+pub mod bench_serve;
 pub mod datagen;
 pub mod evaluate;
 pub mod manifest;
