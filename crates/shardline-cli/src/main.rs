@@ -60,6 +60,9 @@ enum Command {
     /// Serve a trained model over HTTP: SageMaker hosting (/ping, /invocations) and KServe v2
     /// (/v2/...), with dynamic batching and Prometheus metrics at /metrics.
     Serve(Box<cmd::serve::Args>),
+    /// Batch transform: predictions for every object of a manifest, sharded across instances,
+    /// as JSON Lines keyed by object, with a summary; resumable.
+    Transform(Box<cmd::transform::Args>),
     /// The model registry: register a trained model as the next version of a name, list, show.
     #[command(subcommand)]
     Model(cmd::model::Command),
@@ -148,6 +151,7 @@ fn main() -> ExitCode {
             Command::Train(args) => cmd::train::run(*args, &ui).await.map(|_| ()),
             Command::Evaluate(args) => cmd::evaluate::run(args, &ui).await,
             Command::Serve(args) => cmd::serve::run(*args, &ui).await,
+            Command::Transform(args) => cmd::transform::run(*args, &ui).await,
             Command::Model(command) => cmd::model::run(command, &ui).await,
             Command::Bench(command) => cmd::bench::run(command, &ui).await,
         }

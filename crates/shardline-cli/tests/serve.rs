@@ -447,3 +447,88 @@ fn timeouts_answer_504_and_sigterm_finishes_requests_in_flight() {
     let exit = s.child.wait().expect("wait");
     assert!(exit.success(), "{exit:?}");
 }
+
+/// Batch transform over a manifest, in 2 instances, gives for every object exactly what the
+/// endpoint answers for the same bytes; a rerun is a no-op; an unreadable object is reported,
+/// not fatal.
+#[test]
+fn batch_transform_and_the_endpoint_agree() {
+    let t = TestDir::new();
+    model(&t);
+    // One object of the manifest made unreadable.
+    let manifest =
+        json(&std::fs::read_to_string(t.path("m/validation.manifest")).expect("manifest"));
+    let prefix = manifest[0]["prefix"]
+        .as_str()
+        .expect("prefix")
+        .trim_start_matches("file://")
+        .to_string();
+    let keys: Vec<String> = manifest.as_array().expect("array")[1..]
+        .iter()
+        .map(|k| k.as_str().expect("key").to_string())
+        .collect();
+    std::fs::write(std::path::Path::new(&prefix).join(&keys[0]), b"broken").expect("corrupt");
+    let out = t
+        .run(&[
+            "transform",
+            "--model",
+            "model",
+            "--manifest",
+            "m/validation.manifest",
+            "--out",
+            "tx",
+            "--instances",
+            "2",
+            "-k",
+            "3",
+        ])
+        .ok();
+    assert!(out.contains("(1 unreadable)"), "{out}");
+    let mut lines = Vec::new();
+    for host in ["algo-1", "algo-2"] {
+        let text = std::fs::read_to_string(t.path(&format!("tx/predictions/{host}.jsonl")))
+            .expect("jsonl");
+        assert!(!text.is_empty(), "{host} got no objects");
+        lines.extend(text.lines().map(json));
+    }
+    assert_eq!(lines.len(), keys.len());
+    let summary = json(&std::fs::read_to_string(t.path("tx/summary.json")).expect("summary"));
+    assert_eq!(summary["predicted"], keys.len() as u64 - 1);
+    assert_eq!(summary["failed"], 1);
+
+    let s = serve(&t, &[]);
+    for line in &lines {
+        let key = line["key"].as_str().expect("key");
+        let bytes = std::fs::read(std::path::Path::new(&prefix).join(key)).expect("object");
+        if key == keys[0] {
+            assert!(line["prediction"]["error"].is_string(), "{line}");
+            continue;
+        }
+        let (status, body) = http(
+            &s.address,
+            "POST",
+            "/invocations?k=3",
+            &[("Content-Type", "image/jpeg")],
+            &bytes,
+        );
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(line["prediction"], json(&body)["predictions"][0], "{key}");
+    }
+    // A rerun finds both instances done.
+    let again = t
+        .run(&[
+            "transform",
+            "--model",
+            "model",
+            "--manifest",
+            "m/validation.manifest",
+            "--out",
+            "tx",
+            "--instances",
+            "2",
+            "-k",
+            "3",
+        ])
+        .ok();
+    assert_eq!(again.matches("already done").count(), 2, "{again}");
+}

@@ -11,6 +11,7 @@ pub mod quickstart;
 pub mod serve;
 pub mod train;
 pub mod train_script;
+pub mod transform;
 
 use anyhow::{Context, Result};
 use shardline_store::Store;

@@ -52,7 +52,10 @@ pub struct Args {
 }
 
 /// Where a `--model` argument points, and the name and version it gives the model.
-async fn locate(model: &str, registry: Option<&str>) -> Result<(String, String, String)> {
+pub(crate) async fn locate(
+    model: &str,
+    registry: Option<&str>,
+) -> Result<(String, String, String)> {
     if Reference::looks_like(model) {
         let reference = Reference::parse(model)?;
         let url = registry
