@@ -156,6 +156,21 @@ pub async fn run(args: Args, ui: &Ui) -> Result<()> {
             100.0 * a
         ));
     }
-    ui.say("Still to come in Shardline: serving, pipelines (see README.md).");
+    ui.say("");
+    ui.say("Next:");
+    ui.say(format!(
+        "  serve it        shardline serve --model {}   (SageMaker /invocations, KServe v2 /v2/models/model/infer)",
+        model.display()
+    ));
+    ui.say(format!(
+        "  batch transform shardline transform --model {} --manifest {}/test.manifest --out transform-out",
+        model.display(),
+        manifests.display()
+    ));
+    ui.say(format!(
+        "  register it     shardline model register --name shapes --model {}",
+        model.display()
+    ));
+    ui.say("Still to come in Shardline: pipelines (see README.md).");
     Ok(())
 }
