@@ -11,27 +11,7 @@ use common::TestDir;
 
 /// A model trained for one epoch on 3-class shapes, and one image of each class.
 fn model(t: &TestDir) -> Vec<Vec<u8>> {
-    t.shapes("data", 3, 12);
-    t.run(&[
-        "manifest",
-        "--source",
-        "data",
-        "--out",
-        "m",
-        "--split",
-        "train=0.5,validation=0.25,test=0.25",
-    ])
-    .ok();
-    let mut args = vec!["process".to_string()];
-    for c in ["train", "validation", "test"] {
-        args.push("--input".into());
-        args.push(format!("{c}={}/{c}.manifest", t.arg("m")));
-    }
-    for a in ["--out", "p", "--size", "16x16"] {
-        args.push(a.into());
-    }
-    t.run(&args.iter().map(String::as_str).collect::<Vec<_>>())
-        .ok();
+    t.processed(3, 12, &["--size", "16x16"]);
     t.run(&[
         "train",
         "--data",

@@ -5,34 +5,13 @@ mod common;
 
 use std::io::Read;
 
-use common::TestDir;
+use common::{TestDir, json_file as json};
 
 /// Shapes (2 classes x 20), manifests and processed 16x16 shards from 2 instances at `p`.
 fn processed(t: &TestDir, extra: &[&str]) {
-    t.shapes("data", 2, 20);
-    t.run(&[
-        "manifest",
-        "--source",
-        "data",
-        "--out",
-        "m",
-        "--split",
-        "train=0.5,validation=0.25,test=0.25",
-    ])
-    .ok();
-    let mut args = vec!["process".to_string()];
-    for c in ["train", "validation", "test"] {
-        args.push("--input".into());
-        args.push(format!("{c}={}/{c}.manifest", t.arg("m")));
-    }
-    for a in ["--out", "p", "--instances", "2", "--size", "16x16"]
-        .iter()
-        .chain(extra)
-    {
-        args.push(a.to_string());
-    }
-    t.run(&args.iter().map(String::as_str).collect::<Vec<_>>())
-        .ok();
+    let mut flags = vec!["--instances", "2", "--size", "16x16"];
+    flags.extend_from_slice(extra);
+    t.processed(2, 20, &flags);
 }
 
 /// The members of a `.tar.gz`, with their contents.
@@ -49,13 +28,6 @@ fn untar(path: std::path::PathBuf) -> Vec<(String, Vec<u8>)> {
     }
     out.sort();
     out
-}
-
-fn json(path: std::path::PathBuf) -> serde_json::Value {
-    serde_json::from_slice(
-        &std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
-    )
-    .expect("json")
 }
 
 /// An unchanged SageMaker script-mode program (Python, numpy) runs as 2 MPI processes on the
@@ -218,9 +190,11 @@ fn a_checkpoint_from_another_model_or_recipe_is_refused() {
         args.push("--input".into());
         args.push(format!("{c}={}/{c}.manifest", t.arg("m")));
     }
-    for a in ["--out", "q", "--size", "16x16", "--augment", "flip"] {
-        args.push(a.into());
-    }
+    args.extend(
+        ["--out", "q", "--size", "16x16", "--augment", "flip"]
+            .iter()
+            .map(|a| a.to_string()),
+    );
     t.run(&args.iter().map(String::as_str).collect::<Vec<_>>())
         .ok();
     let err = train("q", &["--epochs", "2", "--resume"]).fails();

@@ -73,6 +73,30 @@ impl TestDir {
         Run { output }
     }
 
+    /// Shapes at `data` (`classes` x `per_class`, 16 pixels), manifests at `m` (train 0.5,
+    /// validation 0.25, test 0.25) and processed shards at `p`, with `extra` process flags.
+    pub fn processed(&self, classes: usize, per_class: usize, extra: &[&str]) {
+        self.shapes("data", classes, per_class);
+        self.run(&[
+            "manifest",
+            "--source",
+            "data",
+            "--out",
+            "m",
+            "--split",
+            "train=0.5,validation=0.25,test=0.25",
+        ])
+        .ok();
+        let mut args = vec!["process".to_string()];
+        for c in ["train", "validation", "test"] {
+            args.push("--input".into());
+            args.push(format!("{c}={}/{c}.manifest", self.arg("m")));
+        }
+        args.extend(["--out", "p"].iter().chain(extra).map(|a| a.to_string()));
+        self.run(&args.iter().map(String::as_str).collect::<Vec<_>>())
+            .ok();
+    }
+
     /// Generates a small shapes dataset at `relative`.
     pub fn shapes(&self, out: &str, classes: usize, per_class: usize) {
         self.run(&[
@@ -89,6 +113,14 @@ impl TestDir {
         ])
         .ok();
     }
+}
+
+/// A JSON file, parsed.
+pub fn json_file(path: PathBuf) -> serde_json::Value {
+    serde_json::from_slice(
+        &std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
+    )
+    .expect("json")
 }
 
 /// Every file below `dir`, relative, sorted.
