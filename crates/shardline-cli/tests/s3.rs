@@ -198,3 +198,74 @@ fn process_on_s3_survives_an_instance_killed_mid_upload() {
         "no duplicate or partial shards"
     );
 }
+
+/// A model trained into S3, registered in an S3 registry and used from there by batch
+/// transform (which loads models exactly as `shardline serve` does), with its predictions on S3.
+#[test]
+fn models_train_to_register_in_and_predict_from_s3() {
+    let mut t = TestDir::new();
+    t.processed(2, 12, &["--size", "16x16"]);
+    let garage = LocalGarage::start(&t.path("garage"), "models").expect("start garage");
+    t.env = garage.env();
+    let model = garage.url("shapes/v1");
+    t.run(&[
+        "train",
+        "--data",
+        "p",
+        "--out",
+        &model,
+        "--workers",
+        "1",
+        "--epochs",
+        "1",
+        "--batch",
+        "8",
+    ])
+    .ok();
+    let registry = garage.url("registry");
+    let out = t
+        .run(&[
+            "model",
+            "register",
+            "--name",
+            "shapes",
+            "--model",
+            &model,
+            "--registry",
+            &registry,
+        ])
+        .ok();
+    assert!(out.contains("registered shapes:1"), "{out}");
+    for (source, predictions) in [
+        (model.clone(), garage.url("tx-direct")),
+        ("shapes:latest".to_string(), garage.url("tx-registered")),
+    ] {
+        let out = t
+            .run(&[
+                "transform",
+                "--model",
+                &source,
+                "--registry",
+                &registry,
+                "--manifest",
+                "m/test.manifest",
+                "--out",
+                &predictions,
+            ])
+            .ok();
+        assert!(out.contains("(0 unreadable)"), "{out}");
+    }
+    // The same predictions from the model and from its registered copy, read back from S3.
+    let settings: Vec<(&str, String)> = garage.env();
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let read = |name: &str| -> String {
+        let store = shardline_store::Store::open_with(&garage.url(name), &settings).expect("open");
+        let bytes = runtime
+            .block_on(store.get("predictions/algo-1.jsonl"))
+            .expect("predictions on S3");
+        String::from_utf8(bytes.to_vec()).expect("utf-8")
+    };
+    let direct = read("tx-direct");
+    assert_eq!(direct.lines().count(), 6, "{direct}");
+    assert_eq!(direct, read("tx-registered"));
+}
