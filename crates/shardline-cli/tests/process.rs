@@ -7,41 +7,6 @@ use std::collections::BTreeSet;
 
 use common::{TestDir, files};
 
-/// A dataset of 2 classes x 20 images with manifests: train 20, validation 10, test 10.
-fn dataset(t: &TestDir) {
-    t.shapes("data", 2, 20);
-    t.run(&[
-        "manifest",
-        "--source",
-        "data",
-        "--out",
-        "m",
-        "--split",
-        "train=0.5,validation=0.25,test=0.25",
-    ])
-    .ok();
-}
-
-fn inputs(t: &TestDir) -> Vec<String> {
-    ["train", "validation", "test"]
-        .iter()
-        .flat_map(|c| {
-            [
-                "--input".to_string(),
-                format!("{c}={}/{c}.manifest", t.arg("m")),
-            ]
-        })
-        .collect()
-}
-
-fn process(t: &TestDir, extra: &[&str]) -> common::Run {
-    let mut args: Vec<String> = vec!["process".into()];
-    args.extend(inputs(t));
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    t.run(&refs)
-}
-
 fn json(path: std::path::PathBuf) -> serde_json::Value {
     serde_json::from_slice(
         &std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
@@ -68,8 +33,10 @@ fn samples_by_host(index: &serde_json::Value) -> Vec<(String, u64)> {
 #[test]
 fn sharded_by_key_gives_each_instance_a_unique_share() {
     let t = TestDir::new();
-    dataset(&t);
-    let stdout = process(&t, &["--out", "p", "--instances", "3", "--size", "16x16"]).ok();
+    t.manifests(2, 20);
+    let stdout = t
+        .process(&["--out", "p", "--instances", "3", "--size", "16x16"])
+        .ok();
     assert!(
         stdout.contains("40 objects → 40 samples in 3 instance(s)"),
         "{stdout}"
@@ -125,29 +92,28 @@ fn sharded_by_key_gives_each_instance_a_unique_share() {
         assert!(log.contains("instance finished"), "{log}");
     }
     // A rerun of a finished job is a no-op.
-    let stdout = process(&t, &["--out", "p", "--instances", "3", "--size", "16x16"]).ok();
+    let stdout = t
+        .process(&["--out", "p", "--instances", "3", "--size", "16x16"])
+        .ok();
     assert!(stdout.contains("nothing to do"), "{stdout}");
 }
 
 #[test]
 fn fully_replicated_gives_every_instance_everything() {
     let t = TestDir::new();
-    dataset(&t);
-    process(
-        &t,
-        &[
-            "--out",
-            "p",
-            "--instances",
-            "2",
-            "--size",
-            "8",
-            "--distribution",
-            "fully-replicated",
-            "--mode",
-            "gray",
-        ],
-    )
+    t.manifests(2, 20);
+    t.process(&[
+        "--out",
+        "p",
+        "--instances",
+        "2",
+        "--size",
+        "8",
+        "--distribution",
+        "fully-replicated",
+        "--mode",
+        "gray",
+    ])
     .ok();
     let by_host = samples_by_host(&json(t.path("p/validation/index.json")));
     assert_eq!(
@@ -195,7 +161,7 @@ fn fewer_objects_than_instances_leaves_some_empty() {
 #[test]
 fn bad_inputs_fail_before_any_work() {
     let t = TestDir::new();
-    dataset(&t);
+    t.manifests(2, 20);
     let m = t.arg("m");
     let err = t
         .run(&[
@@ -265,7 +231,7 @@ fn bad_inputs_fail_before_any_work() {
 fn run_as(t: &TestDir, out: &str, env: &dyn Fn(usize) -> Vec<(&'static str, String)>) {
     for rank in [1, 0] {
         let mut args: Vec<String> = vec!["process".into()];
-        args.extend(inputs(t));
+        args.extend(t.inputs());
         args.extend(["--out", out, "--size", "16x16", "--wait-timeout", "60"].map(String::from));
         let output = std::process::Command::new(env!("CARGO_BIN_EXE_shardline"))
             .args(&args)
@@ -284,12 +250,9 @@ fn run_as(t: &TestDir, out: &str, env: &dyn Fn(usize) -> Vec<(&'static str, Stri
 #[test]
 fn every_launcher_identity_produces_the_same_shards() {
     let t = TestDir::new();
-    dataset(&t);
-    process(
-        &t,
-        &["--out", "local", "--instances", "2", "--size", "16x16"],
-    )
-    .ok();
+    t.manifests(2, 20);
+    t.process(&["--out", "local", "--instances", "2", "--size", "16x16"])
+        .ok();
     let expected = std::fs::read(t.path("local/train/index.json")).expect("index");
 
     run_as(&t, "ompi", &|rank| {
@@ -337,12 +300,9 @@ fn every_launcher_identity_produces_the_same_shards() {
 #[test]
 fn mpirun_starts_one_instance_per_rank() {
     let t = TestDir::new();
-    dataset(&t);
-    process(
-        &t,
-        &["--out", "local", "--instances", "2", "--size", "16x16"],
-    )
-    .ok();
+    t.manifests(2, 20);
+    t.process(&["--out", "local", "--instances", "2", "--size", "16x16"])
+        .ok();
     let mut args: Vec<String> = [
         "--allow-run-as-root",
         "--oversubscribe",
@@ -353,7 +313,7 @@ fn mpirun_starts_one_instance_per_rank() {
     ]
     .map(String::from)
     .to_vec();
-    args.extend(inputs(&t));
+    args.extend(t.inputs());
     args.extend(["--out", "mpi", "--size", "16x16"].map(String::from));
     let output = std::process::Command::new("mpirun")
         .args(&args)
@@ -376,17 +336,15 @@ fn mpirun_starts_one_instance_per_rank() {
 #[test]
 fn a_sagemaker_processing_script_runs_unchanged() {
     let t = TestDir::new();
-    dataset(&t);
+    t.manifests(2, 20);
     let script = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/tests/data/sagemaker_processing.py"
     );
     let command = format!("python3 {script} --base {{root}}/processing --config {{root}}/config");
-    let stdout = process(
-        &t,
-        &["--out", "s", "--instances", "2", "--script", &command],
-    )
-    .ok();
+    let stdout = t
+        .process(&["--out", "s", "--instances", "2", "--script", &command])
+        .ok();
     assert!(
         stdout.contains("the script ran on 2 instance(s)"),
         "{stdout}"
@@ -403,9 +361,8 @@ fn a_sagemaker_processing_script_runs_unchanged() {
     assert!(t.path("s/lineage.json").is_file());
 
     let failing = format!("{command} --fail");
-    let err = process(
-        &t,
-        &[
+    let err = t
+        .process(&[
             "--out",
             "f",
             "--instances",
@@ -414,9 +371,8 @@ fn a_sagemaker_processing_script_runs_unchanged() {
             "1",
             "--script",
             &failing,
-        ],
-    )
-    .fails();
+        ])
+        .fails();
     assert!(
         err.contains("bad hyperparameters") && err.contains("algo-1"),
         "{err}"
@@ -510,14 +466,13 @@ fn corrupt_objects_are_quarantined_within_the_error_budget() {
 #[test]
 fn a_killed_instance_is_retried_on_exactly_its_share() {
     let mut t = TestDir::new();
-    dataset(&t);
-    process(
-        &t,
-        &["--out", "clean", "--instances", "2", "--size", "16x16"],
-    )
-    .ok();
+    t.manifests(2, 20);
+    t.process(&["--out", "clean", "--instances", "2", "--size", "16x16"])
+        .ok();
     t.env = vec![("SHARDLINE_FAULT", "algo-2:after-4".into())];
-    let stdout = process(&t, &["--out", "p", "--instances", "2", "--size", "16x16"]).ok();
+    let stdout = t
+        .process(&["--out", "p", "--instances", "2", "--size", "16x16"])
+        .ok();
     assert!(
         stdout.contains("retried algo-2 attempt 1 was killed by signal"),
         "{stdout}"
@@ -544,9 +499,8 @@ fn a_killed_instance_is_retried_on_exactly_its_share() {
 
     // An instance that keeps dying fails the job, naming it and its log.
     t.env = vec![("SHARDLINE_FAULT", "algo-1:before-publish".into())];
-    let err = process(
-        &t,
-        &[
+    let err = t
+        .process(&[
             "--out",
             "q",
             "--instances",
@@ -555,9 +509,8 @@ fn a_killed_instance_is_retried_on_exactly_its_share() {
             "16x16",
             "--max-attempts",
             "1",
-        ],
-    )
-    .fails();
+        ])
+        .fails();
     assert!(
         err.contains("instance algo-1 failed after 1 attempt(s)")
             && err.contains("logs/algo-1.log"),
@@ -623,8 +576,9 @@ fn processed_shards_feed_the_training_reader() {
     use shardline_process::transform::Recipe;
 
     let t = TestDir::new();
-    dataset(&t);
-    process(&t, &["--out", "p", "--instances", "2", "--size", "8x8"]).ok();
+    t.manifests(2, 20);
+    t.process(&["--out", "p", "--instances", "2", "--size", "8x8"])
+        .ok();
     let index: Index = serde_json::from_value(json(t.path("p/train/index.json"))).expect("index");
     let recipe: Recipe = serde_json::from_value(json(t.path("p/recipe.json"))).expect("recipe");
     // Two workers, one processing instance each: rank r reads algo-<r+1>'s shards.
@@ -806,8 +760,9 @@ fn train_learns_from_processed_shards_with_two_workers() {
 #[test]
 fn an_mpi_run_matches_the_in_process_run() {
     let t = TestDir::new();
-    dataset(&t);
-    process(&t, &["--out", "p", "--instances", "2", "--size", "16x16"]).ok();
+    t.manifests(2, 20);
+    t.process(&["--out", "p", "--instances", "2", "--size", "16x16"])
+        .ok();
     t.run(&[
         "train",
         "--data",
@@ -866,8 +821,9 @@ fn an_mpi_run_matches_the_in_process_run() {
 #[test]
 fn a_killed_training_resumes_to_the_same_result() {
     let mut t = TestDir::new();
-    dataset(&t);
-    process(&t, &["--out", "p", "--instances", "2", "--size", "16x16"]).ok();
+    t.manifests(2, 20);
+    t.process(&["--out", "p", "--instances", "2", "--size", "16x16"])
+        .ok();
     let train = [
         "train",
         "--data",

@@ -299,16 +299,12 @@ fn limits_give_clear_client_errors() {
     assert_eq!(status, 404);
 }
 
-#[test]
-fn concurrent_requests_are_batched_and_overload_is_refused() {
-    let t = TestDir::new();
-    let images = model(&t);
-    let s = serve(&t, &["--max-batch", "16", "--max-delay-ms", "20"]);
-    let address = s.address.clone();
-    let threads: Vec<_> = (0..24)
+/// `n` clients POST an image each at the same time; their statuses.
+fn at_once(address: &str, images: &[Vec<u8>], n: usize) -> Vec<u16> {
+    let threads: Vec<_> = (0..n)
         .map(|i| {
-            let address = address.clone();
-            let image = images[i % 3].clone();
+            let address = address.to_string();
+            let image = images[i % images.len()].clone();
             std::thread::spawn(move || {
                 http(
                     &address,
@@ -321,9 +317,20 @@ fn concurrent_requests_are_batched_and_overload_is_refused() {
             })
         })
         .collect();
-    for thread in threads {
-        assert_eq!(thread.join().expect("client"), 200);
-    }
+    threads
+        .into_iter()
+        .map(|t| t.join().expect("client"))
+        .collect()
+}
+
+#[test]
+fn concurrent_requests_are_batched_and_overload_is_refused() {
+    let t = TestDir::new();
+    let images = model(&t);
+    let s = serve(&t, &["--max-batch", "16", "--max-delay-ms", "20"]);
+    let address = s.address.clone();
+    let statuses = at_once(&address, &images, 24);
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
     let (_, metrics) = http(&address, "GET", "/metrics", &[], b"");
     // Requests per model call: 24 requests in fewer than 24 calls means batches above 1.
     let value = |name: &str| -> f64 {
@@ -351,26 +358,7 @@ fn concurrent_requests_are_batched_and_overload_is_refused() {
         &["--queue", "1", "--max-batch", "1", "--max-delay-ms", "0"],
     );
     let address = s.address.clone();
-    let threads: Vec<_> = (0..32)
-        .map(|i| {
-            let address = address.clone();
-            let image = images[i % 3].clone();
-            std::thread::spawn(move || {
-                http(
-                    &address,
-                    "POST",
-                    "/invocations",
-                    &[("Content-Type", "image/jpeg")],
-                    &image,
-                )
-                .0
-            })
-        })
-        .collect();
-    let statuses: Vec<u16> = threads
-        .into_iter()
-        .map(|t| t.join().expect("client"))
-        .collect();
+    let statuses = at_once(&address, &images, 32);
     assert!(
         statuses.iter().all(|s| *s == 200 || *s == 429),
         "{statuses:?}"

@@ -68,22 +68,16 @@ fn a_sagemaker_training_script_runs_under_two_processes() {
     assert_eq!(names, ["means.npy", "metrics.json"]);
     let metrics: serde_json::Value = serde_json::from_slice(&model[1].1).expect("metrics");
     assert_eq!(metrics["ranks"], 2, "{metrics}");
-    let train_index = json(t.path("p/train/index.json"));
-    let train_samples: u64 = train_index["shardlist"]
-        .as_array()
-        .expect("shards")
-        .iter()
-        .map(|s| s["nsamples"].as_u64().expect("nsamples"))
-        .sum();
-    assert_eq!(metrics["train_samples"], train_samples, "{metrics}");
-    let test_index = json(t.path("p/test/index.json"));
-    let test_samples: u64 = test_index["shardlist"]
-        .as_array()
-        .expect("shards")
-        .iter()
-        .map(|s| s["nsamples"].as_u64().expect("nsamples"))
-        .sum();
-    assert_eq!(metrics["test_samples"], test_samples, "{metrics}");
+    assert_eq!(
+        metrics["train_samples"],
+        t.samples("p/train/index.json"),
+        "{metrics}"
+    );
+    assert_eq!(
+        metrics["test_samples"],
+        t.samples("p/test/index.json"),
+        "{metrics}"
+    );
     // Both ranks wrote their share to SM_OUTPUT_DATA_DIR.
     let output: Vec<String> = untar(t.path("sm/output.tar.gz"))
         .into_iter()
@@ -185,17 +179,7 @@ fn a_checkpoint_from_another_model_or_recipe_is_refused() {
     let err = train("p", &["--epochs", "2", "--resume", "--model", "mlp"]).fails();
     assert!(err.contains("belongs to another model"), "{err}");
     // The same images processed with another recipe (mirrored): same shape, other data.
-    let mut args = vec!["process".to_string()];
-    for c in ["train", "validation", "test"] {
-        args.push("--input".into());
-        args.push(format!("{c}={}/{c}.manifest", t.arg("m")));
-    }
-    args.extend(
-        ["--out", "q", "--size", "16x16", "--augment", "flip"]
-            .iter()
-            .map(|a| a.to_string()),
-    );
-    t.run(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    t.process(&["--out", "q", "--size", "16x16", "--augment", "flip"])
         .ok();
     let err = train("q", &["--epochs", "2", "--resume"]).fails();
     assert!(err.contains("another recipe"), "{err}");

@@ -73,9 +73,9 @@ impl TestDir {
         Run { output }
     }
 
-    /// Shapes at `data` (`classes` x `per_class`, 16 pixels), manifests at `m` (train 0.5,
-    /// validation 0.25, test 0.25) and processed shards at `p`, with `extra` process flags.
-    pub fn processed(&self, classes: usize, per_class: usize, extra: &[&str]) {
+    /// Shapes at `data` (`classes` x `per_class`, 16 pixels) and their manifests at `m` (train
+    /// 0.5, validation 0.25, test 0.25).
+    pub fn manifests(&self, classes: usize, per_class: usize) {
         self.shapes("data", classes, per_class);
         self.run(&[
             "manifest",
@@ -87,14 +87,45 @@ impl TestDir {
             "train=0.5,validation=0.25,test=0.25",
         ])
         .ok();
+    }
+
+    /// The `--input` flags of the three channel manifests at `m`.
+    pub fn inputs(&self) -> Vec<String> {
+        ["train", "validation", "test"]
+            .iter()
+            .flat_map(|c| {
+                [
+                    "--input".to_string(),
+                    format!("{c}={}/{c}.manifest", self.arg("m")),
+                ]
+            })
+            .collect()
+    }
+
+    /// `shardline process` of the manifests at `m`, with `extra` flags (`--out` among them).
+    pub fn process(&self, extra: &[&str]) -> Run {
         let mut args = vec!["process".to_string()];
-        for c in ["train", "validation", "test"] {
-            args.push("--input".into());
-            args.push(format!("{c}={}/{c}.manifest", self.arg("m")));
-        }
-        args.extend(["--out", "p"].iter().chain(extra).map(|a| a.to_string()));
+        args.extend(self.inputs());
+        args.extend(extra.iter().map(|a| a.to_string()));
         self.run(&args.iter().map(String::as_str).collect::<Vec<_>>())
-            .ok();
+    }
+
+    /// [`TestDir::manifests`], then processed shards at `p` with `extra` process flags.
+    pub fn processed(&self, classes: usize, per_class: usize, extra: &[&str]) {
+        self.manifests(classes, per_class);
+        let mut flags = vec!["--out", "p"];
+        flags.extend_from_slice(extra);
+        self.process(&flags).ok();
+    }
+
+    /// The samples a channel's `index.json` lists.
+    pub fn samples(&self, index: &str) -> u64 {
+        json_file(self.path(index))["shardlist"]
+            .as_array()
+            .expect("shardlist")
+            .iter()
+            .map(|s| s["nsamples"].as_u64().expect("nsamples"))
+            .sum()
     }
 
     /// Generates a small shapes dataset at `relative`.
