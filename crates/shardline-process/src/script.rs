@@ -40,7 +40,8 @@ fn write_json(path: &Path, value: &serde_json::Value) -> Result<(), Error> {
     std::fs::write(path, text).map_err(io(path))
 }
 
-fn files_below(dir: &Path) -> Result<Vec<PathBuf>, Error> {
+/// Every file below `dir`, recursively, sorted.
+pub fn files_below(dir: &Path) -> Result<Vec<PathBuf>, Error> {
     let mut out = Vec::new();
     let mut pending = vec![dir.to_path_buf()];
     while let Some(current) = pending.pop() {

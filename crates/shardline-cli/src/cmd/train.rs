@@ -413,7 +413,7 @@ fn plot(metrics: &[EpochMetrics]) -> String {
 }
 
 /// The model directory's files packed as `model.tar.gz` (SageMaker's artefact form).
-pub(crate) fn tarball(files: &[(&str, Vec<u8>)]) -> Result<Vec<u8>> {
+pub(crate) fn tarball<N: AsRef<str>>(files: &[(N, Vec<u8>)]) -> Result<Vec<u8>> {
     let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     let mut builder = tar::Builder::new(gz);
     for (name, bytes) in files {
@@ -422,7 +422,7 @@ pub(crate) fn tarball(files: &[(&str, Vec<u8>)]) -> Result<Vec<u8>> {
         header.set_mode(0o644);
         header.set_mtime(0);
         header.set_entry_type(tar::EntryType::Regular);
-        builder.append_data(&mut header, name, &bytes[..])?;
+        builder.append_data(&mut header, name.as_ref(), &bytes[..])?;
     }
     Ok(builder.into_inner()?.finish()?)
 }

@@ -115,45 +115,25 @@ fn fresh_dir(path: &Path) -> Result<()> {
     std::fs::create_dir_all(path).with_context(|| format!("train: creating {}", path.display()))
 }
 
-/// Every file below `dir`, as (path relative to `dir` with `/`, absolute path), sorted.
-fn files_below(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
-    let mut out = Vec::new();
-    let mut pending = vec![dir.to_path_buf()];
-    while let Some(current) = pending.pop() {
-        for entry in std::fs::read_dir(&current)
-            .with_context(|| format!("train: reading {}", current.display()))?
-        {
-            let path = entry?.path();
-            if path.is_dir() {
-                pending.push(path);
-            } else if path.is_file() {
-                let relative = path
-                    .strip_prefix(dir)
-                    .unwrap_or(&path)
-                    .components()
-                    .map(|c| c.as_os_str().to_string_lossy().into_owned())
-                    .collect::<Vec<_>>()
-                    .join("/");
-                out.push((relative, path));
-            }
-        }
-    }
-    out.sort();
-    Ok(out)
-}
-
 /// Packs a directory as a `.tar.gz` (deterministic: sorted names, zero times).
 fn pack(dir: &Path) -> Result<Option<Vec<u8>>> {
-    let files = files_below(dir)?;
+    let files = shardline_process::script::files_below(dir)?;
     if files.is_empty() {
         return Ok(None);
     }
     let mut contents = Vec::new();
-    for (name, path) in &files {
-        contents.push((
-            name.as_str(),
-            std::fs::read(path).with_context(|| format!("train: reading {}", path.display()))?,
-        ));
+    for path in &files {
+        // Names relative to `dir`, `/`-separated, as tar wants them.
+        let name = path
+            .strip_prefix(dir)
+            .unwrap_or(path)
+            .components()
+            .map(|c| c.as_os_str().to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join("/");
+        let bytes =
+            std::fs::read(path).with_context(|| format!("train: reading {}", path.display()))?;
+        contents.push((name, bytes));
     }
     super::train::tarball(&contents).map(Some)
 }

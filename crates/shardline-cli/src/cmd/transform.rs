@@ -78,11 +78,11 @@ async fn instance(
         let mut inputs = Vec::new();
         let mut results: Vec<Option<serde_json::Value>> = Vec::new();
         for body in &bodies {
-            let content_type = match image::guess_format(body) {
-                Ok(image::ImageFormat::Png) => "image/png",
-                _ => "image/jpeg",
-            };
-            match handler.input(Request { body, content_type }) {
+            // The classifier reads the format from the bytes themselves.
+            match handler.input(Request {
+                body,
+                content_type: "application/x-image",
+            }) {
                 Ok(input) => {
                     inputs.push(input);
                     results.push(None);
