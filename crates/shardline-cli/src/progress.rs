@@ -64,7 +64,7 @@ impl Ui {
     /// Prints a line of the command's result to stdout, unless quiet.
     pub fn say(&self, line: impl AsRef<str>) {
         if !self.quiet {
-            self.bars.suspend(|| println!("{}", line.as_ref()));
+            self.bars.suspend(|| out(line.as_ref()));
         }
     }
 
@@ -77,4 +77,12 @@ impl Ui {
     pub fn clear(&self) {
         let _ = self.bars.clear();
     }
+}
+
+/// Writes a line to stdout. A reader that went away (`shardline ... | head`) does not stop the
+/// command, and a write error is not a panic as with `println!`: the line is dropped.
+pub fn out(line: &str) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "{line}").and_then(|()| stdout.flush());
 }

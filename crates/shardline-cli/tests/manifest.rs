@@ -413,3 +413,23 @@ fn quickstart_runs_and_says_where_the_outputs_are() {
     let stdout = t.run(&["quickstart", "--per-class", "20"]).ok();
     assert!(stdout.contains("unchanged"), "{stdout}");
 }
+
+#[test]
+fn a_reader_that_goes_away_does_not_break_the_step() {
+    // `shardline manifest ... | head -0`: stdout closes before the summary is printed.
+    let t = TestDir::new();
+    t.shapes("data", 2, 10);
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_shardline"))
+        .args(["manifest", "--source", "data", "--out", "out"])
+        .current_dir(t.dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    drop(child.stdout.take());
+    let output = child.wait_with_output().expect("wait");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(files(&t.path("out")), OUTPUTS);
+}

@@ -376,7 +376,17 @@ fn timeouts_answer_504_and_sigterm_finishes_requests_in_flight() {
     let t = TestDir::new();
     let images = model(&t);
     // The batcher waits 300 ms for company; a request allowed 50 ms gets 504.
-    let s = serve(&t, &["--max-delay-ms", "300", "--timeout-ms", "50"]);
+    let s = serve(
+        &t,
+        &[
+            "--batching",
+            "delay",
+            "--max-delay-ms",
+            "300",
+            "--timeout-ms",
+            "50",
+        ],
+    );
     let (status, body) = http(
         &s.address,
         "POST",
@@ -389,7 +399,7 @@ fn timeouts_answer_504_and_sigterm_finishes_requests_in_flight() {
 
     // A request waiting in the batcher when SIGTERM arrives is still answered; then the server
     // exits 0.
-    let mut s = serve(&t, &["--max-delay-ms", "1000"]);
+    let mut s = serve(&t, &["--batching", "delay", "--max-delay-ms", "1000"]);
     let address = s.address.clone();
     let image = images[1].clone();
     let client = std::thread::spawn(move || {

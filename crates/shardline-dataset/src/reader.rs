@@ -371,11 +371,15 @@ mod tests {
     fn shards(store: &Store, runtime: &tokio::runtime::Runtime, samples: usize) -> Vec<String> {
         let mut writer = ShardWriter::new("algo-1", 2000);
         let mut urls = Vec::new();
-        let mut put = |shard: shardline_process::shards::FinishedShard| {
-            runtime
-                .block_on(store.put(&shard.record.url, Bytes::from(shard.bytes)))
-                .expect("put");
-            urls.push(shard.record.url);
+        let mut open: Vec<u8> = Vec::new();
+        let mut put = |writer: &mut ShardWriter, open: &mut Vec<u8>| {
+            if let Some(closed) = writer.close() {
+                open.extend_from_slice(&closed.tail);
+                runtime
+                    .block_on(store.put(&closed.record.url, Bytes::from(std::mem::take(open))))
+                    .expect("put");
+                urls.push(closed.record.url);
+            }
         };
         for i in 0..samples {
             // A 2x2 RGB image whose red channel is the sample number.
@@ -384,13 +388,13 @@ mod tests {
             let label = (i % 3).to_string();
             let files: [(&str, &[u8]); 3] =
                 [("npy", &npy), ("cls", label.as_bytes()), ("json", b"{}")];
-            if let Some(shard) = writer.add(&format!("{i:08}"), &files).expect("add") {
-                put(shard);
+            let added = writer.add(&format!("{i:08}"), &files).expect("add");
+            open.extend_from_slice(&added.bytes);
+            if added.full {
+                put(&mut writer, &mut open);
             }
         }
-        if let Some(shard) = writer.close().expect("close") {
-            put(shard);
-        }
+        put(&mut writer, &mut open);
         urls
     }
 

@@ -10,7 +10,7 @@ use futures::stream::StreamExt;
 use serde::{Deserialize, Serialize};
 use shardline_lineage::{Digest, Hasher};
 use shardline_store::Store;
-use shardline_store::commit::{self, Commit};
+use shardline_store::commit::{self, Commit, StagedWriter};
 
 use crate::Error;
 use crate::distribute::share;
@@ -178,8 +178,10 @@ pub async fn run(
                 stores.insert(root.clone(), Store::open(root)?);
             }
         }
+        // Shards stream into their staged files a sample at a time.
         let mut writer = ShardWriter::new(&host, job.settings.shard_bytes);
-        let mut resizer = fast_image_resize::Resizer::new();
+        let mut staged: Option<StagedWriter> = None;
+        let mut scratch = transform::Scratch::new();
         let fetches = positions.iter().map(|&p| {
             let record = &input.records[p];
             let root = &input.roots[record.root];
@@ -214,7 +216,7 @@ pub async fn run(
                         &record.key,
                         job.settings.seed,
                         &recipe,
-                        &mut resizer,
+                        &mut scratch,
                     )
                     .map_err(|e: Reject| e.to_string())
                 }
@@ -224,14 +226,7 @@ pub async fn run(
             match outcome {
                 Ok(tensor) => {
                     // Integer sums per image (exact, and fast), folded into the channel totals.
-                    let mut sum = [0u64; 4];
-                    let mut sum_sq = [0u64; 4];
-                    for pixel in tensor.chunks_exact(shape[2]) {
-                        for (c, &value) in pixel.iter().enumerate() {
-                            sum[c] += u64::from(value);
-                            sum_sq[c] += u64::from(value) * u64::from(value);
-                        }
-                    }
+                    let (sum, sum_sq) = transform::channel_sums(&tensor, shape[2]);
                     for c in 0..shape[2] {
                         result.sum[c] += sum[c] as f64;
                         result.sum_sq[c] += sum_sq[c] as f64;
@@ -253,16 +248,17 @@ pub async fn run(
                         ("cls", label.as_bytes()),
                         ("json", meta.as_bytes()),
                     ];
-                    let closed = writer
+                    let added = writer
                         .add(&basename, &files)
                         .map_err(|e| Error::io("shard", e))?;
-                    if let Some(shard) = closed {
-                        tx.stage(
-                            &format!("{}/{}", input.channel, shard.record.url),
-                            Bytes::from(shard.bytes),
-                        )
-                        .await?;
-                        result.shards.push(shard.record);
+                    if let Some(url) = &added.opened {
+                        staged = Some(tx.stage_writer(&format!("{}/{url}", input.channel)));
+                    }
+                    if let Some(sink) = staged.as_mut() {
+                        sink.write(Bytes::from(added.bytes)).await?;
+                    }
+                    if added.full {
+                        finish_shard(&mut tx, &mut writer, &mut staged, &mut result.shards).await?;
                     }
                     result.written += 1;
                 }
@@ -279,14 +275,7 @@ pub async fn run(
             }
             progress(tick);
         }
-        if let Some(shard) = writer.close().map_err(|e| Error::io("shard", e))? {
-            tx.stage(
-                &format!("{}/{}", input.channel, shard.record.url),
-                Bytes::from(shard.bytes),
-            )
-            .await?;
-            result.shards.push(shard.record);
-        }
+        finish_shard(&mut tx, &mut writer, &mut staged, &mut result.shards).await?;
         result.assignment = assignment.finish();
         channels.insert(input.channel.clone(), result);
     }
@@ -321,6 +310,21 @@ pub async fn run(
         }
     }
     Ok(result)
+}
+
+/// Closes the open shard, if any: its last bytes, its file finished into the commit, its record.
+async fn finish_shard(
+    tx: &mut Commit<'_>,
+    writer: &mut ShardWriter,
+    staged: &mut Option<StagedWriter>,
+    shards: &mut Vec<ShardRecord>,
+) -> Result<(), Error> {
+    if let (Some(closed), Some(mut sink)) = (writer.close(), staged.take()) {
+        sink.write(Bytes::from(closed.tail)).await?;
+        tx.finish_staged(sink).await?;
+        shards.push(closed.record);
+    }
+    Ok(())
 }
 
 fn unreachable_store(root: &str) -> Result<Bytes, shardline_store::Error> {

@@ -13,6 +13,7 @@ pub mod finalize;
 pub mod identity;
 pub mod instance;
 pub mod job;
+mod jpeg;
 pub mod launch;
 pub mod script;
 pub mod shards;

@@ -74,8 +74,8 @@ struct JsonTensor {
 }
 
 thread_local! {
-    /// One resizer per thread: it keeps its buffers between images.
-    static RESIZER: RefCell<fast_image_resize::Resizer> = RefCell::new(fast_image_resize::Resizer::new());
+    /// One set of decode and resize buffers per thread, kept between images.
+    static SCRATCH: RefCell<transform::Scratch> = RefCell::new(transform::Scratch::new());
 }
 
 impl ImageClassifier {
@@ -119,7 +119,7 @@ impl ImageClassifier {
     /// Raw JPEG or PNG bytes → the normalised, channel-first tensor the model takes, exactly as
     /// training prepared its samples.
     pub fn preprocess(&self, bytes: &[u8]) -> Result<Vec<f32>, InferenceError> {
-        let hwc = RESIZER
+        let hwc = SCRATCH
             .with(|r| transform::process(bytes, "", 0, &self.recipe, &mut r.borrow_mut()))
             .map_err(|reject| {
                 InferenceError::bad_request(match reject {

@@ -17,7 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
 
-use crate::batcher::{BatchConfig, Batcher};
+use crate::batcher::{Arrival, BatchConfig, Batcher, Pending};
 use crate::inference::{Answer, Inference, Request, Tensor};
 use crate::metrics::Metrics;
 use crate::{Error, InferenceError};
@@ -104,6 +104,22 @@ impl<I: Inference> Server<I> {
     /// transform calls this too, so it predicts exactly as the endpoint does.
     pub async fn predict(&self, input: I::Input) -> Result<I::Output, InferenceError> {
         let pending = self.batcher.submit(input)?;
+        self.wait(pending).await
+    }
+
+    /// [`Server::predict`] for a request announced by `arrival` when it came in: the
+    /// announcement ends once the input is queued.
+    async fn predict_arriving(
+        &self,
+        input: I::Input,
+        arrival: Arrival,
+    ) -> Result<I::Output, InferenceError> {
+        let pending = self.batcher.submit(input);
+        drop(arrival);
+        self.wait(pending?).await
+    }
+
+    async fn wait(&self, pending: Pending<I::Output>) -> Result<I::Output, InferenceError> {
         match tokio::time::timeout(self.config.timeout, pending).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(InferenceError::internal("the model thread stopped")),
@@ -283,9 +299,10 @@ async fn invocations<I: Inference>(
         params,
     };
     let result = async {
+        let arrival = server.batcher.arrival();
         let body = body.map_err(|r| body_failure(r, server.config.body_limit))?;
         let input = server.decode(body, media_type(&headers)).await?;
-        let output = server.predict(input).await?;
+        let output = server.predict_arriving(input, arrival).await?;
         server.handler.output(output, &answer)
     }
     .await;
@@ -424,6 +441,7 @@ async fn infer<I: Inference>(
 ) -> Response {
     let mut id = None;
     let result = async {
+        let arrival = server.batcher.arrival();
         check_model(&server, &model)?;
         let body = body.map_err(|r| body_failure(r, server.config.body_limit))?;
         let request: InferRequest = serde_json::from_slice(&body).map_err(|e| {
@@ -443,7 +461,7 @@ async fn infer<I: Inference>(
             })
             .collect();
         let input = server.handler.input_tensors(tensors)?;
-        let output = server.predict(input).await?;
+        let output = server.predict_arriving(input, arrival).await?;
         server.handler.output_tensors(output)
     }
     .await;

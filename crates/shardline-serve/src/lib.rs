@@ -31,7 +31,7 @@ mod inference;
 mod metrics;
 mod model;
 
-pub use batcher::{BatchConfig, Batcher, Pending};
+pub use batcher::{Arrival, BatchConfig, Batcher, Pending};
 pub use classifier::{
     ClassifierOptions, ImageClassifier, Images, Loaded, Probabilities, negotiate,
 };

@@ -63,6 +63,25 @@ fn commit_id() -> String {
     format!("{:016x}", xxhash_rust::xxh3::xxh3_64(seed.as_bytes()))
 }
 
+/// A file of a commit being streamed; see [`Commit::stage_writer`].
+#[derive(Debug)]
+pub struct StagedWriter {
+    name: String,
+    writer: crate::ObjectWriter,
+}
+
+impl StagedWriter {
+    /// Appends `bytes`.
+    pub async fn write(&mut self, bytes: Bytes) -> Result<()> {
+        self.writer.write(bytes).await
+    }
+
+    /// Bytes written so far.
+    pub fn written(&self) -> u64 {
+        self.writer.written()
+    }
+}
+
 impl<'a> Commit<'a> {
     /// Starts a commit under `store`'s prefix.
     pub fn begin(store: &'a Store) -> Commit<'a> {
@@ -85,6 +104,25 @@ impl<'a> Commit<'a> {
             .put(&staging_key(&self.control, &self.id, name), bytes)
             .await?;
         self.files.push(name.to_string());
+        Ok(())
+    }
+
+    /// Starts streaming one file, to be published under `name`: write to it, then hand it to
+    /// [`Commit::finish_staged`]. Until then it is not part of the commit, and a crash leaves
+    /// only an unfinished upload in the staging folder, which [`recover`] clears.
+    pub fn stage_writer(&self, name: &str) -> StagedWriter {
+        StagedWriter {
+            name: name.to_string(),
+            writer: self
+                .store
+                .writer(&staging_key(&self.control, &self.id, name)),
+        }
+    }
+
+    /// Finishes a file started with [`Commit::stage_writer`] and adds it to the commit.
+    pub async fn finish_staged(&mut self, staged: StagedWriter) -> Result<()> {
+        staged.writer.finish().await?;
+        self.files.push(staged.name);
         Ok(())
     }
 
@@ -154,6 +192,7 @@ pub async fn recover_scoped(store: &Store, scope: Option<&str>) -> Result<bool> 
         None => false,
     };
     store.delete_prefix(&format!("{control}/staging")).await?;
+    store.remove_interrupted_uploads(&format!("{control}/staging"));
     store.remove_empty_dirs(CONTROL_DIR);
     Ok(rolled)
 }
@@ -182,6 +221,86 @@ mod tests {
         );
         assert!(store.exists("lineage.json").await.expect("exists"));
         assert!(store.list_all(CONTROL_DIR).await.expect("list").is_empty());
+    }
+
+    #[tokio::test]
+    async fn streamed_files_publish_whole_and_interrupted_ones_leave_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("file://{}/out", dir.path().display());
+        let store = Store::open(&url).expect("open");
+        // Several parts' worth (parts are 1 MiB on a local disk), written in uneven pieces.
+        let payload: Vec<u8> = (0..3_500_000u32).map(|i| (i % 251) as u8).collect();
+        let mut commit = Commit::begin_scoped(&store, Some("algo-1"));
+        let mut staged = commit.stage_writer("train/algo-1-000000.tar");
+        for piece in payload.chunks(150_000) {
+            staged
+                .write(Bytes::copy_from_slice(piece))
+                .await
+                .expect("write");
+        }
+        assert_eq!(staged.written(), payload.len() as u64);
+        assert!(
+            !store
+                .exists("train/algo-1-000000.tar")
+                .await
+                .expect("exists")
+        );
+        commit.finish_staged(staged).await.expect("finish");
+        commit.publish().await.expect("publish");
+        assert_eq!(
+            store.get("train/algo-1-000000.tar").await.expect("get"),
+            Bytes::from(payload.clone())
+        );
+
+        // A writer given up mid-file (dropped, never finished) publishes nothing.
+        let commit = Commit::begin_scoped(&store, Some("algo-2"));
+        let mut staged = commit.stage_writer("train/algo-2-000000.tar");
+        staged
+            .write(Bytes::from(payload[..2_500_000].to_vec()))
+            .await
+            .expect("write");
+        drop(staged);
+        drop(commit);
+        assert!(
+            !store
+                .exists("train/algo-2-000000.tar")
+                .await
+                .expect("exists")
+        );
+        // A killed writer leaves its upload's temporary file (`name#<n>`), which listings do not
+        // show; recovery deletes it with the rest of the staging folder.
+        let staging = dir
+            .path()
+            .join("out/.shardline/scopes/algo-2/staging/0123456789abcdef/train");
+        std::fs::create_dir_all(&staging).expect("mkdir");
+        std::fs::write(staging.join("algo-2-000000.tar#17"), &payload[..1000]).expect("write");
+        let leftovers = || {
+            walk(&dir.path().join("out/.shardline"))
+                .into_iter()
+                .filter(|p| p.contains("algo-2"))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(leftovers().len(), 1);
+        assert!(
+            !recover_scoped(&store, Some("algo-2"))
+                .await
+                .expect("recover")
+        );
+        assert_eq!(leftovers(), Vec::<String>::new());
+        assert!(!dir.path().join("out/.shardline/scopes/algo-2").exists());
+    }
+
+    fn walk(dir: &std::path::Path) -> Vec<String> {
+        let mut files = Vec::new();
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                files.extend(walk(&path));
+            } else {
+                files.push(path.display().to_string());
+            }
+        }
+        files
     }
 
     #[tokio::test]

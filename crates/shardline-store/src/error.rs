@@ -46,7 +46,7 @@ pub enum Error {
         /// What object_store reported.
         source: object_store::Error,
     },
-    /// A local directory could not be created or read.
+    /// A local directory could not be created or read, or a streamed write could not finish.
     #[error("{path}: {source}")]
     Io {
         /// The local path.

@@ -42,6 +42,55 @@ pub struct Store {
     plain_local: bool,
 }
 
+/// A streamed write of one object, from [`Store::writer`].
+pub struct ObjectWriter {
+    inner: object_store::buffered::BufWriter,
+    uri: String,
+    written: u64,
+}
+
+impl std::fmt::Debug for ObjectWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ObjectWriter")
+            .field("uri", &self.uri)
+            .field("written", &self.written)
+            .finish()
+    }
+}
+
+impl ObjectWriter {
+    /// Appends `bytes` (uploaded once a part is full; no copy is made).
+    pub async fn write(&mut self, bytes: Bytes) -> Result<()> {
+        self.written += bytes.len() as u64;
+        self.inner
+            .put(bytes)
+            .await
+            .map_err(|e| Error::from_object_store(self.uri.clone(), e))
+    }
+
+    /// Bytes written so far.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// Uploads what is left and makes the object visible at its key.
+    pub async fn finish(mut self) -> Result<()> {
+        use tokio::io::AsyncWriteExt;
+        self.inner.shutdown().await.map_err(|e| Error::Io {
+            path: self.uri.clone(),
+            source: e,
+        })
+    }
+
+    /// Gives up the write, deleting the parts uploaded so far.
+    pub async fn abort(mut self) -> Result<()> {
+        self.inner
+            .abort()
+            .await
+            .map_err(|e| Error::from_object_store(self.uri.clone(), e))
+    }
+}
+
 /// One object found by a listing, with its key relative to the listed store.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Object {
@@ -333,6 +382,59 @@ impl Store {
             .rename(&self.path(from), &self.path(to))
             .await
             .map_err(|e| self.fail(from, e))
+    }
+
+    /// Streams an object to `key`: the bytes handed to [`ObjectWriter::write`] are uploaded in
+    /// parts as they come (a multipart upload on S3, a temporary file on local disk), so memory
+    /// stays bounded whatever the object's size, and the object appears at `key` only when
+    /// [`ObjectWriter::finish`] succeeds. Dropped or failed before that, nothing is at `key`:
+    /// the parts are an unfinished upload (see [`Store::remove_interrupted_uploads`]).
+    pub fn writer(&self, key: &str) -> ObjectWriter {
+        // S3 requires parts of at least 5 MiB; on a local disk small parts keep the bytes in
+        // the CPU's cache between producing and writing them.
+        let (part, concurrency) = match self.location.scheme {
+            Scheme::S3 => (8 << 20, 2),
+            Scheme::Local | Scheme::Memory => (1 << 20, 4),
+        };
+        ObjectWriter {
+            inner: object_store::buffered::BufWriter::with_capacity(
+                self.inner.clone(),
+                self.path(key),
+                part,
+            )
+            .with_max_concurrency(concurrency),
+            uri: self.uri_of(key),
+            written: 0,
+        }
+    }
+
+    /// Deletes what interrupted streamed writes left below `relative` on a local disk (the
+    /// temporary `name#<n>` files of an [`ObjectWriter`] that never finished, which listings do
+    /// not show). On S3 an interrupted multipart upload holds no visible object; the bucket's
+    /// lifecycle rule for incomplete uploads removes its parts.
+    pub fn remove_interrupted_uploads(&self, relative: &str) {
+        fn sweep(dir: &std::path::Path) {
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                return;
+            };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    sweep(&path);
+                } else if entry.file_name().to_str().is_some_and(|name| {
+                    name.rsplit_once('#').is_some_and(|(_, n)| {
+                        !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())
+                    })
+                }) {
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
+        }
+        if self.plain_local
+            && let Some(root) = self.location.join(relative).local_path()
+        {
+            sweep(&root);
+        }
     }
 
     /// Removes the empty directories that deleting objects leaves below `relative` on a local

@@ -10,6 +10,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use futures::stream::{StreamExt, TryStreamExt};
+use shardline_process::transform::{Mode, Recipe, Scratch, decode_only};
 use shardline_store::Store;
 use shardline_store::garage::LocalGarage;
 
@@ -337,7 +338,7 @@ async fn manifest(args: ManifestArgs, ui: &Ui) -> Result<()> {
         }
     }
     let text = table(&cases);
-    println!("{text}");
+    crate::progress::out(&text);
     std::fs::write(dir.join("manifest-bench.md"), &text)?;
     Ok(())
 }
@@ -399,6 +400,24 @@ async fn process(args: ProcessArgs, ui: &Ui) -> Result<()> {
         command.arg("--quiet").args(args);
         measure(&mut command, &dir.join(log))
     };
+    // "Per core" is exact only if a run cannot spill onto other cores (write-back and I/O
+    // threads would): each run is pinned to as many CPUs as the cores it is credited with.
+    let pin = std::process::Command::new("taskset")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let pinned = |cores: usize, program: &Path| -> std::process::Command {
+        if pin {
+            let mut command = std::process::Command::new("taskset");
+            command
+                .arg("--cpu-list")
+                .arg(format!("0-{}", cores.max(1) - 1))
+                .arg(program);
+            command
+        } else {
+            std::process::Command::new(program)
+        }
+    };
     if !marker.exists() {
         std::fs::create_dir_all(&dir)?;
         ui.say(format!("  generating {} 500x375 JPEGs ...", args.images));
@@ -450,20 +469,20 @@ async fn process(args: ProcessArgs, ui: &Ui) -> Result<()> {
         let out = dir.join(format!("out-{tag}"));
         let sample = best(args.repeat, || {
             let _ = std::fs::remove_dir_all(&out);
-            quiet_run(
-                &[
-                    "process",
-                    "--input",
-                    input,
-                    "--out",
-                    &out.to_string_lossy(),
-                    "--instances",
-                    &instances.to_string(),
-                    "--size",
-                    &size,
-                ],
-                &format!("{tag}.log"),
-            )
+            let mut command = pinned(instances, &exe);
+            command.args([
+                "--quiet",
+                "process",
+                "--input",
+                input,
+                "--out",
+                &out.to_string_lossy(),
+                "--instances",
+                &instances.to_string(),
+                "--size",
+                &size,
+            ]);
+            measure(&mut command, &dir.join(format!("{tag}.log")))
         })?;
         Ok((sample, instance_peaks(&out)?))
     };
@@ -475,9 +494,10 @@ async fn process(args: ProcessArgs, ui: &Ui) -> Result<()> {
     let (_, half_peaks) = ours(1, &half, "half")?;
     ui.say("  python peer (Pillow + numpy), 1 process ...");
     let peer_out = dir.join("out-peer");
+    let python = PathBuf::from(&args.python);
     let peer = best(args.repeat, || {
         let _ = std::fs::remove_dir_all(&peer_out);
-        let mut command = std::process::Command::new(&args.python);
+        let mut command = pinned(1, &python);
         command
             .arg(&args.peer)
             .arg("--manifest")
@@ -487,6 +507,32 @@ async fn process(args: ProcessArgs, ui: &Ui) -> Result<()> {
             .arg(format!("--size={}", args.size));
         measure(&mut command, &dir.join("peer.log"))
     })?;
+    // The floor: decoding alone, one image after another on one core, by each side's decoder.
+    ui.say("  decoding alone (the floor) ...");
+    let peer_decode = {
+        let mut command = pinned(1, &python);
+        command
+            .arg(&args.peer)
+            .arg("--decode-only")
+            .arg("--manifest")
+            .arg(dir.join("m/train.manifest"))
+            .arg("--out")
+            .arg(&peer_out)
+            .arg(format!("--size={}", args.size));
+        let log = dir.join("peer-decode.log");
+        measure(&mut command, &log)?;
+        let text = std::fs::read_to_string(&log)?;
+        let line = text
+            .lines()
+            .rev()
+            .find(|l| l.starts_with('{'))
+            .unwrap_or("{}");
+        let value: serde_json::Value = serde_json::from_str(line)?;
+        value["seconds"]
+            .as_f64()
+            .with_context(|| format!("bench: no timing in {}", log.display()))?
+    };
+    let our_decode = decode_floor(&images, args.size)?;
     let rate = |s: &Sample| total as f64 / s.seconds;
     let peak = |p: &[f64]| p.iter().cloned().fold(0.0, f64::max);
     let mut text = format!(
@@ -524,9 +570,41 @@ async fn process(args: ProcessArgs, ui: &Ui) -> Result<()> {
         peak(&half_peaks),
         peak(&one_peaks)
     ));
-    println!("{text}");
+    let per_image = |seconds: f64| seconds * 1000.0 / total as f64;
+    text.push_str(&format!(
+        "decoding alone (no resize, no write), one core: shardline (libjpeg-turbo) {:.2} ms/image, \
+         Pillow {:.2} ms/image; the peer's whole step takes {:.2} ms/image, so a step that decodes \
+         every pixel is at most {:.2}x the peer per core\n",
+        per_image(our_decode),
+        per_image(peer_decode),
+        per_image(peer.seconds),
+        peer.seconds / our_decode
+    ));
+    if !pin {
+        text.push_str("(taskset was not found: the runs were not pinned to their cores)\n");
+    }
+    crate::progress::out(&text);
     std::fs::write(args.dir.join("process-bench.md"), &text)?;
     Ok(())
+}
+
+/// Seconds to decode every JPEG below `images` once, on this thread, as the process step does
+/// (same decoder, same recipe), without resizing or writing. Files are read into memory first.
+fn decode_floor(images: &Path, size: u32) -> Result<f64> {
+    let mut files = Vec::new();
+    for class in std::fs::read_dir(images)? {
+        for entry in std::fs::read_dir(class?.path())? {
+            files.push(std::fs::read(entry?.path())?);
+        }
+    }
+    let recipe = Recipe::new(size, size, Mode::Rgb);
+    let mut scratch = Scratch::new();
+    let started = Instant::now();
+    for bytes in &files {
+        decode_only(bytes, &recipe, &mut scratch)
+            .map_err(|reject| anyhow::anyhow!("bench: a generated image failed: {reject}"))?;
+    }
+    Ok(started.elapsed().as_secs_f64())
 }
 
 /// Flags of `shardline bench train`.
@@ -1034,7 +1112,7 @@ async fn train(args: TrainArgs, ui: &Ui) -> Result<()> {
             ));
         }
     }
-    println!("{text}");
+    crate::progress::out(&text);
     std::fs::write(args.dir.join("train-bench.md"), &text)?;
     Ok(())
 }

@@ -212,8 +212,19 @@ pub async fn run(args: ServeArgs, ui: &Ui) -> Result<()> {
     text.push_str("|---|---:|---:|---:|---:|---:|---:|\n");
     for (name, flags) in [
         (
-            "batching (max 32, 2 ms)",
+            "batching, adaptive (max 32, 2 ms)",
             vec!["--max-batch", "32", "--max-delay-ms", "2"],
+        ),
+        (
+            "batching, always 2 ms (max 32)",
+            vec![
+                "--max-batch",
+                "32",
+                "--max-delay-ms",
+                "2",
+                "--batching",
+                "delay",
+            ],
         ),
         (
             "no batching",
@@ -240,7 +251,7 @@ pub async fn run(args: ServeArgs, ui: &Ui) -> Result<()> {
         let _ = child.kill();
         let _ = child.wait();
     }
-    println!("{text}");
+    crate::progress::out(&text);
     std::fs::write(args.dir.join("serve-bench.md"), &text)?;
     Ok(())
 }

@@ -146,7 +146,7 @@ pub async fn run(command: Command, ui: &Ui) -> Result<()> {
             let reference = Reference::parse(&reference)?;
             let record = registry.get(&reference).await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&record)?);
+                crate::progress::out(&serde_json::to_string_pretty(&record)?);
                 return Ok(());
             }
             ui.say(format!("{}:{}", record.name, record.version));

@@ -68,6 +68,10 @@ pub struct Args {
     /// Images whose header declares more pixels are rejected before decoding.
     #[arg(long, default_value_t = 64 * 1024 * 1024)]
     pub max_pixels: u64,
+    /// Decode every JPEG at full size. By default a JPEG at least twice the size the resize needs
+    /// is decoded at 1/2, 1/4 or 1/8 scale in the DCT domain (as Pillow's `draft()` does).
+    #[arg(long)]
+    pub full_decode: bool,
     /// Fraction of objects that may be quarantined (corrupt, truncated, not an image) before the
     /// job fails.
     #[arg(long, default_value_t = 0.001)]
@@ -126,6 +130,9 @@ impl Args {
         }
         if self.force {
             argv.push("--force".into());
+        }
+        if self.full_decode {
+            argv.push("--full-decode".into());
         }
         if let Some(script) = &self.script {
             argv.push(format!("--script={script}"));
@@ -228,6 +235,7 @@ fn settings(args: &Args, instances: usize) -> Result<Settings> {
         })
         .collect();
     recipe.max_pixels = args.max_pixels;
+    recipe.jpeg_scaling = !args.full_decode;
     let distribution: Distribution = args
         .distribution
         .parse()

@@ -90,6 +90,7 @@ pub async fn run(args: Args, ui: &Ui) -> Result<()> {
         seed: 0,
         shard_size: "64MiB".into(),
         max_pixels: 64 * 1024 * 1024,
+        full_decode: false,
         error_budget: 0.001,
         max_attempts: 3,
         force: false,

@@ -34,6 +34,10 @@ pub struct Args {
     /// How long the first request of a batch waits for others, in milliseconds.
     #[arg(long, default_value_t = 2)]
     pub max_delay_ms: u64,
+    /// When to wait for others: `adaptive` skips the delay under light load (a model thread's
+    /// previous batch held one request); `delay` always waits up to --max-delay-ms.
+    #[arg(long, value_enum, default_value_t = Batching::Adaptive)]
+    pub batching: Batching,
     /// Requests that may wait for the model; beyond that the server answers 429 at once.
     #[arg(long, default_value_t = 1024)]
     pub queue: usize,
@@ -111,6 +115,7 @@ pub async fn run(args: Args, ui: &Ui) -> Result<()> {
             max_delay: Duration::from_millis(args.max_delay_ms),
             queue: args.queue,
             workers: args.workers,
+            adaptive: args.batching == Batching::Adaptive,
         },
     };
     let name = config.name.clone();
@@ -122,10 +127,24 @@ pub async fn run(args: Args, ui: &Ui) -> Result<()> {
         .with_context(|| format!("serve: cannot listen on {}:{}", args.host, args.port))?;
     let address = listener.local_addr()?;
     ui.say(format!(
-        "serve: {name} ({classes} classes) from {url} on http://{address} (SageMaker: /ping, /invocations; KServe v2: /v2/models/{name}; /metrics); batches of up to {} within {} ms",
-        args.max_batch, args.max_delay_ms
+        "serve: {name} ({classes} classes) from {url} on http://{address} (SageMaker: /ping, /invocations; KServe v2: /v2/models/{name}; /metrics); batches of up to {} within {} ms ({})",
+        args.max_batch,
+        args.max_delay_ms,
+        match args.batching {
+            Batching::Adaptive => "adaptive: no wait under light load",
+            Batching::Delay => "always waiting",
+        }
     ));
     shardline_serve::serve(listener, shardline_serve::app(server), stop_signal()).await?;
     ui.say("serve: stopped; every request in flight was answered");
     Ok(())
+}
+
+/// How the batcher waits for company.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Batching {
+    /// Wait up to --max-delay-ms only when requests overlap.
+    Adaptive,
+    /// Always wait up to --max-delay-ms.
+    Delay,
 }

@@ -242,8 +242,8 @@ fn worker(
         );
     };
     let say = |line: String| match &run.bar {
-        Some(bar) => bar.suspend(|| println!("{line}")),
-        None => println!("{line}"),
+        Some(bar) => bar.suspend(|| crate::progress::out(&line)),
+        None => crate::progress::out(&line),
     };
     let on_epoch = |m: &EpochMetrics, model: &shardline_train::Model, optimizer: &[u8]| {
         if !run.quiet {

@@ -182,7 +182,7 @@ async fn relay(
             if to_stderr {
                 eprintln!("{line}");
             } else {
-                println!("{line}");
+                crate::progress::out(&line);
             }
         }
         let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
