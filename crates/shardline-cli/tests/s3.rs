@@ -208,20 +208,7 @@ fn models_train_to_register_in_and_predict_from_s3() {
     let garage = LocalGarage::start(&t.path("garage"), "models").expect("start garage");
     t.env = garage.env();
     let model = garage.url("shapes/v1");
-    t.run(&[
-        "train",
-        "--data",
-        "p",
-        "--out",
-        &model,
-        "--workers",
-        "1",
-        "--epochs",
-        "1",
-        "--batch",
-        "8",
-    ])
-    .ok();
+    t.train_one_epoch("p", &model);
     let registry = garage.url("registry");
     let out = t
         .run(&[

@@ -12,20 +12,7 @@ use common::TestDir;
 /// A model trained for one epoch on 3-class shapes, and one image of each class.
 fn model(t: &TestDir) -> Vec<Vec<u8>> {
     t.processed(3, 12, &["--size", "16x16"]);
-    t.run(&[
-        "train",
-        "--data",
-        "p",
-        "--out",
-        "model",
-        "--workers",
-        "1",
-        "--epochs",
-        "1",
-        "--batch",
-        "8",
-    ])
-    .ok();
+    t.train_one_epoch("p", "model");
     let mut images = Vec::new();
     for class in ["circle", "square", "triangle"] {
         let dir = t.path("data").join(class);

@@ -235,20 +235,7 @@ fn a_rank_killed_mid_run_stops_the_job() {
 fn trained_models_are_registered_with_versions_metrics_and_lineage() {
     let t = TestDir::new();
     processed(&t, &[]);
-    t.run(&[
-        "train",
-        "--data",
-        "p",
-        "--out",
-        "model",
-        "--workers",
-        "1",
-        "--epochs",
-        "1",
-        "--batch",
-        "8",
-    ])
-    .ok();
+    t.train_one_epoch("p", "model");
     t.run(&[
         "evaluate",
         "--model",

@@ -128,6 +128,24 @@ impl TestDir {
             .sum()
     }
 
+    /// `shardline train` for one epoch (one worker, batches of 8) of the shards at `data`.
+    pub fn train_one_epoch(&self, data: &str, out: &str) {
+        self.run(&[
+            "train",
+            "--data",
+            data,
+            "--out",
+            out,
+            "--workers",
+            "1",
+            "--epochs",
+            "1",
+            "--batch",
+            "8",
+        ])
+        .ok();
+    }
+
     /// Generates a small shapes dataset at `relative`.
     pub fn shapes(&self, out: &str, classes: usize, per_class: usize) {
         self.run(&[
