@@ -433,8 +433,8 @@ fn batch_transform_and_the_endpoint_agree() {
         .map(|k| k.as_str().expect("key").to_string())
         .collect();
     std::fs::write(std::path::Path::new(&prefix).join(&keys[0]), b"broken").expect("corrupt");
-    let out = t
-        .run(&[
+    let transform = || {
+        t.run(&[
             "transform",
             "--model",
             "model",
@@ -447,7 +447,9 @@ fn batch_transform_and_the_endpoint_agree() {
             "-k",
             "3",
         ])
-        .ok();
+        .ok()
+    };
+    let out = transform();
     assert!(out.contains("(1 unreadable)"), "{out}");
     let mut lines = Vec::new();
     for host in ["algo-1", "algo-2"] {
@@ -480,20 +482,6 @@ fn batch_transform_and_the_endpoint_agree() {
         assert_eq!(line["prediction"], json(&body)["predictions"][0], "{key}");
     }
     // A rerun finds both instances done.
-    let again = t
-        .run(&[
-            "transform",
-            "--model",
-            "model",
-            "--manifest",
-            "m/validation.manifest",
-            "--out",
-            "tx",
-            "--instances",
-            "2",
-            "-k",
-            "3",
-        ])
-        .ok();
+    let again = transform();
     assert_eq!(again.matches("already done").count(), 2, "{again}");
 }
