@@ -892,3 +892,44 @@ fn a_killed_training_resumes_to_the_same_result() {
         .fails();
     assert!(err.contains("--resume needs a checkpoint"), "{err}");
 }
+
+#[test]
+fn bench_process_runs_on_a_source_directory() {
+    let t = TestDir::new();
+    t.shapes("data", 2, 6);
+    let peer = concat!(env!("CARGO_MANIFEST_DIR"), "/../../bench/peer_process.py");
+    let bench = |source: &str| {
+        t.run(&[
+            "bench", "process", "--source", source, "--dir", "b", "--size", "8", "--peer", peer,
+        ])
+    };
+    let stdout = bench("data").ok();
+    assert!(stdout.contains("12 images from "), "{stdout}");
+    for row in [
+        "| python peer (Pillow + numpy) | 1 |",
+        "| shardline, 1 instance | 1 |",
+        "| shardline, 2 instances | 2 |",
+        "scaling 1 -> 2 instances",
+        "decoding alone",
+    ] {
+        assert!(stdout.contains(row), "{row} missing:\n{stdout}");
+    }
+    // Every case processed every image: one instance, both instances together, and the peer.
+    for out in ["out-1", "out-2"] {
+        let dirs: Vec<_> = std::fs::read_dir(t.path("b"))
+            .expect("bench dir")
+            .map(|e| e.expect("entry").path().join(out))
+            .filter(|p| p.is_dir())
+            .collect();
+        assert_eq!(dirs.len(), 1, "{out}: {dirs:?}");
+        let report = json(dirs[0].join("report.json"));
+        assert_eq!(report["written"], 12, "{out}: {report}");
+    }
+
+    let err = bench("no-such-dir").fails();
+    assert!(
+        err.contains("--source no-such-dir cannot be read")
+            && err.contains("one sub-directory per class"),
+        "{err}"
+    );
+}

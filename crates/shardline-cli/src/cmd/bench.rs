@@ -346,9 +346,13 @@ async fn manifest(args: ManifestArgs, ui: &Ui) -> Result<()> {
 /// Flags of `shardline bench process`.
 #[derive(Debug, clap::Args)]
 pub struct ProcessArgs {
-    /// JPEG images to process (500x375, 4 classes).
+    /// JPEG images to generate and process (500x375, 4 classes).
     #[arg(long, default_value_t = 2000)]
     pub images: usize,
+    /// Your own images instead of the generated ones: a directory with one sub-directory per
+    /// class, as `shardline manifest --source` reads it (`--images` is then ignored).
+    #[arg(long, value_name = "DIR")]
+    pub source: Option<PathBuf>,
     /// Output size (square).
     #[arg(long, default_value_t = 224)]
     pub size: u32,
@@ -388,12 +392,29 @@ async fn process(args: ProcessArgs, ui: &Ui) -> Result<()> {
         );
     }
     std::fs::create_dir_all(&args.dir)?;
-    let dir = args
-        .dir
-        .canonicalize()?
-        .join(format!("process-{}", args.images));
-    let images = dir.join("images");
+    let source = match &args.source {
+        Some(path) => Some(path.canonicalize().with_context(|| {
+            format!(
+                "bench: --source {} cannot be read; pass a directory with one sub-directory per class",
+                path.display()
+            )
+        })?),
+        None => None,
+    };
+    let dir = args.dir.canonicalize()?.join(match &source {
+        // One working directory per source, named by its path.
+        Some(path) => format!(
+            "process-source-{}",
+            &shardline_lineage::Digest::of(path.to_string_lossy().as_bytes()).as_str()[7..19]
+        ),
+        None => format!("process-{}", args.images),
+    });
+    let images = source.clone().unwrap_or_else(|| dir.join("images"));
+    // A user's directory may change between runs: its manifests are made afresh every time.
     let marker = dir.join("COMPLETE");
+    if source.is_some() {
+        let _ = std::fs::remove_file(&marker);
+    }
     let exe = std::env::current_exe()?;
     let quiet_run = |args: &[&str], log: &str| -> Result<Sample> {
         let mut command = std::process::Command::new(&exe);
@@ -418,11 +439,11 @@ async fn process(args: ProcessArgs, ui: &Ui) -> Result<()> {
             std::process::Command::new(program)
         }
     };
-    if !marker.exists() {
+    let images_arg = images.to_string_lossy().to_string();
+    if !marker.exists() && source.is_none() {
         std::fs::create_dir_all(&dir)?;
         ui.say(format!("  generating {} 500x375 JPEGs ...", args.images));
         let per_class = args.images.div_ceil(4).to_string();
-        let images_arg = images.to_string_lossy().to_string();
         quiet_run(
             &[
                 "datagen",
@@ -440,6 +461,9 @@ async fn process(args: ProcessArgs, ui: &Ui) -> Result<()> {
             ],
             "datagen.log",
         )?;
+    }
+    if !marker.exists() {
+        std::fs::create_dir_all(&dir)?;
         let _ = std::fs::remove_dir_all(dir.join("m"));
         quiet_run(
             &[
@@ -461,7 +485,20 @@ async fn process(args: ProcessArgs, ui: &Ui) -> Result<()> {
         std::fs::write(dir.join("half.manifest"), serde_json::to_vec(&half)?)?;
         std::fs::write(&marker, b"")?;
     }
-    let total = args.images.div_ceil(4) * 4;
+    let keys = manifest_files(&dir.join("m/train.manifest"))?;
+    let total = keys.len();
+    let data = match &source {
+        Some(path) => format!(
+            "{total} images from {} ({:.0} KB on average)",
+            path.display(),
+            keys.iter()
+                .map(|k| std::fs::metadata(k).map_or(0, |m| m.len()))
+                .sum::<u64>() as f64
+                / total.max(1) as f64
+                / 1000.0
+        ),
+        None => format!("{total} JPEGs 500x375"),
+    };
     let size = format!("{0}x{0}", args.size);
     let manifest = format!("train={}", dir.join("m/train.manifest").display());
     let half = format!("train={}", dir.join("half.manifest").display());
@@ -532,11 +569,11 @@ async fn process(args: ProcessArgs, ui: &Ui) -> Result<()> {
             .as_f64()
             .with_context(|| format!("bench: no timing in {}", log.display()))?
     };
-    let our_decode = decode_floor(&images, args.size)?;
+    let our_decode = decode_floor(&keys, args.size)?;
     let rate = |s: &Sample| total as f64 / s.seconds;
     let peak = |p: &[f64]| p.iter().cloned().fold(0.0, f64::max);
     let mut text = format!(
-        "process step: {total} JPEGs 500x375 -> {size} RGB, decode + resize + .npy + tar shards; {} cores, {}\n\n",
+        "process step: {data} -> {size} RGB, decode + resize + .npy + tar shards; {} cores, {}\n\n",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         cpu_model()
     );
@@ -588,21 +625,35 @@ async fn process(args: ProcessArgs, ui: &Ui) -> Result<()> {
     Ok(())
 }
 
-/// Seconds to decode every JPEG below `images` once, on this thread, as the process step does
-/// (same decoder, same recipe), without resizing or writing. Files are read into memory first.
-fn decode_floor(images: &Path, size: u32) -> Result<f64> {
-    let mut files = Vec::new();
-    for class in std::fs::read_dir(images)? {
-        for entry in std::fs::read_dir(class?.path())? {
-            files.push(std::fs::read(entry?.path())?);
-        }
-    }
+/// The local files a manifest of a directory lists.
+fn manifest_files(manifest: &Path) -> Result<Vec<PathBuf>> {
+    let value: serde_json::Value = serde_json::from_slice(&std::fs::read(manifest)?)?;
+    let items = value.as_array().context("bench: manifest")?;
+    let prefix = items
+        .first()
+        .and_then(|p| p["prefix"].as_str())
+        .context("bench: manifest without a prefix")?;
+    let root = PathBuf::from(prefix.strip_prefix("file://").unwrap_or(prefix));
+    Ok(items[1..]
+        .iter()
+        .filter_map(|key| key.as_str())
+        .map(|key| root.join(key))
+        .collect())
+}
+
+/// Seconds to decode every image once, on this thread, as the process step does (same decoder,
+/// same recipe), without resizing or writing. Files are read into memory first.
+fn decode_floor(paths: &[PathBuf], size: u32) -> Result<f64> {
+    let files = paths
+        .iter()
+        .map(std::fs::read)
+        .collect::<std::io::Result<Vec<_>>>()?;
     let recipe = Recipe::new(size, size, Mode::Rgb);
     let mut scratch = Scratch::new();
     let started = Instant::now();
     for bytes in &files {
         decode_only(bytes, &recipe, &mut scratch)
-            .map_err(|reject| anyhow::anyhow!("bench: a generated image failed: {reject}"))?;
+            .map_err(|reject| anyhow::anyhow!("bench: an image failed to decode: {reject}"))?;
     }
     Ok(started.elapsed().as_secs_f64())
 }
