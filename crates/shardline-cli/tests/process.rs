@@ -570,6 +570,70 @@ fn augmented_manifests_and_prefixes_are_inputs_too() {
 }
 
 #[test]
+fn objects_named_with_any_characters_are_processed() {
+    let t = TestDir::new();
+    t.shapes("data", 1, 1);
+    let image = std::fs::read_dir(t.path("data/circle"))
+        .expect("class dir")
+        .next()
+        .expect("one image")
+        .expect("entry")
+        .path();
+    let names = [
+        "café/é.jpg",
+        "café/a#b.jpg",
+        "café/a%b.jpg",
+        "café/a%41b.jpg",
+        "café/a?b.jpg",
+        "café/a[b].jpg",
+        "my class/a b.jpg",
+        "my class/a+b.jpg",
+    ];
+    for name in names {
+        let path = t.path(&format!("odd/{name}"));
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        std::fs::copy(&image, path).expect("copy");
+    }
+    // Through a manifest (the URIs it writes), and straight from the prefix.
+    t.run(&[
+        "manifest",
+        "--source",
+        "odd",
+        "--out",
+        "m",
+        "--split",
+        "train=1",
+        "--min-per-class",
+        "0",
+    ])
+    .ok();
+    for (input, out) in [
+        (format!("train={}/train.manifest", t.arg("m")), "a"),
+        (format!("train={}", t.arg("odd")), "b"),
+    ] {
+        let stdout = t
+            .run(&[
+                "process",
+                "--input",
+                &input,
+                "--out",
+                out,
+                "--size",
+                "8",
+                "--instances",
+                "2",
+            ])
+            .ok();
+        assert!(
+            stdout.contains("8 objects → 8 samples"),
+            "{input}: {stdout}"
+        );
+        let lineage = json(t.path(&format!("{out}/lineage.json")));
+        assert_eq!(lineage["labels"], serde_json::json!(["café", "my class"]));
+    }
+}
+
+#[test]
 fn processed_shards_feed_the_training_reader() {
     use shardline_dataset::{Normalise, Prefetcher, plan_epoch};
     use shardline_process::shards::Index;

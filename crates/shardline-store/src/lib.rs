@@ -187,7 +187,7 @@ impl Store {
 
     /// Wraps an existing backend (for example a throttled or instrumented one) at a location.
     pub fn with_backend(inner: Arc<dyn ObjectStore>, location: Location) -> Store {
-        let root = Path::from(location.prefix.as_str());
+        let root = object_path(&location.prefix);
         Store {
             inner,
             location,
@@ -227,11 +227,11 @@ impl Store {
     fn path(&self, key: &str) -> Path {
         let key = key.trim_matches('/');
         if self.location.prefix.is_empty() {
-            Path::from(key)
+            object_path(key)
         } else if key.is_empty() {
             self.root.clone()
         } else {
-            Path::from(format!("{}/{}", self.location.prefix, key))
+            object_path(&format!("{}/{}", self.location.prefix, key))
         }
     }
 
@@ -468,6 +468,16 @@ impl Store {
             .try_collect::<()>()
             .await
     }
+}
+
+/// The object_store path of a key, spelled as the user spelled it: a local file named `é.jpg`
+/// or `a#b.jpg` is that file, and an S3 key is that key. (`Path::from` would percent-encode
+/// `%`, `#`, `?`, brackets and every non-ASCII letter, and the local backend then looks for a
+/// file named `%C3%A9.jpg`.) A key object_store cannot take as it is (a control character, an
+/// empty, `.` or `..` segment) falls back to that encoding, so it can never step outside its
+/// prefix.
+fn object_path(key: &str) -> Path {
+    Path::parse(key).unwrap_or_else(|_| Path::from(key))
 }
 
 #[cfg(test)]
