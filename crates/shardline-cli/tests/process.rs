@@ -997,3 +997,90 @@ fn bench_process_runs_on_a_source_directory() {
         "{err}"
     );
 }
+
+#[test]
+fn augmentations_apply_to_the_train_channel_only() {
+    let t = TestDir::new();
+    t.manifests(2, 20);
+    let digests = |out: &str, channel: &str| -> Vec<String> {
+        json(t.path(&format!("{out}/{channel}/index.json")))["shardlist"]
+            .as_array()
+            .expect("shardlist")
+            .iter()
+            .map(|s| s["sha256"].as_str().expect("sha256").to_string())
+            .collect()
+    };
+    let base = ["--size", "16x16", "--instances", "1"];
+    t.process(&[&base[..], &["--out", "plain"]].concat()).ok();
+    t.process(
+        &[
+            &base[..],
+            &["--out", "aug", "--augment", "flip", "--seed", "7"],
+        ]
+        .concat(),
+    )
+    .ok();
+    // Validation and test keep their real images; train is mirrored (here, some of it).
+    assert_ne!(digests("plain", "train"), digests("aug", "train"));
+    for channel in ["validation", "test"] {
+        assert_eq!(
+            digests("plain", channel),
+            digests("aug", channel),
+            "{channel}"
+        );
+    }
+    // The seed and the augmented channels are in the lineage: the tensors can be made again.
+    let lineage = json(t.path("aug/lineage.json"));
+    assert_eq!(lineage["seed"], 7);
+    assert_eq!(lineage["augment_channels"], serde_json::json!(["train"]));
+    assert_eq!(lineage["recipe"]["augment"], serde_json::json!(["flip"]));
+
+    // Other channels only when named.
+    t.process(
+        &[
+            &base[..],
+            &[
+                "--out",
+                "both",
+                "--augment",
+                "flip",
+                "--seed",
+                "7",
+                "--augment-channels",
+                "train,test",
+            ],
+        ]
+        .concat(),
+    )
+    .ok();
+    assert_eq!(digests("aug", "train"), digests("both", "train"));
+    assert_ne!(digests("plain", "test"), digests("both", "test"));
+    assert_eq!(
+        digests("plain", "validation"),
+        digests("both", "validation")
+    );
+
+    let err = t
+        .process(
+            &[
+                &base[..],
+                &[
+                    "--out",
+                    "bad",
+                    "--augment",
+                    "crop",
+                    "--augment-channels",
+                    "training",
+                ],
+            ]
+            .concat(),
+        )
+        .fails();
+    assert!(
+        err.contains("\"training\"")
+            && err.contains("not an input")
+            && err.contains("--augment-channels"),
+        "{err}"
+    );
+    assert!(!t.path("bad").exists());
+}

@@ -69,6 +69,12 @@ pub struct Lineage {
     pub assignment: BTreeMap<String, BTreeMap<String, (u64, String)>>,
     /// The recipe.
     pub recipe: Recipe,
+    /// The channels the recipe's augmentations were applied to (empty without augmentations).
+    #[serde(default)]
+    pub augment_channels: Vec<String>,
+    /// The augmentations' seed: with the recipe and the inputs, it reproduces every tensor.
+    #[serde(default)]
+    pub seed: u64,
     /// Label names by id.
     pub labels: Vec<String>,
     /// The index, recipe and report files, with digests.
@@ -209,6 +215,8 @@ pub async fn finalize(job: &Job, out: &Store, results: &[InstanceResult]) -> Res
         instances: job.settings.instances,
         assignment,
         recipe,
+        augment_channels: job.settings.augment_channels.clone(),
+        seed: job.settings.seed,
         labels: job.labels.clone(),
         outputs: files
             .iter()

@@ -168,9 +168,12 @@ pub async fn run(
     let mut tx = Commit::begin_scoped(out, Some(&host));
     let mut channels = BTreeMap::new();
     let mut quarantine = Vec::new();
-    let recipe = job.settings.recipe.clone();
-    let shape = recipe.shape();
+    let shape = job.settings.recipe.shape();
     for (input, positions) in shares {
+        let mut recipe = job.settings.recipe.clone();
+        if !job.settings.augment_channels.contains(&input.channel) {
+            recipe.augment.clear();
+        }
         let mut result = ChannelResult::new(positions.len(), shape[2]);
         let mut assignment = Hasher::new();
         for root in &input.roots {

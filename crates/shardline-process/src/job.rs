@@ -61,6 +61,11 @@ pub struct Settings {
     pub recipe: Recipe,
     /// Seed of the augmentation.
     pub seed: u64,
+    /// The channels the recipe's augmentations apply to; the others are processed without
+    /// them. Empty without augmentations (and then left out of the job's digest, so jobs
+    /// written before this field keep their digests).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub augment_channels: Vec<String>,
     /// Shards close once they pass this many bytes.
     pub shard_bytes: usize,
     /// The user's script, when it replaces the built-in processor.

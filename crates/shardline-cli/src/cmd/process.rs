@@ -22,7 +22,7 @@ use indicatif::ProgressBar;
 use shardline_process::distribute::Distribution;
 use shardline_process::identity::{self, Identity};
 use shardline_process::instance::{self, Tick};
-use shardline_process::job::{self, Job, Settings};
+use shardline_process::job::{self, Job, Settings, parse_input_flag};
 use shardline_process::launch::{self, Event, LocalProcesses, PROGRESS_PREFIX};
 use shardline_process::transform::{Augment, Filter, Mode, Recipe};
 use shardline_process::{finalize, script};
@@ -59,6 +59,15 @@ pub struct Args {
     /// Deterministic augmentations, comma-separated: flip, crop.
     #[arg(long, value_delimiter = ',')]
     pub augment: Vec<AugmentArg>,
+    /// The channels --augment applies to, comma-separated. The others (validation, test) are
+    /// processed as they are, so that their metrics measure the real images.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "train",
+        value_name = "CHANNELS"
+    )]
+    pub augment_channels: Vec<String>,
     /// Seed of the augmentations (each object's randomness also depends on its key).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -127,6 +136,10 @@ impl Args {
         if !self.augment.is_empty() {
             let list: Vec<String> = self.augment.iter().map(value).collect();
             argv.push(format!("--augment={}", list.join(",")));
+            argv.push(format!(
+                "--augment-channels={}",
+                self.augment_channels.join(",")
+            ));
         }
         if self.force {
             argv.push("--force".into());
@@ -249,11 +262,32 @@ fn settings(args: &Args, instances: usize) -> Result<Settings> {
     if args.max_attempts == 0 {
         bail!("process: --max-attempts must be at least 1");
     }
+    let augment_channels = if recipe.augment.is_empty() {
+        Vec::new()
+    } else {
+        let inputs: Vec<String> = args
+            .inputs
+            .iter()
+            .filter_map(|i| parse_input_flag(i).ok().map(|(channel, _)| channel))
+            .collect();
+        for channel in &args.augment_channels {
+            if !inputs.contains(channel) {
+                bail!(
+                    "process: --augment applies to channel {channel:?} (--augment-channels, \
+                     default train), which is not an input (the inputs are {}); name the \
+                     channels to augment with --augment-channels",
+                    inputs.join(", ")
+                );
+            }
+        }
+        args.augment_channels.clone()
+    };
     Ok(Settings {
         instances,
         distribution,
         recipe,
         seed: args.seed,
+        augment_channels,
         shard_bytes: parse_bytes(&args.shard_size)?,
         script: args.script.clone(),
         error_budget: args.error_budget,

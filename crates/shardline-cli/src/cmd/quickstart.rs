@@ -87,6 +87,7 @@ pub async fn run(args: Args, ui: &Ui) -> Result<()> {
         mode: process::ModeArg::Rgb,
         filter: process::FilterArg::Bilinear,
         augment: Vec::new(),
+        augment_channels: vec!["train".into()],
         seed: 0,
         shard_size: "64MiB".into(),
         max_pixels: 64 * 1024 * 1024,
