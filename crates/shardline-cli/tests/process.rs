@@ -65,6 +65,25 @@ fn sharded_by_key_gives_each_instance_a_unique_share() {
         }
     }
     keys.sort();
+    // WebDataset keys are unique across the channel, whichever instance wrote them.
+    let mut sample_keys = BTreeSet::new();
+    for shard in index["shardlist"].as_array().expect("list") {
+        let url = shard["url"].as_str().expect("url");
+        let host = url.rsplit_once('-').expect("algo-<i>-<n>.tar").0;
+        let file = std::fs::File::open(t.path("p/train").join(url)).expect("shard");
+        for entry in tar::Archive::new(file).entries().expect("entries") {
+            let name = entry
+                .expect("entry")
+                .path()
+                .expect("path")
+                .display()
+                .to_string();
+            let key = name.split_once('.').expect("key.ext").0.to_string();
+            assert!(key.starts_with(&format!("{host}-")), "{key} in {url}");
+            sample_keys.insert(key);
+        }
+    }
+    assert_eq!(sample_keys.len(), 20);
     let mut expected = common::manifest(&t.path("m/train.manifest")).1;
     expected.sort();
     assert_eq!(keys, expected);

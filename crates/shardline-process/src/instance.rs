@@ -244,7 +244,9 @@ pub async fn run(
                         "label": record.label,
                     })
                     .to_string();
-                    let basename = format!("{sequence:08}");
+                    // Keys are unique across the whole channel, not only within an instance:
+                    // WebDataset readers see `__key__` values like `algo-2-00000017`.
+                    let basename = format!("{host}-{sequence:08}");
                     sequence += 1;
                     let files: [(&str, &[u8]); 3] = [
                         ("npy", &npy),
