@@ -242,6 +242,21 @@ fn bad_inputs_fail_before_any_work() {
         .run(&["process", "--input", "train=missing.manifest", "--out", "p"])
         .fails();
     assert!(err.contains("does not exist"), "{err}");
+    // An --out inside an input prefix: the next run would read the outputs as a class.
+    let err = t
+        .run(&[
+            "process",
+            "--input",
+            "train=data",
+            "--out",
+            "data/processed",
+        ])
+        .fails();
+    assert!(
+        err.contains("train=data") && err.contains("--out is inside this input prefix"),
+        "{err}"
+    );
+    assert!(!t.path("data/processed").exists());
     assert!(!t.path("p").exists());
 }
 

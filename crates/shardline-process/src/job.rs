@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use serde::{Deserialize, Serialize};
 use shardline_lineage::{Digest, Hasher};
 use shardline_manifest::sagemaker;
-use shardline_store::Store;
+use shardline_store::{Location, Store};
 
 use crate::Error;
 use crate::distribute::Distribution;
@@ -174,9 +174,7 @@ async fn read_input(channel: &str, url: &str) -> Result<Raw, Error> {
         input: format!("{channel}={url}"),
         reason,
     };
-    let looks_like_file =
-        url.ends_with(".manifest") || url.ends_with(".jsonl") || url.ends_with(".json");
-    if looks_like_file {
+    if is_manifest_url(url) {
         let full = shardline_store::Location::parse(url)?.uri();
         let (dir, name) = full
             .trim_end_matches('/')
@@ -292,6 +290,46 @@ async fn read_input(channel: &str, url: &str) -> Result<Raw, Error> {
     })
 }
 
+/// Whether an input URL names a manifest file (else it is a store prefix).
+fn is_manifest_url(url: &str) -> bool {
+    url.ends_with(".manifest") || url.ends_with(".jsonl") || url.ends_with(".json")
+}
+
+/// Refuses an `--out` that overlaps an input prefix: outputs inside a prefix would be listed as
+/// objects (a class named after the output folder) by the next run, and a prefix inside `--out`
+/// could be overwritten by a channel's shards. Manifests list fixed keys, so they may live
+/// anywhere. Pure: it compares locations, it reads nothing.
+pub fn check_out(inputs: &[(String, String)], out: &Location) -> Result<(), Error> {
+    let below = |outer: &Location, inner: &Location| {
+        outer.scheme == inner.scheme
+            && outer.bucket == inner.bucket
+            && (outer.prefix.is_empty()
+                || inner.prefix == outer.prefix
+                || inner.prefix.starts_with(&format!("{}/", outer.prefix)))
+    };
+    for (channel, url) in inputs {
+        if is_manifest_url(url) {
+            continue;
+        }
+        let input = Location::parse(url)?;
+        let what = if below(&input, out) {
+            "--out is inside this input prefix, so a later run would read the outputs as objects"
+        } else if below(out, &input) {
+            "this input prefix is inside --out, where outputs are written"
+        } else {
+            continue;
+        };
+        return Err(Error::BadInput {
+            input: format!("{channel}={url}"),
+            reason: format!(
+                "{what}; give an --out ({}) beside the input, not within it",
+                out.uri()
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// Reads and validates every input before any work: channels given once, manifests present and
 /// non-empty, keys that cannot escape a root, the first object of each input reachable.
 pub async fn load(inputs: &[(String, String)], settings: Settings) -> Result<Job, Error> {
@@ -401,6 +439,38 @@ pub fn class_counts(records: &[&Record]) -> BTreeMap<String, u64> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn out_may_not_overlap_an_input_prefix() {
+        let inputs = |url: &str| vec![("train".to_string(), url.to_string())];
+        let out = Location::parse("/data/pets/processed").expect("out");
+        // Inside the prefix, the prefix itself, and a prefix inside --out are refused.
+        for url in [
+            "/data/pets",
+            "/data/pets/processed",
+            "/data/pets/processed/train",
+            "/",
+        ] {
+            let err = check_out(&inputs(url), &out).expect_err(url).to_string();
+            assert!(
+                err.contains(&format!("train={url}")) && err.contains("--out"),
+                "{err}"
+            );
+        }
+        // Beside it, a sibling whose name only starts alike, another store, or a manifest inside.
+        for url in [
+            "/data/pets-raw",
+            "/data/pet",
+            "s3://bucket/data/pets",
+            "/data/pets/train.manifest",
+        ] {
+            check_out(&inputs(url), &out).expect(url);
+        }
+        let s3 = Location::parse("s3://bucket/pets/out").expect("out");
+        assert!(check_out(&inputs("s3://bucket/pets"), &s3).is_err());
+        assert!(check_out(&inputs("s3://other/pets"), &s3).is_ok());
+    }
+
     use super::*;
 
     #[test]

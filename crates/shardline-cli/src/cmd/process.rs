@@ -320,6 +320,7 @@ pub async fn run(args: Args, ui: &Ui) -> Result<()> {
         inputs.push(job::parse_input_flag(text)?);
     }
     let out = Store::open(&args.out).with_context(|| format!("process: --out {}", args.out))?;
+    job::check_out(&inputs, out.location())?;
     let job = job::load(&inputs, settings).await?;
     match identity {
         Some(id) if std::env::var_os("SHARDLINE_SUPERVISED").is_some() => {
