@@ -1118,3 +1118,63 @@ fn augmentations_apply_to_the_train_channel_only() {
     );
     assert!(!t.path("bad").exists());
 }
+
+#[test]
+fn a_new_job_in_the_same_out_leaves_none_of_the_old_outputs() {
+    let t = TestDir::new();
+    t.manifests(2, 20);
+    let files = |dir: &str| -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(t.path(dir))
+            .map(|d| {
+                d.map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    };
+    t.process(&["--out", "p", "--instances", "3", "--size", "8"])
+        .ok();
+    assert_eq!(
+        files("p/train"),
+        [
+            "algo-1-000000.tar",
+            "algo-2-000000.tar",
+            "algo-3-000000.tar",
+            "index.json"
+        ]
+    );
+    // The same data with two instances: algo-3's shards, log and result go.
+    t.process(&["--out", "p", "--instances", "2", "--size", "8"])
+        .ok();
+    for channel in ["train", "validation", "test"] {
+        assert_eq!(
+            files(&format!("p/{channel}")),
+            ["algo-1-000000.tar", "algo-2-000000.tar", "index.json"],
+            "{channel}"
+        );
+    }
+    assert_eq!(files("p/logs"), ["algo-1.log", "algo-2.log"]);
+    assert_eq!(t.samples("p/train/index.json"), 20);
+
+    // A script's output files: a new job's run replaces the earlier run's set.
+    let script = |name: &str| {
+        format!(
+            "sh -c 'mkdir -p {{root}}/processing/output/o && echo x > {{root}}/processing/output/o/{name}'"
+        )
+    };
+    for (name, instances) in [("old.txt", "2"), ("new.txt", "1")] {
+        t.process(&[
+            "--out",
+            "s",
+            "--instances",
+            instances,
+            "--script",
+            &script(name),
+        ])
+        .ok();
+    }
+    assert_eq!(files("s/o"), ["algo-1"]);
+    assert_eq!(files("s/o/algo-1"), ["new.txt"]);
+    assert_eq!(files("s/logs"), ["algo-1.log"]);
+}

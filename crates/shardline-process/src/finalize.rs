@@ -226,6 +226,7 @@ pub async fn finalize(job: &Job, out: &Store, results: &[InstanceResult]) -> Res
     tx.stage("lineage.json", Bytes::from(pretty(&lineage)))
         .await?;
     tx.publish().await?;
+    crate::instance::remove_departed(out, job.settings.instances).await?;
     Ok(report)
 }
 

@@ -299,22 +299,51 @@ pub async fn run(
     crate::fault::point(&host, "before-publish");
     tx.stage(&result_key(&host), Bytes::from(bytes)).await?;
     tx.publish().await?;
-    // Shards of an earlier, different run of this instance that the new run did not rewrite.
     if let Some(earlier) = earlier {
-        for (channel, old) in &earlier.channels {
-            let kept: Vec<&str> = result
-                .channels
-                .get(channel)
-                .map(|c| c.shards.iter().map(|s| s.url.as_str()).collect())
-                .unwrap_or_default();
-            for shard in &old.shards {
-                if !kept.contains(&shard.url.as_str()) {
-                    out.delete(&format!("{channel}/{}", shard.url)).await?;
-                }
+        remove_superseded(out, &earlier, Some(&result)).await?;
+    }
+    Ok(result)
+}
+
+/// Deletes the files an earlier, different run of an instance wrote (shards, or a script's
+/// output files) that its new run did not write again (`None`: the instance is no longer part
+/// of the job, so all of them).
+pub(crate) async fn remove_superseded(
+    out: &Store,
+    earlier: &InstanceResult,
+    new: Option<&InstanceResult>,
+) -> Result<(), Error> {
+    for (channel, old) in &earlier.channels {
+        let kept: Vec<&str> = new
+            .and_then(|n| n.channels.get(channel))
+            .map(|c| c.shards.iter().map(|s| s.url.as_str()).collect())
+            .unwrap_or_default();
+        for shard in &old.shards {
+            if !kept.contains(&shard.url.as_str()) {
+                out.delete(&format!("{channel}/{}", shard.url)).await?;
             }
         }
     }
-    Ok(result)
+    Ok(())
+}
+
+/// After a job with `instances` instances is published: the outputs, log and result of
+/// instances an earlier job in the same `--out` had beyond those (3 instances, then 2: `algo-3`)
+/// are deleted, so that a reader globbing `<channel>/*.tar` sees this job's shards only.
+pub async fn remove_departed(out: &Store, instances: usize) -> Result<(), Error> {
+    for rank in instances.. {
+        let host = host(rank);
+        let Some(earlier) = read_result(out, &host).await? else {
+            break;
+        };
+        remove_superseded(out, &earlier, None).await?;
+        out.delete(&format!("logs/{host}.log")).await?;
+        out.delete(&result_key(&host)).await?;
+        out.delete_prefix(&format!(".shardline/scopes/{host}"))
+            .await?;
+    }
+    out.remove_empty_dirs("");
+    Ok(())
 }
 
 /// Closes the open shard, if any: its last bytes, its file finished into the commit, its record.

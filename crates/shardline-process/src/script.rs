@@ -124,11 +124,12 @@ pub async fn run(
     let host = host(rank);
     let digest = job.digest();
     commit::recover_scoped(out, Some(&host)).await?;
-    if let Some(result) = read_result(out, &host).await?
+    let earlier = read_result(out, &host).await?;
+    if let Some(result) = &earlier
         && result.job == digest
         && !force
     {
-        return Ok(result);
+        return Ok(result.clone());
     }
     let started = Instant::now();
     let temp;
@@ -302,6 +303,10 @@ pub async fn run(
     )
     .await?;
     tx.publish().await?;
+    // Files of an earlier, different run of this instance that this run's script did not write.
+    if let Some(earlier) = earlier {
+        crate::instance::remove_superseded(out, &earlier, Some(&result)).await?;
+    }
     Ok(result)
 }
 
@@ -363,6 +368,7 @@ pub async fn finalize(
     )
     .await?;
     tx.publish().await?;
+    crate::instance::remove_departed(out, job.settings.instances).await?;
     Ok(ScriptReport {
         instances: results.len(),
     })
