@@ -79,18 +79,18 @@ pub fn log_buffer() -> Vec<u8> {
     LOG.lock().unwrap_or_else(|e| e.into_inner()).clone()
 }
 
-struct Tee;
+/// The writer of the process's own log, [`LOG`].
+struct LogBuffer;
 
-impl std::io::Write for Tee {
+impl std::io::Write for LogBuffer {
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
         LOG.lock()
             .unwrap_or_else(|e| e.into_inner())
             .extend_from_slice(bytes);
-        std::io::stderr().write_all(bytes)?;
         Ok(bytes.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
-        std::io::stderr().flush()
+        Ok(())
     }
 }
 
@@ -106,7 +106,8 @@ fn started_as_instance() -> bool {
     .any(|v| std::env::var_os(v).is_some())
 }
 
-fn init_tracing(verbose: u8) {
+fn init_tracing(verbose: u8, quiet: bool) {
+    use tracing_subscriber::prelude::*;
     // An instance started by a launcher logs its progress at info level: that is its log file.
     let instance = started_as_instance();
     let default = match verbose {
@@ -115,18 +116,32 @@ fn init_tracing(verbose: u8) {
         _ => "debug",
     };
     let filter =
-        EnvFilter::try_from_env("SHARDLINE_LOG").unwrap_or_else(|_| EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(|| Tee)
+        || EnvFilter::try_from_env("SHARDLINE_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    // The process's log (an instance uploads it as `logs/algo-<i>.log`) keeps every line; the
+    // terminal gets the same lines, or only errors with --quiet.
+    let log = tracing_subscriber::fmt::layer()
+        .with_writer(|| LogBuffer)
+        .with_ansi(false)
+        .with_target(false)
+        .with_filter(filter());
+    let terminal = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
+        .with_filter(if quiet {
+            EnvFilter::new("error")
+        } else {
+            filter()
+        });
+    tracing_subscriber::registry()
+        .with(log)
+        .with(terminal)
         .init();
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.verbose);
+    init_tracing(cli.verbose, cli.quiet);
     let ui = progress::Ui::new(cli.quiet);
     // An instance is one core's worth of work: one runtime thread, so that N instances on N cores
     // do not contend (measured: 1.55x from 1 to 2 instances with a multi-threaded runtime each).

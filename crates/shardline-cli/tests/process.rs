@@ -329,6 +329,26 @@ fn every_launcher_identity_produces_the_same_shards() {
         assert!(t.path(out).join("lineage.json").is_file(), "{out}");
         assert!(t.path(out).join("logs/algo-2.log").is_file(), "{out}");
     }
+
+    // --quiet under a launcher: nothing on the terminal, every line still in the instance's log.
+    let mut args: Vec<String> = vec!["--quiet".into(), "process".into()];
+    args.extend(t.inputs());
+    args.extend(["--out", "quiet", "--size", "16x16"].map(String::from));
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_shardline"))
+        .args(&args)
+        .current_dir(t.dir.path())
+        .envs([("SLURM_PROCID", "0"), ("SLURM_NTASKS", "1")])
+        .output()
+        .expect("run");
+    assert!(output.status.success());
+    assert_eq!(String::from_utf8_lossy(&output.stderr), "");
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "");
+    let log = std::fs::read_to_string(t.path("quiet/logs/algo-1.log")).expect("log");
+    assert!(log.contains("instance finished"), "{log}");
+    assert!(
+        !log.contains('\u{1b}'),
+        "no terminal colours in a log file: {log}"
+    );
 }
 
 #[test]
