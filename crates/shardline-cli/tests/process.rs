@@ -330,6 +330,37 @@ fn every_launcher_identity_produces_the_same_shards() {
         assert!(t.path(out).join("logs/algo-2.log").is_file(), "{out}");
     }
 
+    // A rerun of the finished job under the launcher touches nothing: logs, report, lineage.
+    let read = |name: &str| std::fs::read(t.path("slurm").join(name)).expect(name);
+    let before: Vec<Vec<u8>> = [
+        "logs/algo-1.log",
+        "logs/algo-2.log",
+        "report.json",
+        "lineage.json",
+    ]
+    .iter()
+    .map(|n| read(n))
+    .collect();
+    run_as(&t, "slurm", &|rank| {
+        vec![
+            ("SLURM_PROCID", rank.to_string()),
+            ("SLURM_NTASKS", "2".into()),
+        ]
+    });
+    let after: Vec<Vec<u8>> = [
+        "logs/algo-1.log",
+        "logs/algo-2.log",
+        "report.json",
+        "lineage.json",
+    ]
+    .iter()
+    .map(|n| read(n))
+    .collect();
+    assert!(
+        before == after,
+        "a rerun under the launcher rewrote the job's files"
+    );
+
     // --quiet under a launcher: nothing on the terminal, every line still in the instance's log.
     let mut args: Vec<String> = vec!["--quiet".into(), "process".into()];
     args.extend(t.inputs());
@@ -413,6 +444,13 @@ fn a_sagemaker_processing_script_runs_unchanged() {
     }
     assert_eq!(seen, 20, "the two instances saw disjoint halves of train");
     assert!(t.path("s/lineage.json").is_file());
+    // A rerun of the finished script job is a no-op: the script's own log lines stay.
+    let log = std::fs::read(t.path("s/logs/algo-1.log")).expect("log");
+    let stdout = t
+        .process(&["--out", "s", "--instances", "2", "--script", &command])
+        .ok();
+    assert!(stdout.contains("nothing to do"), "{stdout}");
+    assert!(std::fs::read(t.path("s/logs/algo-1.log")).expect("log") == log);
 
     let failing = format!("{command} --fail");
     let err = t

@@ -387,6 +387,11 @@ async fn external_instance(
     out: &Store,
     ui: &Ui,
 ) -> Result<()> {
+    // Every rank sees the finished job's record and leaves its log, report and lineage as
+    // they are. (On a first run there is no record until rank 0 finalises.)
+    if already_done(job, args, out, ui).await? {
+        return Ok(());
+    }
     let bar = ui.bar(&id.host(), Some(0), "objects");
     let progress = |tick: Tick| {
         bar.set_length(tick.total);
@@ -431,16 +436,25 @@ async fn external_instance(
     summarise(job, out, &results, ui).await
 }
 
-async fn launcher(job: &Job, args: &Args, out: &Store, ui: &Ui) -> Result<()> {
+/// Whether `out` already holds this job's finished output (its lineage record names the job),
+/// for the built-in processor and scripts alike; then a rerun touches nothing, unless --force.
+async fn already_done(job: &Job, args: &Args, out: &Store, ui: &Ui) -> Result<bool> {
     if !args.force
         && let Some(bytes) = out.get_opt("lineage.json").await?
-        && let Ok(lineage) = serde_json::from_slice::<finalize::Lineage>(&bytes)
-        && lineage.job == job.digest().to_string()
+        && let Ok(lineage) = serde_json::from_slice::<serde_json::Value>(&bytes)
+        && lineage["job"].as_str() == Some(job.digest().as_str())
     {
         ui.say(format!(
             "process: {} already holds this job's output; nothing to do (--force to redo)",
             out.uri()
         ));
+        return Ok(true);
+    }
+    Ok(false)
+}
+
+async fn launcher(job: &Job, args: &Args, out: &Store, ui: &Ui) -> Result<()> {
+    if already_done(job, args, out, ui).await? {
         return Ok(());
     }
     let n = job.settings.instances;
