@@ -331,31 +331,25 @@ fn every_launcher_identity_produces_the_same_shards() {
     }
 
     // A rerun of the finished job under the launcher touches nothing: logs, report, lineage.
-    let read = |name: &str| std::fs::read(t.path("slurm").join(name)).expect(name);
-    let before: Vec<Vec<u8>> = [
-        "logs/algo-1.log",
-        "logs/algo-2.log",
-        "report.json",
-        "lineage.json",
-    ]
-    .iter()
-    .map(|n| read(n))
-    .collect();
+    let files = || -> Vec<Vec<u8>> {
+        [
+            "logs/algo-1.log",
+            "logs/algo-2.log",
+            "report.json",
+            "lineage.json",
+        ]
+        .iter()
+        .map(|name| std::fs::read(t.path("slurm").join(name)).expect(name))
+        .collect()
+    };
+    let before = files();
     run_as(&t, "slurm", &|rank| {
         vec![
             ("SLURM_PROCID", rank.to_string()),
             ("SLURM_NTASKS", "2".into()),
         ]
     });
-    let after: Vec<Vec<u8>> = [
-        "logs/algo-1.log",
-        "logs/algo-2.log",
-        "report.json",
-        "lineage.json",
-    ]
-    .iter()
-    .map(|n| read(n))
-    .collect();
+    let after = files();
     assert!(
         before == after,
         "a rerun under the launcher rewrote the job's files"
