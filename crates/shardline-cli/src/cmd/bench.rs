@@ -627,18 +627,14 @@ async fn process(args: ProcessArgs, ui: &Ui) -> Result<()> {
 
 /// The local files a manifest of a directory lists.
 fn manifest_files(manifest: &Path) -> Result<Vec<PathBuf>> {
-    let value: serde_json::Value = serde_json::from_slice(&std::fs::read(manifest)?)?;
-    let items = value.as_array().context("bench: manifest")?;
-    let prefix = items
-        .first()
-        .and_then(|p| p["prefix"].as_str())
-        .context("bench: manifest without a prefix")?;
-    let root = PathBuf::from(prefix.strip_prefix("file://").unwrap_or(prefix));
-    Ok(items[1..]
-        .iter()
-        .filter_map(|key| key.as_str())
-        .map(|key| root.join(key))
-        .collect())
+    let parsed = shardline_manifest::sagemaker::parse_manifest(
+        &manifest.display().to_string(),
+        &std::fs::read(manifest)?,
+    )?;
+    let root = shardline_store::Location::parse(&parsed.prefix)?
+        .local_path()
+        .context("bench: the manifest's prefix is not a local folder")?;
+    Ok(parsed.keys.iter().map(|key| root.join(key)).collect())
 }
 
 /// Seconds to decode every image once, on this thread, as the process step does (same decoder,
