@@ -186,13 +186,7 @@ async fn run_in_span(
 }
 
 fn check_locations(source: &Store, out: &Store) -> Result<(), Error> {
-    let (s, o) = (source.location(), out.location());
-    let inside = s.scheme == o.scheme
-        && s.bucket == o.bucket
-        && (o.prefix == s.prefix
-            || s.prefix.is_empty()
-            || o.prefix.starts_with(&format!("{}/", s.prefix)));
-    if inside {
+    if source.location().contains(out.location()) {
         return Err(Error::OutputTaken {
             out_uri: out.uri(),
             what: format!(

@@ -300,21 +300,14 @@ fn is_manifest_url(url: &str) -> bool {
 /// could be overwritten by a channel's shards. Manifests list fixed keys, so they may live
 /// anywhere. Pure: it compares locations, it reads nothing.
 pub fn check_out(inputs: &[(String, String)], out: &Location) -> Result<(), Error> {
-    let below = |outer: &Location, inner: &Location| {
-        outer.scheme == inner.scheme
-            && outer.bucket == inner.bucket
-            && (outer.prefix.is_empty()
-                || inner.prefix == outer.prefix
-                || inner.prefix.starts_with(&format!("{}/", outer.prefix)))
-    };
     for (channel, url) in inputs {
         if is_manifest_url(url) {
             continue;
         }
         let input = Location::parse(url)?;
-        let what = if below(&input, out) {
+        let what = if input.contains(out) {
             "--out is inside this input prefix, so a later run would read the outputs as objects"
-        } else if below(out, &input) {
+        } else if out.contains(&input) {
             "this input prefix is inside --out, where outputs are written"
         } else {
             continue;

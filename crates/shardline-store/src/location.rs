@@ -135,6 +135,16 @@ impl Location {
         }
     }
 
+    /// Whether `other` is this location or below it (same store, and a prefix that starts at a
+    /// `/` boundary of this one: `data/pets` holds `data/pets/x`, not `data/pets-raw`).
+    pub fn contains(&self, other: &Location) -> bool {
+        self.scheme == other.scheme
+            && self.bucket == other.bucket
+            && (self.prefix.is_empty()
+                || other.prefix == self.prefix
+                || other.prefix.starts_with(&format!("{}/", self.prefix)))
+    }
+
     /// For local locations, the directory on disk.
     pub fn local_path(&self) -> Option<PathBuf> {
         (self.scheme == Scheme::Local).then(|| PathBuf::from(format!("/{}", self.prefix)))
