@@ -397,6 +397,8 @@ fn mpirun_starts_one_instance_per_rank() {
     let output = std::process::Command::new("mpirun")
         .args(&args)
         .current_dir(t.dir.path())
+        // Each job its own Open MPI session folder: 4.1's mkdir of the shared one races.
+        .env("TMPDIR", t.dir.path())
         .env("OMPI_MCA_btl_vader_single_copy_mechanism", "none")
         .output()
         .expect("mpirun runs (install openmpi-bin; see .ci/run)");
@@ -941,6 +943,8 @@ fn an_mpi_run_matches_the_in_process_run() {
             "train", "--data", "p", "--out", "mpi", "--epochs", "2", "--batch", "4",
         ])
         .current_dir(t.dir.path())
+        // Each job its own Open MPI session folder: 4.1's mkdir of the shared one races.
+        .env("TMPDIR", t.dir.path())
         .env("OMPI_MCA_btl_vader_single_copy_mechanism", "none")
         .output()
         .expect("mpirun runs (install openmpi-bin; see .ci/run)");

@@ -211,6 +211,8 @@ fn a_rank_killed_mid_run_stops_the_job() {
             "train", "--data", "p", "--out", "killed", "--epochs", "3", "--batch", "4",
         ])
         .current_dir(t.dir.path())
+        // Each job its own Open MPI session folder: 4.1's mkdir of the shared one races.
+        .env("TMPDIR", t.dir.path())
         .env("OMPI_MCA_btl_vader_single_copy_mechanism", "none")
         .env("SHARDLINE_FAULT", "rank-1:epoch-2-step-2")
         .output()

@@ -15,6 +15,12 @@ fn example() -> std::path::PathBuf {
 /// Runs the example under mpirun, bounded by `timeout(1)` so that a hang fails the test (status
 /// 124) instead of blocking CI.
 fn mpirun(np: usize, args: &[&str]) -> (Option<i32>, String) {
+    // Each job its own Open MPI session folder: the tests run at once, and Open MPI 4.1's mkdir
+    // of the shared /tmp/ompi.<host>.<uid> races ("File exists", orte_init fails).
+    static JOBS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let job = JOBS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = std::env::temp_dir().join(format!("shardline-mpi-{}-{job}", std::process::id()));
+    std::fs::create_dir_all(&tmp).expect("a session folder for mpirun");
     let output = Command::new("timeout")
         .args([
             "120",
@@ -27,6 +33,7 @@ fn mpirun(np: usize, args: &[&str]) -> (Option<i32>, String) {
         .arg(example())
         .args(args)
         .env("OMPI_MCA_btl_vader_single_copy_mechanism", "none")
+        .env("TMPDIR", &tmp)
         .output()
         .expect("mpirun runs (install openmpi-bin; see .ci/run)");
     let text = format!(
@@ -34,6 +41,7 @@ fn mpirun(np: usize, args: &[&str]) -> (Option<i32>, String) {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
+    let _ = std::fs::remove_dir_all(&tmp);
     (output.status.code(), text)
 }
 
