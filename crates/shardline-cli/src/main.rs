@@ -66,9 +66,6 @@ enum Command {
     /// The model registry: register a trained model as the next version of a name, list, show.
     #[command(subcommand)]
     Model(cmd::model::Command),
-    /// Measure a stage against its usual Python implementation and print a table.
-    #[command(subcommand)]
-    Bench(cmd::bench::Command),
 }
 
 /// Everything logged by this process, kept so that an instance can upload its own log.
@@ -168,7 +165,6 @@ fn main() -> ExitCode {
             Command::Serve(args) => cmd::serve::run(*args, &ui).await,
             Command::Transform(args) => cmd::transform::run(*args, &ui).await,
             Command::Model(command) => cmd::model::run(command, &ui).await,
-            Command::Bench(command) => cmd::bench::run(command, &ui).await,
         }
     });
     match result {

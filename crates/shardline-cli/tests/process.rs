@@ -723,9 +723,9 @@ fn objects_named_with_any_characters_are_processed() {
 
 #[test]
 fn processed_shards_feed_the_training_reader() {
+    use shardline_contract::recipe::Recipe;
     use shardline_dataset::{Normalise, Prefetcher, plan_epoch};
     use shardline_process::shards::Index;
-    use shardline_process::transform::Recipe;
 
     let t = TestDir::new();
     t.manifests(2, 20);
@@ -849,7 +849,7 @@ fn train_learns_from_processed_shards_with_two_workers() {
     let config: shardline_train::ModelConfig =
         serde_json::from_value(json(t.path("model/model.json"))).expect("config");
     let bytes = std::fs::read(t.path("model/weights.bin")).expect("weights");
-    let device = burn::tensor::Device::default();
+    let device = shardline_train::device::by_name("cpu").expect("cpu");
     assert!(shardline_train::weights::decode(config.init(&device), &bytes).is_ok());
     let other = shardline_train::ModelConfig::mlp(config.input, config.classes);
     assert!(shardline_train::weights::decode(other.init(&device), &bytes).is_err());
@@ -957,7 +957,7 @@ fn an_mpi_run_matches_the_in_process_run() {
     assert!(String::from_utf8_lossy(&output.stdout).contains("2 MPI ranks"));
     let config: shardline_train::ModelConfig =
         serde_json::from_value(json(t.path("threads/model.json"))).expect("config");
-    let device = burn::tensor::Device::default();
+    let device = shardline_train::device::by_name("cpu").expect("cpu");
     let load = |dir: &str| {
         let bytes = std::fs::read(t.path(dir).join("weights.bin")).expect("weights");
         let model = shardline_train::weights::decode(config.init(&device), &bytes).expect("decode");
@@ -1053,9 +1053,22 @@ fn bench_process_runs_on_a_source_directory() {
     t.shapes("data", 2, 6);
     let peer = concat!(env!("CARGO_MANIFEST_DIR"), "/../../bench/peer_process.py");
     let bench = |source: &str| {
-        t.run(&[
-            "bench", "process", "--source", source, "--dir", "b", "--size", "8", "--peer", peer,
-        ])
+        t.run_program(
+            env!("CARGO_BIN_EXE_shardline-bench"),
+            &[
+                "--shardline",
+                env!("CARGO_BIN_EXE_shardline"),
+                "process",
+                "--source",
+                source,
+                "--dir",
+                "b",
+                "--size",
+                "8",
+                "--peer",
+                peer,
+            ],
+        )
     };
     let stdout = bench("data").ok();
     assert!(stdout.contains("12 images from "), "{stdout}");

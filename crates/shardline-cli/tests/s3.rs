@@ -4,7 +4,7 @@
 mod common;
 
 use common::{TestDir, manifest};
-use shardline_store::garage::LocalGarage;
+use shardline_testkit::garage::LocalGarage;
 
 #[test]
 fn manifest_from_and_to_s3() {

@@ -53,7 +53,7 @@ mod tests {
     #[test]
     fn reads_what_the_processor_writes() {
         let tensor: Vec<u8> = (0..24).collect();
-        let bytes = shardline_process::transform::npy(&tensor, &[2, 4, 3]);
+        let bytes = shardline_contract::shards::npy(&tensor, &[2, 4, 3]);
         let (shape, data) = parse_u8(&bytes).expect("parse");
         assert_eq!(shape, vec![2, 4, 3]);
         assert_eq!(data, &tensor[..]);
@@ -62,7 +62,7 @@ mod tests {
     #[test]
     fn rejects_other_arrays() {
         assert!(parse_u8(b"hello world").is_err());
-        let mut bytes = shardline_process::transform::npy(&[1, 2, 3], &[3]);
+        let mut bytes = shardline_contract::shards::npy(&[1, 2, 3], &[3]);
         bytes.pop();
         assert!(
             parse_u8(&bytes)

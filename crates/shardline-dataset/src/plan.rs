@@ -11,7 +11,7 @@
 //!   samples are the ones it would have read last, and the shard order is shuffled per epoch, so
 //!   different samples are left out in different epochs.
 
-use shardline_process::shards::ShardRecord;
+use shardline_contract::shards::ShardRecord;
 
 use crate::Error;
 

@@ -8,7 +8,7 @@ use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use shardline_process::transform::Recipe;
+use shardline_contract::recipe::Recipe;
 use shardline_store::Store;
 
 use crate::{Error, npy};
@@ -365,8 +365,8 @@ impl Drop for Prefetcher {
 mod tests {
     use super::*;
     use bytes::Bytes;
+    use shardline_contract::shards::npy as write_npy;
     use shardline_process::shards::ShardWriter;
-    use shardline_process::transform::npy as write_npy;
 
     fn shards(store: &Store, runtime: &tokio::runtime::Runtime, samples: usize) -> Vec<String> {
         let mut writer = ShardWriter::new("algo-1", 2000);

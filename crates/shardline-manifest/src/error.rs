@@ -66,14 +66,9 @@ pub enum Error {
         /// The file that differs.
         file: String,
     },
-    /// A manifest file could not be parsed.
-    #[error("manifest: {uri} is not a valid manifest: {reason}")]
-    BadManifest {
-        /// The manifest's URI.
-        uri: String,
-        /// What is wrong.
-        reason: String,
-    },
+    /// A manifest file or record could not be read.
+    #[error(transparent)]
+    Contract(#[from] shardline_contract::Error),
     /// The table could not be encoded.
     #[error("manifest: writing {file} failed: {reason}")]
     Encode {

@@ -8,7 +8,7 @@
 pub mod assign;
 mod error;
 pub mod record;
-pub mod sagemaker;
+pub use shardline_contract::sagemaker;
 pub mod split;
 pub mod step;
 pub mod table;

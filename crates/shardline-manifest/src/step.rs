@@ -16,9 +16,10 @@ use tracing::{Instrument, info_span};
 use crate::Error;
 use crate::assign::assign_class;
 use crate::record::{self, Labels, ListingRecord, ManifestLineage, Settings};
-use crate::sagemaker::{self, AugmentedRecord};
 use crate::split::{Channel, Split};
 use crate::table::{self, Row};
+use shardline_contract::owner::{self, Stage};
+use shardline_contract::sagemaker::{self, AugmentedRecord};
 
 /// The name of the lineage record in an output.
 pub const LINEAGE: &str = "lineage.json";
@@ -124,6 +125,10 @@ async fn run_in_span(
     tracing::info!(seconds = started.elapsed().as_secs_f64(), "listed");
 
     commit::recover(out).await?;
+    // A location that holds another stage's output is refused, even with --force; this step's
+    // own record decides between update, unchanged and replace below.
+    let job = Digest::of(format!("{}\n{}", source.uri(), config.seed).as_bytes());
+    owner::claim(out, Stage::Manifest, job.as_str(), true).await?;
     let existing = read_existing(out, source, config).await?;
     progress.writing();
 

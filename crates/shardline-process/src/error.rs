@@ -75,9 +75,9 @@ pub enum Error {
         /// The OS error.
         source: std::io::Error,
     },
-    /// A manifest could not be read.
+    /// A manifest or record could not be read.
     #[error(transparent)]
-    Manifest(#[from] shardline_manifest::Error),
+    Contract(#[from] shardline_contract::Error),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] shardline_store::Error),

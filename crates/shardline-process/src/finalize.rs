@@ -10,11 +10,12 @@ use shardline_store::Store;
 use shardline_store::commit::{self, Commit};
 
 use crate::Error;
-use crate::identity::host;
 use crate::instance::{InstanceResult, Quarantined};
 use crate::job::Job;
-use crate::shards::Index;
-use crate::transform::Recipe;
+use shardline_contract::instance::host;
+use shardline_contract::lineage::encode;
+use shardline_contract::owner::{self, Stage};
+use shardline_contract::shards::Index;
 
 /// Per-instance lines of the report.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -50,36 +51,8 @@ pub struct Report {
     pub instances: Vec<InstanceLine>,
 }
 
-/// `lineage.json` of a processing job.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Lineage {
-    /// The program that wrote it.
-    pub producer: String,
-    /// `process`.
-    pub step: String,
-    /// The job digest.
-    pub job: String,
-    /// Each input: channel, URI and digest.
-    pub inputs: Vec<BTreeMap<String, String>>,
-    /// The distribution rule.
-    pub distribution: String,
-    /// Instances.
-    pub instances: usize,
-    /// Per instance and channel: objects assigned and the digest of their URIs in order.
-    pub assignment: BTreeMap<String, BTreeMap<String, (u64, String)>>,
-    /// The recipe.
-    pub recipe: Recipe,
-    /// The channels the recipe's augmentations were applied to (empty without augmentations).
-    #[serde(default)]
-    pub augment_channels: Vec<String>,
-    /// The augmentations' seed: with the recipe and the inputs, it reproduces every tensor.
-    #[serde(default)]
-    pub seed: u64,
-    /// Label names by id.
-    pub labels: Vec<String>,
-    /// The index, recipe and report files, with digests.
-    pub outputs: BTreeMap<String, FileRecord>,
-}
+/// `lineage.json` of a processing job (defined with the other stage records).
+pub use shardline_contract::lineage::ProcessLineage as Lineage;
 
 /// Reads every instance's result; `None` for those that have not finished this job.
 pub async fn gather(job: &Job, out: &Store) -> Result<Vec<Option<InstanceResult>>, Error> {
@@ -132,7 +105,7 @@ pub async fn finalize(job: &Job, out: &Store, results: &[InstanceResult]) -> Res
                 }
             }
         }
-        files.push((format!("{channel}/index.json"), pretty(&index)));
+        files.push((format!("{channel}/index.json"), encode(&index)?));
     }
     for result in results {
         let mut line = InstanceLine {
@@ -175,11 +148,16 @@ pub async fn finalize(job: &Job, out: &Store, results: &[InstanceResult]) -> Res
         report.status = "failed".into();
     }
     commit::recover(out).await?;
+    // The index of a channel the previous job had and this one drops goes once this one is in.
+    let previous: Option<Lineage> = match out.get_opt("lineage.json").await? {
+        Some(bytes) => shardline_contract::lineage::parse(&out.uri_of("lineage.json"), &bytes).ok(),
+        None => None,
+    };
     let mut tx = Commit::begin(out);
     if !over {
-        files.push(("recipe.json".into(), pretty(&recipe)));
+        files.push(("recipe.json".into(), encode(&recipe)?));
     }
-    files.push(("report.json".into(), pretty(&report)));
+    files.push(("report.json".into(), encode(&report)?));
     for (name, bytes) in &files {
         tx.stage(name, Bytes::from(bytes.clone())).await?;
     }
@@ -196,6 +174,7 @@ pub async fn finalize(job: &Job, out: &Store, results: &[InstanceResult]) -> Res
         });
     }
     let lineage = Lineage {
+        schema: shardline_contract::lineage::SCHEMA,
         producer: PRODUCER.into(),
         step: "process".into(),
         job: job.digest().to_string(),
@@ -223,15 +202,21 @@ pub async fn finalize(job: &Job, out: &Store, results: &[InstanceResult]) -> Res
             .map(|(n, b)| (n.clone(), FileRecord::of(b)))
             .collect(),
     };
-    tx.stage("lineage.json", Bytes::from(pretty(&lineage)))
-        .await?;
+    let (owner_key, owner_record) = owner::finished(Stage::Process, job.digest().as_str())?;
+    tx.stage(owner_key, Bytes::from(owner_record)).await?;
+    tx.stage(
+        "lineage.json",
+        Bytes::from(shardline_contract::lineage::encode(&lineage)?),
+    )
+    .await?;
     tx.publish().await?;
+    if let Some(previous) = previous {
+        for name in previous.outputs.keys() {
+            if name.ends_with("/index.json") && !lineage.outputs.contains_key(name) {
+                out.delete(name).await?;
+            }
+        }
+    }
     crate::instance::remove_departed(out, job.settings.instances).await?;
     Ok(report)
-}
-
-fn pretty<T: Serialize>(value: &T) -> Vec<u8> {
-    let mut bytes = serde_json::to_vec_pretty(value).unwrap_or_default();
-    bytes.push(b'\n');
-    bytes
 }

@@ -30,10 +30,7 @@ impl Identity {
     }
 }
 
-/// The host name of a rank: `algo-1` for rank 0.
-pub fn host(rank: usize) -> String {
-    format!("algo-{}", rank + 1)
-}
+pub use shardline_contract::instance::host;
 
 #[derive(Deserialize)]
 struct ResourceConfig {

@@ -13,11 +13,12 @@ use shardline_store::Store;
 use shardline_store::commit::{self, Commit, StagedWriter};
 
 use crate::Error;
-use crate::distribute::share;
-use crate::identity::host;
 use crate::job::{Input, Job};
-use crate::shards::{ShardRecord, ShardWriter};
-use crate::transform::{self, Reject};
+use crate::shards::ShardWriter;
+use shardline_contract::distribute::share;
+use shardline_contract::instance::host;
+use shardline_contract::shards::ShardRecord;
+use shardline_preprocess::{self as transform, Reject};
 
 /// Where an instance's result record lives under the output.
 pub fn result_key(host: &str) -> String {
@@ -225,7 +226,7 @@ pub async fn run(
                 }
             };
             tick.done += 1;
-            crate::fault::point(&host, &format!("after-{}", tick.done));
+            shardline_contract::fault::point(&host, &format!("after-{}", tick.done));
             match outcome {
                 Ok(tensor) => {
                     // Integer sums per image (exact, and fast), folded into the channel totals.
@@ -296,7 +297,7 @@ pub async fn run(
         peak_rss_mib: peak_rss_mib(),
     };
     let bytes = serde_json::to_vec_pretty(&result).unwrap_or_default();
-    crate::fault::point(&host, "before-publish");
+    shardline_contract::fault::point(&host, "before-publish");
     tx.stage(&result_key(&host), Bytes::from(bytes)).await?;
     tx.publish().await?;
     if let Some(earlier) = earlier {

@@ -4,13 +4,13 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::{Deserialize, Serialize};
+use shardline_contract::sagemaker;
 use shardline_lineage::{Digest, Hasher};
-use shardline_manifest::sagemaker;
 use shardline_store::{Location, Store};
 
 use crate::Error;
-use crate::distribute::Distribution;
-use crate::transform::Recipe;
+use shardline_contract::distribute::Distribution;
+use shardline_contract::recipe::Recipe;
 
 /// One object to process.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -319,6 +319,28 @@ pub fn check_out(inputs: &[(String, String)], out: &Location) -> Result<(), Erro
                 out.uri()
             ),
         });
+    }
+    Ok(())
+}
+
+/// Refuses an `--out` that overlaps the objects of a loaded input: for a manifest, the roots its
+/// keys are relative to (a manifest of `lake/` with `--out lake/circle/p` would write into the
+/// lake, and the next listing would read the outputs as images).
+pub fn check_out_roots(job: &Job, out: &Location) -> Result<(), Error> {
+    for input in &job.inputs {
+        for root in &input.roots {
+            let root = Location::parse(root)?;
+            if root.contains(out) || out.contains(&root) {
+                return Err(Error::BadInput {
+                    input: format!("{}={}", input.channel, input.uri),
+                    reason: format!(
+                        "--out {} overlaps {}, where this input's objects are; give an --out beside the data lake, not within it",
+                        out.uri(),
+                        root.uri()
+                    ),
+                });
+            }
+        }
     }
     Ok(())
 }

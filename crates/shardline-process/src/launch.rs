@@ -15,8 +15,8 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 
 use crate::Error;
-use crate::identity::host;
 use crate::instance::Tick;
+use shardline_contract::instance::host;
 
 /// The line prefix an instance prints on stdout to report progress to its supervisor.
 pub const PROGRESS_PREFIX: &str = "shardline-progress ";

@@ -22,11 +22,11 @@ use shardline_store::Store;
 use shardline_store::commit::{self, Commit};
 
 use crate::Error;
-use crate::distribute::share;
-use crate::identity::host;
 use crate::instance::{ChannelResult, InstanceResult, Tick, read_result, result_key};
 use crate::job::Job;
-use crate::shards::ShardRecord;
+use shardline_contract::distribute::share;
+use shardline_contract::instance::host;
+use shardline_contract::shards::ShardRecord;
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
     move |e| Error::io(path, e)
@@ -70,8 +70,8 @@ fn job_config(job: &Job, root: &Path, out: &Store, command: &str) -> serde_json:
                     "LocalPath": root.join("processing/input").join(&input.channel),
                     "S3Uri": input.uri,
                     "S3DataDistributionType": match job.settings.distribution {
-                        crate::distribute::Distribution::ShardedByKey => "ShardedByS3Key",
-                        crate::distribute::Distribution::FullyReplicated => "FullyReplicated",
+                        shardline_contract::distribute::Distribution::ShardedByKey => "ShardedByS3Key",
+                        shardline_contract::distribute::Distribution::FullyReplicated => "FullyReplicated",
                     },
                     "S3DataType": if input.uri.ends_with(".manifest") { "ManifestFile" } else { "S3Prefix" },
                     "S3InputMode": "File",
@@ -208,7 +208,7 @@ pub async fn run(
         );
     }
     let hosts: Vec<String> = (0..job.settings.instances)
-        .map(crate::identity::host)
+        .map(shardline_contract::instance::host)
         .collect();
     write_json(
         &root.join("config/resourceconfig.json"),
@@ -362,9 +362,14 @@ pub async fn finalize(
     commit::recover(out).await?;
     let mut tx = Commit::begin(out);
     tx.stage("report.json", Bytes::from(report_bytes)).await?;
+    let (owner_key, owner_record) = shardline_contract::owner::finished(
+        shardline_contract::owner::Stage::Process,
+        job.digest().as_str(),
+    )?;
+    tx.stage(owner_key, Bytes::from(owner_record)).await?;
     tx.stage(
         "lineage.json",
-        Bytes::from(serde_json::to_vec_pretty(&lineage).unwrap_or_default()),
+        Bytes::from(shardline_contract::lineage::encode(&lineage)?),
     )
     .await?;
     tx.publish().await?;

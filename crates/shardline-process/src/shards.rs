@@ -1,21 +1,8 @@
 //! WebDataset shards: plain POSIX tar files whose samples are `<basename>.npy`, `.cls` and
 //! `.json`, bounded in size, named `algo-<i>-<nnnnnn>.tar`, plus the `wids` index that lists them.
 
-use serde::{Deserialize, Serialize};
-use shardline_lineage::{Digest, Hasher};
-
-/// One finished shard, as listed in a channel's index.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ShardRecord {
-    /// The shard's file name, relative to its channel folder.
-    pub url: String,
-    /// Samples in the shard.
-    pub nsamples: u64,
-    /// Size in bytes.
-    pub filesize: u64,
-    /// SHA-256 of the shard.
-    pub sha256: Digest,
-}
+pub use shardline_contract::shards::{Index, ShardRecord};
+use shardline_lineage::Hasher;
 
 /// What [`ShardWriter::add`] produced: the bytes to append to the open shard.
 #[derive(Debug)]
@@ -140,21 +127,10 @@ impl ShardWriter {
     }
 }
 
-/// The `wids` index of one channel: every shard with its sample count, size and checksum.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Index {
-    /// The format marker of wids indexes.
-    #[serde(rename = "__kind__")]
-    pub kind: String,
-    /// The channel.
-    pub name: String,
-    /// Shards in rank order, then shard order.
-    pub shardlist: Vec<ShardRecord>,
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use shardline_lineage::Digest;
 
     /// Runs samples through a writer and collects the shards as files would hold them.
     fn write_all(writer: &mut ShardWriter, samples: &[Vec<u8>]) -> Vec<(ShardRecord, Vec<u8>)> {

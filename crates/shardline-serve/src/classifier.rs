@@ -8,8 +8,9 @@ use std::sync::Arc;
 
 use burn::tensor::{Device, Tensor as BurnTensor, TensorData};
 use serde::Deserialize;
+use shardline_contract::recipe::Recipe;
 use shardline_dataset::Normalise;
-use shardline_process::transform::{self, Recipe, Reject};
+use shardline_preprocess::{self as transform, Reject};
 
 use crate::inference::{Answer, Inference, Reply, Request, Tensor, TensorSpec};
 use crate::{InferenceError, ModelFiles};
@@ -24,6 +25,9 @@ pub struct ClassifierOptions {
     pub max_pixels: u64,
     /// The most images one JSON tensor request may carry.
     pub max_images: usize,
+    /// The Burn device the model threads run on, by name (`cpu`, or `cuda` / `wgpu` in a
+    /// build with that backend); never Burn's own default.
+    pub device: String,
 }
 
 impl Default for ClassifierOptions {
@@ -33,6 +37,7 @@ impl Default for ClassifierOptions {
             // 4096 x 4096: a decoded RGB image of at most 48 MiB per request in flight.
             max_pixels: 4096 * 4096,
             max_images: 256,
+            device: "cpu".into(),
         }
     }
 }
@@ -111,7 +116,8 @@ impl ImageClassifier {
 
     /// Builds the model on the calling thread (the direct, unbatched path).
     pub fn load_model(&self) -> Result<Loaded, String> {
-        let device = Device::default();
+        let device =
+            shardline_train::device::by_name(&self.options.device).map_err(|e| e.to_string())?;
         let model = self.files.build(&device).map_err(|e| e.to_string())?;
         Ok(Loaded { model, device })
     }

@@ -40,9 +40,9 @@ pub enum Error {
     /// A store could not be read or written.
     #[error(transparent)]
     Store(#[from] shardline_store::Error),
-    /// A manifest could not be read.
+    /// A manifest or record could not be read.
     #[error(transparent)]
-    Manifest(#[from] shardline_manifest::Error),
+    Contract(#[from] shardline_contract::Error),
     /// The weights did not fit the model.
     #[error(transparent)]
     Train(#[from] shardline_train::Error),

@@ -2,9 +2,9 @@
 //! `model.tar.gz` (SageMaker's artefact form), on any store.
 
 use std::collections::HashMap;
-use std::io::Read;
 
-use shardline_process::transform::Recipe;
+use shardline_contract::model::{self, Labels};
+use shardline_contract::recipe::Recipe;
 use shardline_store::Store;
 use shardline_train::ModelConfig;
 
@@ -29,19 +29,22 @@ pub struct ModelFiles {
     pub metrics_csv: Option<String>,
 }
 
-/// The files of a model directory, by name.
+/// The files of a model directory that serving reads.
 const FILES: [&str; 6] = [
-    "model.json",
-    "weights.bin",
-    "labels.json",
-    "recipe.json",
-    "lineage.json",
-    "metrics.csv",
+    model::CONFIG,
+    model::WEIGHTS,
+    model::LABELS,
+    model::RECIPE,
+    model::LINEAGE,
+    model::METRICS,
 ];
 
-/// A model in a tarball is read only up to this size per file, so a hostile archive cannot
-/// exhaust memory (the largest models here are a few MiB).
-const MAX_FILE: u64 = 2 << 30;
+/// The serving files of a `model.tar.gz`.
+fn unpack(bytes: &[u8]) -> Result<HashMap<String, Vec<u8>>, shardline_contract::Error> {
+    Ok(model::unpack(bytes, &|name| FILES.contains(&name))?
+        .into_iter()
+        .collect())
+}
 
 impl ModelFiles {
     /// Reads a model from `url`: a directory written by `shardline train` (local or on any
@@ -101,10 +104,8 @@ impl ModelFiles {
             .validate()
             .map_err(|e| bad(format!("model.json: {e}")))?;
         let weights = take("weights.bin")?;
-        let labels: serde_json::Value = serde_json::from_slice(&take("labels.json")?)
-            .map_err(|e| bad(format!("labels.json is not valid JSON ({e})")))?;
-        let classes: Vec<String> = serde_json::from_value(labels["classes"].clone())
-            .map_err(|_| bad("labels.json has no \"classes\" list of names".into()))?;
+        let Labels { classes } = serde_json::from_slice(&take("labels.json")?)
+            .map_err(|e| bad(format!("labels.json is not {{\"classes\": [names]}} ({e})")))?;
         let recipe: Recipe = serde_json::from_slice(&take("recipe.json")?)
             .map_err(|e| bad(format!("recipe.json is not valid ({e})")))?;
         if classes.len() != config.classes {
@@ -151,28 +152,4 @@ impl ModelFiles {
             &self.weights,
         )?)
     }
-}
-
-/// The model files at the root of a gzipped tar.
-fn unpack(bytes: &[u8]) -> std::io::Result<HashMap<String, Vec<u8>>> {
-    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(bytes));
-    let mut files = HashMap::new();
-    for entry in archive.entries()? {
-        let entry = entry?;
-        if !entry.header().entry_type().is_file() {
-            continue;
-        }
-        let path = entry
-            .path()?
-            .to_string_lossy()
-            .trim_start_matches("./")
-            .to_string();
-        if !FILES.contains(&path.as_str()) {
-            continue;
-        }
-        let mut data = Vec::new();
-        entry.take(MAX_FILE).read_to_end(&mut data)?;
-        files.insert(path, data);
-    }
-    Ok(files)
 }

@@ -10,7 +10,7 @@
 
 pub mod commit;
 mod error;
-pub mod garage;
+
 mod local;
 mod location;
 

@@ -3,7 +3,7 @@
 
 mod conformance;
 
-use shardline_store::garage::LocalGarage;
+use shardline_testkit::garage::LocalGarage;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_store_conforms() {

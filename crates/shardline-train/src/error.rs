@@ -23,6 +23,9 @@ pub enum Error {
     /// Saved weights do not fit the model.
     #[error("train: the weights do not fit the model: {0}")]
     Weights(String),
+    /// A setting is invalid (named by its library name; the CLI says which flag).
+    #[error("train: {0}")]
+    Setting(String),
     /// The model config is invalid.
     #[error("train: model config: {0}")]
     Config(String),

@@ -11,8 +11,8 @@ use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 use shardline_comm::Communicator;
+use shardline_contract::shards::ShardRecord;
 use shardline_dataset::{Batch, Normalise, Prefetcher, plan_epoch};
-use shardline_process::shards::ShardRecord;
 use shardline_store::Store;
 
 use crate::Error;
@@ -29,9 +29,9 @@ pub enum LrScaling {
     None,
 }
 
-/// The training settings.
+/// The training loop's settings: the schedule every rank follows.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct TrainConfig {
+pub struct Schedule {
     /// Passes over the training data.
     pub epochs: usize,
     /// Samples per worker and step.
@@ -235,7 +235,7 @@ pub fn train(
     comm: &mut dyn Communicator,
     model_config: &ModelConfig,
     data: &Data,
-    config: &TrainConfig,
+    config: &Schedule,
     device: &Device,
     resume: Option<&Resume>,
     hooks: Hooks<'_>,

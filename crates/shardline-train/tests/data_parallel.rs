@@ -39,7 +39,9 @@ fn run(
             let config = config.clone();
             let initial = initial.clone();
             std::thread::spawn(move || {
-                let device = Device::default().autodiff();
+                let device = shardline_train::device::by_name("cpu")
+                    .expect("cpu")
+                    .autodiff();
                 let mut model: Model =
                     load_parameters(config.init(&device), initial).expect("load");
                 let mut optimizer = optimizer();
@@ -68,7 +70,7 @@ fn check(optimizer: fn() -> ModuleOptimizer) {
         widths: vec![4, 8],
         ..ModelConfig::cnn([3, 8, 8], 3)
     };
-    let initial = parameters(&config.init(&Device::default()));
+    let initial = parameters(&config.init(&shardline_train::device::by_name("cpu").expect("cpu")));
     let one = run(1, initial.clone(), 3, optimizer);
     let two = run(2, initial.clone(), 3, optimizer);
     // The two workers agree with each other exactly, and with the single worker within float error.

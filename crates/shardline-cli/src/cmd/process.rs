@@ -19,12 +19,13 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use indicatif::ProgressBar;
-use shardline_process::distribute::Distribution;
+use shardline_contract::distribute::Distribution;
+use shardline_contract::owner::{self, Stage};
+use shardline_preprocess::{Augment, Filter, Mode, Recipe};
 use shardline_process::identity::{self, Identity};
 use shardline_process::instance::{self, Tick};
 use shardline_process::job::{self, Job, Settings, parse_input_flag};
 use shardline_process::launch::{self, Event, LocalProcesses, PROGRESS_PREFIX};
-use shardline_process::transform::{Augment, Filter, Mode, Recipe};
 use shardline_process::{finalize, script};
 use shardline_store::Store;
 
@@ -322,6 +323,12 @@ pub async fn run(args: Args, ui: &Ui) -> Result<()> {
     let out = Store::open(&args.out).with_context(|| format!("process: --out {}", args.out))?;
     job::check_out(&inputs, out.location())?;
     let job = job::load(&inputs, settings).await?;
+    job::check_out_roots(&job, out.location())?;
+    // The launcher (or every instance of an external launcher) claims --out; a supervised
+    // instance works under its launcher's claim.
+    if std::env::var_os("SHARDLINE_SUPERVISED").is_none() {
+        owner::claim(&out, Stage::Process, job.digest().as_str(), args.force).await?;
+    }
     match identity {
         Some(id) if std::env::var_os("SHARDLINE_SUPERVISED").is_some() => {
             supervised_instance(&job, &args, &id, &out).await

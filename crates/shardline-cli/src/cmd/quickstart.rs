@@ -106,23 +106,18 @@ pub async fn run(args: Args, ui: &Ui) -> Result<()> {
         "[4/4] train: 2 data-parallel workers train the default CNN into {}",
         model.display()
     ));
-    let train_args = train::Args {
-        data: Some(utf8(&processed)?),
+    let train = shardline_train::TrainConfig {
+        data: utf8(&processed)?,
         out: utf8(&model)?,
-        workers: 2,
-        epochs: 30,
-        batch: 16,
-        lr: 2e-3,
-        lr_scaling: train::ScalingArg::Linear,
-        model: train::ModelArg::Cnn,
-        model_config: None,
-        seed: 0,
-        bucket_mib: 4,
-        resume: false,
-        device: "cpu".into(),
-        script: Default::default(),
+        schedule: shardline_train::Schedule {
+            epochs: 30,
+            batch: 16,
+            lr: 2e-3,
+            ..shardline_train::TrainConfig::default().schedule
+        },
+        ..shardline_train::TrainConfig::default()
     };
-    let accuracy = train::run(train_args, ui).await?;
+    let accuracy = train::run_config(&train, ui).await?;
 
     ui.say("");
     ui.say("quickstart done. Outputs:");

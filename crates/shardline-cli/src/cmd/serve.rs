@@ -50,6 +50,9 @@ pub struct Args {
     /// The largest request body, in bytes (SageMaker's limit is 6 MB); larger ones get 413.
     #[arg(long, default_value_t = 6 * 1024 * 1024)]
     pub body_limit: usize,
+    /// The device of the model threads: cpu, or cuda / wgpu in a build with that feature.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
     /// The model's name in the KServe v2 paths (default: the registered name, else "model").
     #[arg(long)]
     pub name: Option<String>,
@@ -119,7 +122,19 @@ pub async fn run(args: Args, ui: &Ui) -> Result<()> {
         },
     };
     let name = config.name.clone();
-    let handler = ImageClassifier::new(files, ClassifierOptions::default());
+    shardline_train::device::by_name(&args.device).map_err(|e| {
+        anyhow::anyhow!(
+            "serve: {}",
+            e.to_string().replace("train: device", "--device")
+        )
+    })?;
+    let handler = ImageClassifier::new(
+        files,
+        ClassifierOptions {
+            device: args.device.clone(),
+            ..ClassifierOptions::default()
+        },
+    );
     let classes = handler.classes().len();
     let server = Server::start(handler, config)?;
     let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))

@@ -135,7 +135,7 @@ fn pack(dir: &Path) -> Result<Option<Vec<u8>>> {
             std::fs::read(path).with_context(|| format!("train: reading {}", path.display()))?;
         contents.push((name, bytes));
     }
-    super::train::tarball(&contents).map(Some)
+    Ok(Some(shardline_contract::model::pack(&contents)?))
 }
 
 /// Downloads every object of a channel below `dir`; returns each file's record by key.

@@ -13,8 +13,9 @@ use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use serde_json::json;
+use shardline_contract::distribute::{Distribution, share};
+use shardline_contract::owner::{self, Stage};
 use shardline_lineage::{Digest, FileRecord, PRODUCER};
-use shardline_process::distribute::{Distribution, share};
 use shardline_serve::{Answer, ClassifierOptions, ImageClassifier, Inference, ModelFiles, Request};
 use shardline_store::Store;
 
@@ -151,7 +152,30 @@ pub async fn run(args: Args, ui: &Ui) -> Result<()> {
         .with_context(|| format!("transform: the manifest's prefix {}", manifest.prefix))?;
     let out = Store::open(&args.out).with_context(|| format!("transform: --out {}", args.out))?;
     let handler = ImageClassifier::new(files, ClassifierOptions::default());
-    let identity = json!({"model": model_digest, "manifest": manifest_digest, "k": args.k});
+    // The job: everything that changes the outputs. Another model, manifest, k or instance count
+    // is another job (its instances' shares differ), which replaces this one only with --force.
+    let identity = json!({
+        "model": model_digest,
+        "manifest": manifest_digest,
+        "k": args.k,
+        "instances": args.instances,
+    });
+    let job = Digest::of(identity.to_string().as_bytes()).to_string();
+    for (what, input) in [
+        ("the model", &url),
+        ("the manifest's objects", &manifest.prefix),
+    ] {
+        let input = shardline_store::Location::parse(input)?;
+        if input.contains(out.location()) || out.location().contains(&input) {
+            bail!(
+                "transform: --out {} overlaps {what} at {}; give an --out of its own",
+                out.uri(),
+                input.uri()
+            );
+        }
+    }
+    let claim = owner::claim(&out, Stage::Transform, &job, args.force).await?;
+    let force = args.force || matches!(claim, owner::Claim::Replacing { .. });
 
     let started = Instant::now();
     // Which instances have work: those without a finished output for this model and manifest.
@@ -169,7 +193,7 @@ pub async fn run(args: Args, ui: &Ui) -> Result<()> {
             .iter()
             .map(|&p| manifest.keys[p].clone())
             .collect();
-        if !args.force
+        if !force
             && let Some(done) = out
                 .get_opt(&format!(".shardline/transform/{host}.json"))
                 .await?
@@ -252,6 +276,7 @@ pub async fn run(args: Args, ui: &Ui) -> Result<()> {
     let summary = json!({
         "producer": PRODUCER,
         "step": "transform",
+        "job": job,
         "model": url,
         "manifest": args.manifest,
         "identity": identity,
@@ -261,9 +286,21 @@ pub async fn run(args: Args, ui: &Ui) -> Result<()> {
         "instances": instances,
         "seconds": started.elapsed().as_secs_f64(),
     });
+    // What an earlier job with more instances left goes, then the owner record, summary last.
+    for rank in args.instances.. {
+        let host = shardline_contract::instance::host(rank);
+        let record = format!(".shardline/transform/{host}.json");
+        if !out.exists(&record).await? {
+            break;
+        }
+        out.delete(&format!("predictions/{host}.jsonl")).await?;
+        out.delete(&record).await?;
+    }
+    let (owner_key, owner_record) = owner::finished(Stage::Transform, &job)?;
+    out.put(owner_key, Bytes::from(owner_record)).await?;
     out.put(
         "summary.json",
-        Bytes::from(serde_json::to_vec_pretty(&summary)?),
+        Bytes::from(shardline_contract::lineage::encode(&summary)?),
     )
     .await?;
     ui.say(format!(

@@ -63,13 +63,18 @@ impl TestDir {
     }
 
     pub fn run(&self, args: &[&str]) -> Run {
-        let output = Command::new(env!("CARGO_BIN_EXE_shardline"))
+        self.run_program(env!("CARGO_BIN_EXE_shardline"), args)
+    }
+
+    /// Runs `program` (a binary of this package) in the directory.
+    pub fn run_program(&self, program: &str, args: &[&str]) -> Run {
+        let output = Command::new(program)
             .args(args)
             .current_dir(self.dir.path())
             .env_remove("AWS_ENDPOINT_URL")
             .envs(self.env.iter().map(|(k, v)| (*k, v.as_str())))
             .output()
-            .expect("run shardline");
+            .unwrap_or_else(|e| panic!("run {program}: {e}"));
         Run { output }
     }
 

@@ -1,4 +1,4 @@
-//! `shardline bench serve`: the endpoint under `wrk` with single 32x32 PNG requests at 1, 16
+//! `shardline-bench serve`: the endpoint under `wrk` with single 32x32 PNG requests at 1, 16
 //! and 64 concurrent connections, with and without dynamic batching; requests/s, p50, p99 and
 //! errors in a table. Server and load tool share the machine, as the target says.
 
@@ -8,9 +8,9 @@ use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result, bail};
 
-use crate::progress::Ui;
+use crate::Ui;
 
-/// Flags of `shardline bench serve`.
+/// Flags of `shardline-bench serve`.
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
     /// Seconds of load per row (the target is stated for 60).
@@ -191,7 +191,7 @@ pub async fn run(args: ServeArgs, ui: &Ui) -> Result<()> {
     }
     std::fs::create_dir_all(&args.dir)?;
     let dir = args.dir.canonicalize()?.join("serve");
-    let exe = std::env::current_exe()?;
+    let exe = crate::shardline_exe()?;
     let image = prepare(&exe, &dir, ui)?;
     let script = dir.join("post.lua");
     std::fs::write(
@@ -205,7 +205,7 @@ pub async fn run(args: ServeArgs, ui: &Ui) -> Result<()> {
     let mut text = format!(
         "serve: POST /invocations, one {bytes}-byte 32x32 PNG per request, wrk (1 thread) and the server on the same {} cores, {}; {} s per row\n\n",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
-        super::bench::cpu_model(),
+        crate::stages::cpu_model(),
         args.duration
     );
     text.push_str("| server | connections | requests/s | p50 ms | p99 ms | errors | requests |\n");
@@ -251,7 +251,7 @@ pub async fn run(args: ServeArgs, ui: &Ui) -> Result<()> {
         let _ = child.kill();
         let _ = child.wait();
     }
-    crate::progress::out(&text);
+    crate::out(&text);
     std::fs::write(args.dir.join("serve-bench.md"), &text)?;
     Ok(())
 }

@@ -22,7 +22,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 
 use mozjpeg_sys::{J_COLOR_SPACE, jpeg_common_struct, jpeg_error_mgr};
 
-use crate::transform::Reject;
+use crate::Reject;
 
 /// A decoded image: its pixels went into the caller's buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -194,7 +194,7 @@ root_domain = ".s3.garage.localhost"
     }
 
     /// The environment variables an S3 client needs to reach this server, in the standard AWS
-    /// names that [`crate::Store::open`] reads.
+    /// names that `shardline_store::Store::open` reads.
     pub fn env(&self) -> Vec<(&'static str, String)> {
         vec![
             ("AWS_ENDPOINT_URL", self.endpoint.clone()),

@@ -1,4 +1,4 @@
-//! `shardline bench`: each stage measured against the way it is usually written in Python, in
+//! `shardline-bench`: each stage measured against the way it is usually written in Python, in
 //! the same run, on the same data. Wall time and peak memory of each side come from the kernel's
 //! accounting of the child process (wait4), so both are measured the same way.
 
@@ -10,11 +10,11 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use futures::stream::{StreamExt, TryStreamExt};
-use shardline_process::transform::{Mode, Recipe, Scratch, decode_only};
+use shardline_preprocess::{Mode, Recipe, Scratch, decode_only};
 use shardline_store::Store;
-use shardline_store::garage::LocalGarage;
+use shardline_testkit::garage::LocalGarage;
 
-use crate::progress::Ui;
+use crate::Ui;
 
 /// The benchmarks.
 #[derive(Debug, clap::Subcommand)]
@@ -30,10 +30,10 @@ pub enum Command {
     Train(TrainArgs),
     /// The endpoint under wrk: single 32x32 PNG requests at 1, 16 and 64 connections, with and
     /// without dynamic batching; requests/s, p50, p99 and errors.
-    Serve(super::bench_serve::ServeArgs),
+    Serve(crate::serve::ServeArgs),
 }
 
-/// Flags of `shardline bench manifest`.
+/// Flags of `shardline-bench manifest`.
 #[derive(Debug, clap::Args)]
 pub struct ManifestArgs {
     /// Objects in the local tree.
@@ -309,7 +309,7 @@ async fn manifest(args: ManifestArgs, ui: &Ui) -> Result<()> {
     let dir = args.dir.canonicalize()?;
     let mut runner = Runner {
         args: &args,
-        exe: std::env::current_exe()?,
+        exe: crate::shardline_exe()?,
         dir: dir.clone(),
         env: Vec::new(),
     };
@@ -338,12 +338,12 @@ async fn manifest(args: ManifestArgs, ui: &Ui) -> Result<()> {
         }
     }
     let text = table(&cases);
-    crate::progress::out(&text);
+    crate::out(&text);
     std::fs::write(dir.join("manifest-bench.md"), &text)?;
     Ok(())
 }
 
-/// Flags of `shardline bench process`.
+/// Flags of `shardline-bench process`.
 #[derive(Debug, clap::Args)]
 pub struct ProcessArgs {
     /// JPEG images to generate and process (500x375, 4 classes).
@@ -415,7 +415,7 @@ async fn process(args: ProcessArgs, ui: &Ui) -> Result<()> {
     if source.is_some() {
         let _ = std::fs::remove_file(&marker);
     }
-    let exe = std::env::current_exe()?;
+    let exe = crate::shardline_exe()?;
     let quiet_run = |args: &[&str], log: &str| -> Result<Sample> {
         let mut command = std::process::Command::new(&exe);
         command.arg("--quiet").args(args);
@@ -620,14 +620,14 @@ async fn process(args: ProcessArgs, ui: &Ui) -> Result<()> {
     if !pin {
         text.push_str("(taskset was not found: the runs were not pinned to their cores)\n");
     }
-    crate::progress::out(&text);
+    crate::out(&text);
     std::fs::write(args.dir.join("process-bench.md"), &text)?;
     Ok(())
 }
 
 /// The local files a manifest of a directory lists.
 fn manifest_files(manifest: &Path) -> Result<Vec<PathBuf>> {
-    let parsed = shardline_manifest::sagemaker::parse_manifest(
+    let parsed = shardline_contract::sagemaker::parse_manifest(
         &manifest.display().to_string(),
         &std::fs::read(manifest)?,
     )?;
@@ -654,7 +654,7 @@ fn decode_floor(paths: &[PathBuf], size: u32) -> Result<f64> {
     Ok(started.elapsed().as_secs_f64())
 }
 
-/// Flags of `shardline bench train`.
+/// Flags of `shardline-bench train`.
 #[derive(Debug, clap::Args)]
 pub struct TrainArgs {
     /// Images per class of the shapes dataset (4 classes).
@@ -776,7 +776,7 @@ async fn train(args: TrainArgs, ui: &Ui) -> Result<()> {
         .dir
         .canonicalize()?
         .join(format!("train-{}x{}", args.per_class, args.size));
-    let exe = std::env::current_exe()?;
+    let exe = crate::shardline_exe()?;
     let processed = dir.join("processed");
     let marker = dir.join("COMPLETE");
     let quiet = |args: &[String], log: &str, env: &[(&str, &str)]| -> Result<Sample> {
@@ -1159,7 +1159,7 @@ async fn train(args: TrainArgs, ui: &Ui) -> Result<()> {
             ));
         }
     }
-    crate::progress::out(&text);
+    crate::out(&text);
     std::fs::write(args.dir.join("train-bench.md"), &text)?;
     Ok(())
 }
@@ -1188,6 +1188,6 @@ pub async fn run(command: Command, ui: &Ui) -> Result<()> {
         Command::Manifest(args) => manifest(args, ui).await,
         Command::Process(args) => process(args, ui).await,
         Command::Train(args) => train(args, ui).await,
-        Command::Serve(args) => super::bench_serve::run(args, ui).await,
+        Command::Serve(args) => crate::serve::run(args, ui).await,
     }
 }

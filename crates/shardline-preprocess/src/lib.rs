@@ -1,4 +1,5 @@
-//! The built-in image processor: bounded decode, colour mode, deterministic augmentation and
+//! Shardline's image preprocessing (the built-in processor of the process step, and the endpoint's
+//! input path): bounded decode, colour mode, deterministic augmentation and
 //! resize to a uint8 tensor. The [`Recipe`] that describes it is written beside the shards and
 //! travels into the model, so training and serving preprocess exactly alike.
 
@@ -7,108 +8,9 @@ use std::io::Cursor;
 use fast_image_resize::images::{Image, ImageRef};
 use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
 use image::{ImageReader, Limits};
-use serde::{Deserialize, Serialize};
+pub use shardline_contract::recipe::{Augment, Filter, Mode, Recipe};
 
-/// Colour mode of the tensors.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    /// One channel, luma.
-    Gray,
-    /// Three channels, red green blue.
-    Rgb,
-}
-
-impl Mode {
-    /// Channels per pixel.
-    pub fn channels(self) -> usize {
-        match self {
-            Mode::Gray => 1,
-            Mode::Rgb => 3,
-        }
-    }
-}
-
-/// The resize filter.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Filter {
-    /// Nearest neighbour.
-    Nearest,
-    /// Bilinear (the default).
-    Bilinear,
-    /// Lanczos, 3 lobes.
-    Lanczos3,
-}
-
-/// A deterministic augmentation, seeded by the object's key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Augment {
-    /// Mirror left-right with probability 1/2.
-    Flip,
-    /// Crop a random window of 80–100% of each side before resizing.
-    Crop,
-}
-
-/// Everything that decides how an object becomes a tensor, plus the normalisation that training
-/// and serving apply to it: `x = (value - mean[c]) / std[c]` per channel, on values in 0..=255.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Recipe {
-    /// Output width in pixels.
-    pub width: u32,
-    /// Output height in pixels.
-    pub height: u32,
-    /// Colour mode.
-    pub mode: Mode,
-    /// Resize filter.
-    pub filter: Filter,
-    /// Augmentations, applied in order.
-    pub augment: Vec<Augment>,
-    /// Tensor layout: height, width, channels.
-    pub layout: String,
-    /// Element type.
-    pub dtype: String,
-    /// Per-channel mean of the training tensors (filled in when processing ends).
-    pub mean: Vec<f64>,
-    /// Per-channel standard deviation of the training tensors.
-    pub std: Vec<f64>,
-    /// Largest accepted image, in pixels, checked from the header before decoding.
-    pub max_pixels: u64,
-    /// JPEGs at least twice the size the resize needs are decoded at 1/2, 1/4 or 1/8 scale in the
-    /// DCT domain before resizing (as Pillow's `draft()` does). Recipes written before this field
-    /// existed read as `false`: their models keep decoding at full size.
-    #[serde(default)]
-    pub jpeg_scaling: bool,
-}
-
-impl Recipe {
-    /// A recipe with the given geometry and defaults for the rest.
-    pub fn new(width: u32, height: u32, mode: Mode) -> Recipe {
-        Recipe {
-            width,
-            height,
-            mode,
-            filter: Filter::Bilinear,
-            augment: Vec::new(),
-            layout: "HWC".into(),
-            dtype: "uint8".into(),
-            mean: vec![127.5; mode.channels()],
-            std: vec![127.5; mode.channels()],
-            max_pixels: 64 * 1024 * 1024,
-            jpeg_scaling: true,
-        }
-    }
-
-    /// The tensor shape, `[height, width, channels]`.
-    pub fn shape(&self) -> [usize; 3] {
-        [
-            self.height as usize,
-            self.width as usize,
-            self.mode.channels(),
-        ]
-    }
-}
+mod jpeg;
 
 /// Why one object could not be turned into a tensor. It is quarantined, not fatal.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -313,26 +215,7 @@ pub fn channel_sums(tensor: &[u8], channels: usize) -> ([u64; 4], [u64; 4]) {
     (sum, sum_sq)
 }
 
-/// Encodes a uint8 tensor as a NumPy `.npy` file (format version 1.0).
-pub fn npy(tensor: &[u8], shape: &[usize]) -> Vec<u8> {
-    let dims: Vec<String> = shape.iter().map(usize::to_string).collect();
-    let shape_text = if dims.len() == 1 {
-        format!("({},)", dims[0])
-    } else {
-        format!("({})", dims.join(", "))
-    };
-    let mut header = format!("{{'descr': '|u1', 'fortran_order': False, 'shape': {shape_text}, }}");
-    // Magic (6) + version (2) + length (2) + header + newline, padded to a multiple of 64.
-    let unpadded = 10 + header.len() + 1;
-    header.push_str(&" ".repeat((64 - unpadded % 64) % 64));
-    header.push('\n');
-    let mut out = Vec::with_capacity(10 + header.len() + tensor.len());
-    out.extend_from_slice(b"\x93NUMPY\x01\x00");
-    out.extend_from_slice(&(header.len() as u16).to_le_bytes());
-    out.extend_from_slice(header.as_bytes());
-    out.extend_from_slice(tensor);
-    out
-}
+pub use shardline_contract::shards::npy;
 
 #[cfg(test)]
 mod tests {
