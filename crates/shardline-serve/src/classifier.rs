@@ -16,7 +16,7 @@ use crate::inference::{Answer, Inference, Reply, Request, Tensor, TensorSpec};
 use crate::{InferenceError, ModelFiles};
 
 /// Settings of the built-in classifier.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClassifierOptions {
     /// Labels in an answer when the request gives no `k`.
     pub default_k: usize,
