@@ -146,8 +146,8 @@ pub async fn holder(out: &Store) -> Result<Option<Owner>, Error> {
 }
 
 /// Refuses `out` for `stage` when another stage owns it, or when another finished job of this
-/// stage does and `force` is off; otherwise says what is there. A fresh location is marked as
-/// this job's (unfinished) at once, so that another stage cannot start writing there meanwhile.
+/// stage does and `force` is off; otherwise says what is there. It writes nothing, so a refused
+/// or failed run leaves the location as it was; the owner record comes with the job's commit.
 pub async fn claim(out: &Store, stage: Stage, job: &str, force: bool) -> Result<Claim, Error> {
     let refuse = |reason: String| Error::Refused {
         stage: stage.name(),
@@ -155,8 +155,6 @@ pub async fn claim(out: &Store, stage: Stage, job: &str, force: bool) -> Result<
         reason,
     };
     let Some(found) = holder(out).await? else {
-        out.put(KEY, bytes::Bytes::from(record(stage, job, false)?))
-            .await?;
         return Ok(Claim::Fresh);
     };
     if found.stage != stage {
