@@ -183,7 +183,10 @@ struct Bars<'a> {
 
 impl shardline_train::Progress for Bars<'_> {
     fn message(&self, line: &str) {
-        self.bar.suspend(|| self.ui.say(line));
+        // Not `ui.say`: it suspends the same bars, and suspending twice deadlocks.
+        if !self.ui.is_quiet() {
+            self.bar.suspend(|| crate::progress::out(line));
+        }
     }
     fn step(&self, epoch: usize, epochs: usize, step: usize, steps: usize) {
         if step == 1 {
