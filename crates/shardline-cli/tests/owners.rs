@@ -7,19 +7,12 @@ mod common;
 use common::{TestDir, json_file as json};
 
 fn train(t: &TestDir, data: &str, out: &str, extra: &[&str]) -> common::Run {
-    let mut args = vec![
-        "train",
-        "--data",
-        data,
-        "--out",
-        out,
-        "--workers",
-        "1",
-        "--epochs",
-        "1",
-        "--batch",
-        "8",
-    ];
+    let mut args = vec!["train", "--data", data, "--out", out, "--workers", "1"];
+    for (flag, value) in [("--epochs", "1"), ("--batch", "8")] {
+        if !extra.contains(&flag) {
+            args.extend([flag, value]);
+        }
+    }
     args.extend_from_slice(extra);
     t.run(&args)
 }
