@@ -1205,7 +1205,7 @@ fn a_new_job_in_the_same_out_leaves_none_of_the_old_outputs() {
         ]
     );
     // The same data with two instances: algo-3's shards, log and result go.
-    t.process(&["--out", "p", "--instances", "2", "--size", "8"])
+    t.process(&["--out", "p", "--instances", "2", "--size", "8", "--force"])
         .ok();
     for channel in ["train", "validation", "test"] {
         assert_eq!(
@@ -1231,6 +1231,8 @@ fn a_new_job_in_the_same_out_leaves_none_of_the_old_outputs() {
             instances,
             "--script",
             &script(name),
+            // Another job in the same --out replaces the finished one only when told.
+            "--force",
         ])
         .ok();
     }

@@ -224,6 +224,12 @@ mod tests {
                 .expect("fresh"),
             Claim::Fresh
         );
+        out.put(
+            KEY,
+            record(Stage::Process, "a", false).expect("record").into(),
+        )
+        .await
+        .expect("mark");
         // Unfinished: the same job resumes; another stage is refused.
         assert_eq!(
             claim(&out, Stage::Process, "a", false).await.expect("same"),

@@ -213,7 +213,7 @@ struct Job<'a> {
 async fn read<T: serde::de::DeserializeOwned>(store: &Store, key: &str) -> Result<T, Error> {
     let not_processed = |reason: String| {
         Error::Data(format!(
-            "data {}: {reason}; give the output of `shardline process`",
+            "data {}: {reason}; it must be the output of `shardline process`",
             store.uri()
         ))
     };
@@ -312,9 +312,10 @@ pub async fn run(config: &TrainConfig, progress: &dyn Progress) -> Result<TrainR
         Ranks::InProcess { workers } => (false, Some(workers), true),
         Ranks::Mpi { rank, size } => (true, size, rank == 0),
     };
+    // What a resumed run must share with its checkpoint (the learning rate may change: lowering
+    // it after a divergence is what resume is for; the run says so).
     let schedule_value = serde_json::json!({
         "batch": config.schedule.batch,
-        "lr": config.schedule.lr,
         "lr_scaling": config.schedule.lr_scaling,
         "seed": config.schedule.seed,
         "bucket_bytes": config.schedule.bucket_bytes,
@@ -325,6 +326,7 @@ pub async fn run(config: &TrainConfig, progress: &dyn Progress) -> Result<TrainR
             "data_lineage": Digest::of(&lineage_bytes),
             "model": model_config,
             "schedule": schedule_value,
+            "lr": config.schedule.lr,
             "epochs": config.schedule.epochs,
             "world": world,
         }))
@@ -523,7 +525,7 @@ async fn load_checkpoint(
     let at = out.uri_of("checkpoint/");
     let bytes = out.get("checkpoint/state.json").await.map_err(|e| {
         Error::Data(format!(
-            "resume needs a checkpoint in {at} ({e}); train without resume to start over"
+            "--resume needs a checkpoint in {at} ({e}); train without --resume to start over"
         ))
     })?;
     let state: CheckpointState = serde_json::from_slice(&bytes)
@@ -563,7 +565,7 @@ async fn load_checkpoint(
     // Older checkpoints did not record the schedule or the world size: those are kept as given.
     if found.schedule.is_some() && found.schedule != wanted.schedule {
         return refuse(format!(
-            "was written with another batch size, learning rate, seed or fusion bucket ({} vs {})",
+            "was written with another batch size, seed or fusion bucket ({} vs {})",
             show(&found.schedule),
             show(&wanted.schedule)
         ));
