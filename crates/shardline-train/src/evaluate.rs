@@ -64,7 +64,8 @@ pub struct EvaluateReport {
     pub confusion_matrix: Vec<Vec<u64>>,
 }
 
-async fn read<T: serde::de::DeserializeOwned>(
+/// Reads and parses a JSON file; `what` starts the error message and says what it should be.
+pub(crate) async fn read<T: serde::de::DeserializeOwned>(
     store: &Store,
     key: &str,
     what: &str,

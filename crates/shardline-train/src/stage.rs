@@ -20,6 +20,7 @@ use shardline_lineage::{Digest, FileRecord, PRODUCER};
 use shardline_store::Store;
 use shardline_store::commit::{self, Commit};
 
+use crate::evaluate::read;
 use crate::report::{metrics_csv, plot};
 use crate::train::test_accuracy;
 use crate::{Channel, Data, EpochMetrics, Error, LrScaling, Model, ModelConfig, Resume, Schedule};
@@ -210,26 +211,15 @@ struct Job<'a> {
     progress: &'a dyn Progress,
 }
 
-async fn read<T: serde::de::DeserializeOwned>(store: &Store, key: &str) -> Result<T, Error> {
-    let not_processed = |reason: String| {
-        Error::Data(format!(
-            "data {}: {reason}; it must be the output of `shardline process`",
-            store.uri()
-        ))
-    };
-    let bytes = store
-        .get(key)
-        .await
-        .map_err(|e| not_processed(format!("cannot read {key} ({e})")))?;
-    serde_json::from_slice(&bytes).map_err(|e| not_processed(format!("{key} is not valid ({e})")))
-}
+/// What a read of the processed data says when it fails.
+const NOT_PROCESSED: &str = "the data must be the output of `shardline process`";
 
 async fn channel(data: &Store, name: &str) -> Result<Option<Channel>, Error> {
     let key = index_key(name);
     if !data.exists(&key).await.map_err(store_error)? {
         return Ok(None);
     }
-    let index: Index = read(data, &key).await?;
+    let index: Index = read(data, &key, NOT_PROCESSED).await?;
     Ok(Some(Channel {
         store: data.child(name),
         shards: index.shardlist,
@@ -281,7 +271,7 @@ pub async fn run(config: &TrainConfig, progress: &dyn Progress) -> Result<TrainR
         )));
     }
     commit::recover(&data).await.map_err(store_error)?;
-    let recipe: Recipe = read(&data, "recipe.json").await?;
+    let recipe: Recipe = read(&data, "recipe.json", NOT_PROCESSED).await?;
     let lineage_bytes = data.get("lineage.json").await.map_err(|e| {
         Error::Data(format!(
             "data {}: no finished processing job ({e}); give the output of `shardline process`",
@@ -449,7 +439,6 @@ async fn write_model(
     trained: &crate::Trained,
     accuracy: Option<f64>,
 ) -> Result<(), Error> {
-    let json = |v: &dyn erased::Json| v.encode();
     let mut files: Vec<(&str, Vec<u8>)> = vec![
         (files::CONFIG, json(model_config)?),
         (files::WEIGHTS, crate::weights::encode(&trained.model)),
@@ -502,19 +491,14 @@ async fn write_model(
     Ok(())
 }
 
-/// JSON encoding that returns an error instead of an empty file.
-mod erased {
-    use crate::Error;
+/// Pretty JSON, or an error (never an empty file).
+fn json<T: Serialize>(value: &T) -> Result<Vec<u8>, Error> {
+    serde_json::to_vec_pretty(value).map_err(|e| Error::Data(format!("encoding JSON: {e}")))
+}
 
-    pub trait Json {
-        fn encode(&self) -> Result<Vec<u8>, Error>;
-    }
-
-    impl<T: serde::Serialize> Json for T {
-        fn encode(&self) -> Result<Vec<u8>, Error> {
-            serde_json::to_vec_pretty(self).map_err(|e| Error::Data(format!("encoding JSON: {e}")))
-        }
-    }
+/// Compact JSON for a message.
+fn show<T: Serialize>(value: &T) -> String {
+    serde_json::to_string(value).unwrap_or_else(|e| format!("<{e}>"))
 }
 
 async fn load_checkpoint(
@@ -540,7 +524,6 @@ async fn load_checkpoint(
             "the checkpoint in {at} {message}; resume with the same settings, or start a new run with another out"
         )))
     };
-    let show = |v: &dyn erased_show::Show| v.show();
     if found.model != wanted.model {
         return refuse(format!(
             "belongs to another model ({}), not this run's ({})",
@@ -596,17 +579,6 @@ async fn load_checkpoint(
         optimizer,
         metrics: state.metrics,
     })
-}
-
-mod erased_show {
-    pub trait Show {
-        fn show(&self) -> String;
-    }
-    impl<T: serde::Serialize> Show for T {
-        fn show(&self) -> String {
-            serde_json::to_string(self).unwrap_or_else(|e| format!("<{e}>"))
-        }
-    }
 }
 
 /// Writes the checkpoint of an epoch under `checkpoint/`, atomically, the state record last.
