@@ -66,6 +66,10 @@ enum Command {
     /// The model registry: register a trained model as the next version of a name, list, show.
     #[command(subcommand)]
     Model(cmd::model::Command),
+    /// One instance of a `shardline process` job, its job as JSON on stdin (started by the local
+    /// launcher, not by hand).
+    #[command(hide = true)]
+    Instance,
 }
 
 /// Everything logged by this process, kept so that an instance can upload its own log.
@@ -165,6 +169,7 @@ fn main() -> ExitCode {
             Command::Serve(args) => cmd::serve::run(*args, &ui).await,
             Command::Transform(args) => cmd::transform::run(*args, &ui).await,
             Command::Model(command) => cmd::model::run(command, &ui).await,
+            Command::Instance => cmd::process::instance().await,
         }
     });
     match result {

@@ -14,6 +14,14 @@ pub enum Error {
     /// The settings are invalid.
     #[error("process: {0}")]
     BadConfig(String),
+    /// One setting is invalid (the CLI names its flag).
+    #[error("process: {setting}: {reason}")]
+    Setting {
+        /// The setting, as `ProcessConfig` names it.
+        setting: &'static str,
+        /// What is wrong and what to do.
+        reason: String,
+    },
     /// The launcher's identity is inconsistent.
     #[error("process: instance identity: {0}")]
     Identity(String),

@@ -110,7 +110,7 @@ pub fn peak_rss_mib() -> f64 {
 }
 
 /// Progress of one instance.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Tick {
     /// Objects handled so far.
     pub done: u64,

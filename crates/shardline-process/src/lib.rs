@@ -6,6 +6,7 @@
 //! (who am I) and `shardline_preprocess` (bytes to tensor); [`instance`], [`finalize`] and [`launch`] do the I/O.
 //! This crate knows nothing about HTTP or training.
 
+pub mod conformance;
 mod error;
 pub mod finalize;
 pub mod identity;
@@ -14,5 +15,10 @@ pub mod job;
 pub mod launch;
 pub mod script;
 pub mod shards;
+pub mod stage;
+
+pub use stage::{
+    NoProgress, Outcome, ProcessConfig, ProcessReport, Progress, Role, run, run_instance,
+};
 
 pub use error::Error;

@@ -134,12 +134,6 @@ pub async fn run(
     let started = Instant::now();
     let temp;
     let root: PathBuf = match root {
-        // Several local instances on one machine each get their own folder below the root.
-        Some(root)
-            if job.settings.instances > 1 && std::env::var_os("SHARDLINE_SUPERVISED").is_some() =>
-        {
-            root.join(&host)
-        }
         Some(root) => root.to_path_buf(),
         None => {
             temp = tempfile::Builder::new()
@@ -222,13 +216,17 @@ pub async fn run(
 
     let command_line = command.replace("{root}", &root.display().to_string());
     tracing::info!(%host, command = %command_line, root = %root.display(), "running the processing script");
-    let status = tokio::process::Command::new("sh")
+    let mut command = tokio::process::Command::new("sh");
+    // The script dies with its instance (and with it, with the launcher).
+    crate::launch::die_with_this_process(&mut command);
+    let status = command
         .arg("-c")
         .arg(&command_line)
         .current_dir(&root)
         .env("SHARDLINE_HOST", &host)
         .env("SHARDLINE_PROCESSING_ROOT", &root)
         .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
         .status()
         .await
         .map_err(|e| Error::Script {

@@ -67,12 +67,16 @@ impl ShapesArgs {
 
 /// Generates a dataset with a progress bar, returning how many objects were written.
 pub async fn shapes(args: &ShapesArgs, ui: &Ui) -> Result<usize> {
-    let config = args.config();
-    config.validate()?;
     let out = Store::open(&args.out).with_context(|| format!("datagen: --out {}", args.out))?;
+    generate(&out, &args.config(), ui).await
+}
+
+/// Generates the dataset `config` describes into `out`.
+pub async fn generate(out: &Store, config: &ShapesConfig, ui: &Ui) -> Result<usize> {
+    config.validate()?;
     let total = (config.classes * config.per_class) as u64;
     let bar = ui.bar("generating", Some(total), "images");
-    let written = shardline_datagen::generate(&out, &config, &|| bar.inc(1)).await?;
+    let written = shardline_datagen::generate(out, config, &|| bar.inc(1)).await?;
     bar.finish_and_clear();
     ui.say(format!(
         "datagen: {written} images in {} classes written to {}",

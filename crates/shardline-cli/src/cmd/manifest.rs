@@ -98,11 +98,16 @@ pub async fn run(args: Args, ui: &Ui) -> Result<()> {
     let config = config(&args)?;
     let source = open(&args.source, "--source", args.simulate_latency_ms)?;
     let out = open(&args.out, "--out", 0)?;
+    run_config(&source, &out, &config, ui).await
+}
+
+/// Runs the step on resolved settings and prints its summary.
+pub async fn run_config(source: &Store, out: &Store, config: &Config, ui: &Ui) -> Result<()> {
     let started = Instant::now();
     let bars = Bars {
         classes: ui.bar("listing", Some(0), "classes"),
     };
-    let report = shardline_manifest::run(&source, &out, &config, &bars).await?;
+    let report = shardline_manifest::run(source, out, config, &bars).await?;
     bars.classes.finish_and_clear();
     let elapsed = started.elapsed().as_secs_f64();
     let lineage = &report.lineage;

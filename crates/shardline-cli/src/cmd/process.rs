@@ -2,32 +2,24 @@
 //! tensors in WebDataset shards (or run the user's script under the SageMaker Processing
 //! contract).
 //!
-//! The same command line plays three roles:
-//! - with no launcher identity in the environment it is the **local launcher**: it starts N copies
-//!   of itself, supervises and retries them, keeps their logs, and finalises the job;
-//! - started by the local launcher (`SHARDLINE_RANK` and `SHARDLINE_SUPERVISED` set) it is one
-//!   **supervised instance**, reporting progress on stdout;
-//! - started by mpirun, srun, a Kubernetes Indexed Job or SageMaker it is one **instance**; rank 0
-//!   then waits for the others and finalises.
+//! Flags → [`ProcessConfig`] → [`shardline_process::run`] → print. With no launcher identity in
+//! the environment the command is the **local launcher** (instances are `shardline instance`
+//! processes, each given its job as JSON on stdin); started by mpirun, srun, a Kubernetes Indexed
+//! Job or SageMaker it is one **instance** of theirs, and rank 0 finalises.
 
-use std::collections::HashMap;
-use std::io::Write as _;
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use bytes::Bytes;
 use indicatif::ProgressBar;
 use shardline_contract::distribute::Distribution;
-use shardline_contract::owner::{self, Stage};
 use shardline_preprocess::{Augment, Filter, Mode, Recipe};
 use shardline_process::identity::{self, Identity};
-use shardline_process::instance::{self, Tick};
-use shardline_process::job::{self, Job, Settings, parse_input_flag};
-use shardline_process::launch::{self, Event, LocalProcesses, PROGRESS_PREFIX};
-use shardline_process::{finalize, script};
-use shardline_store::Store;
+use shardline_process::instance::Tick;
+use shardline_process::job::{Settings, parse_input_flag};
+use shardline_process::launch::{self, InstanceJob, LocalProcesses};
+use shardline_process::{Outcome, ProcessConfig, Role};
 
 use crate::progress::Ui;
 
@@ -105,59 +97,6 @@ pub struct Args {
     pub wait_timeout: u64,
 }
 
-impl Args {
-    /// The command line that makes an instance of this job: the same flags, spelled out, so
-    /// that the local launcher can start instances whichever command started it (quickstart, say).
-    fn instance_argv(&self) -> Vec<String> {
-        let mut argv = vec!["process".to_string()];
-        for input in &self.inputs {
-            argv.extend(["--input".to_string(), input.clone()]);
-        }
-        fn value(v: &impl clap::ValueEnum) -> String {
-            v.to_possible_value()
-                .map(|p| p.get_name().to_string())
-                .unwrap_or_default()
-        }
-        argv.extend([
-            format!("--out={}", self.out),
-            format!("--distribution={}", self.distribution),
-            format!("--size={}", self.size),
-            format!("--mode={}", value(&self.mode)),
-            format!("--filter={}", value(&self.filter)),
-            format!("--seed={}", self.seed),
-            format!("--shard-size={}", self.shard_size),
-            format!("--max-pixels={}", self.max_pixels),
-            format!("--error-budget={}", self.error_budget),
-            format!("--max-attempts={}", self.max_attempts),
-            format!("--wait-timeout={}", self.wait_timeout),
-        ]);
-        if let Some(n) = self.instances {
-            argv.push(format!("--instances={n}"));
-        }
-        if !self.augment.is_empty() {
-            let list: Vec<String> = self.augment.iter().map(value).collect();
-            argv.push(format!("--augment={}", list.join(",")));
-            argv.push(format!(
-                "--augment-channels={}",
-                self.augment_channels.join(",")
-            ));
-        }
-        if self.force {
-            argv.push("--force".into());
-        }
-        if self.full_decode {
-            argv.push("--full-decode".into());
-        }
-        if let Some(script) = &self.script {
-            argv.push(format!("--script={script}"));
-        }
-        if let Some(root) = &self.root {
-            argv.push(format!("--root={}", root.display()));
-        }
-        argv
-    }
-}
-
 /// Colour modes.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 pub enum ModeArg {
@@ -191,20 +130,16 @@ fn parse_size(text: &str) -> Result<(u32, u32)> {
     let bad = || {
         anyhow::anyhow!("process: --size {text:?} is not WIDTHxHEIGHT (e.g. 224x224) or one number")
     };
-    let (w, h) = match text.split_once(['x', 'X']) {
-        Some((w, h)) => (
+    match text.split_once(['x', 'X']) {
+        Some((w, h)) => Ok((
             w.trim().parse().map_err(|_| bad())?,
             h.trim().parse().map_err(|_| bad())?,
-        ),
+        )),
         None => {
             let n = text.trim().parse().map_err(|_| bad())?;
-            (n, n)
+            Ok((n, n))
         }
-    };
-    if !(1..=8192).contains(&w) || !(1..=8192).contains(&h) {
-        bail!("process: --size {text} is out of range; each side must be 1 to 8192");
     }
-    Ok((w, h))
 }
 
 fn parse_bytes(text: &str) -> Result<usize> {
@@ -221,14 +156,11 @@ fn parse_bytes(text: &str) -> Result<usize> {
         "g" | "gb" | "gib" => 1 << 30,
         other => bail!("process: --shard-size unit {other:?} is not B, KiB, MiB or GiB"),
     };
-    if number == 0 {
-        bail!("process: --shard-size must be above 0");
-    }
     Ok(number * factor)
 }
 
-/// Validates the flags into the job's settings.
-fn settings(args: &Args, instances: usize) -> Result<Settings> {
+/// The flags, as the library's config (the library validates it, naming settings).
+pub fn config(args: &Args, instances: usize) -> Result<ProcessConfig> {
     let (width, height) = parse_size(&args.size)?;
     let mode = match args.mode {
         ModeArg::Gray => Mode::Gray,
@@ -254,45 +186,48 @@ fn settings(args: &Args, instances: usize) -> Result<Settings> {
         .distribution
         .parse()
         .map_err(|e: String| anyhow::anyhow!("process: --distribution: {e}"))?;
-    if !(0.0..=1.0).contains(&args.error_budget) {
-        bail!(
-            "process: --error-budget {} must be a fraction from 0 to 1",
-            args.error_budget
-        );
+    let mut inputs = Vec::new();
+    for text in &args.inputs {
+        inputs.push(parse_input_flag(text)?);
     }
-    if args.max_attempts == 0 {
-        bail!("process: --max-attempts must be at least 1");
-    }
+    // Without augmentations the channel list stays empty (and out of the job's digest).
     let augment_channels = if recipe.augment.is_empty() {
         Vec::new()
     } else {
-        let inputs: Vec<String> = args
-            .inputs
-            .iter()
-            .filter_map(|i| parse_input_flag(i).ok().map(|(channel, _)| channel))
-            .collect();
-        for channel in &args.augment_channels {
-            if !inputs.contains(channel) {
-                bail!(
-                    "process: --augment applies to channel {channel:?} (--augment-channels, \
-                     default train), which is not an input (the inputs are {}); name the \
-                     channels to augment with --augment-channels",
-                    inputs.join(", ")
-                );
-            }
-        }
         args.augment_channels.clone()
     };
-    Ok(Settings {
-        instances,
-        distribution,
-        recipe,
-        seed: args.seed,
-        augment_channels,
-        shard_bytes: parse_bytes(&args.shard_size)?,
-        script: args.script.clone(),
-        error_budget: args.error_budget,
+    Ok(ProcessConfig {
+        inputs,
+        out: args.out.clone(),
+        settings: Settings {
+            instances,
+            distribution,
+            recipe,
+            seed: args.seed,
+            augment_channels,
+            shard_bytes: parse_bytes(&args.shard_size)?,
+            script: args.script.clone(),
+            error_budget: args.error_budget,
+        },
+        max_attempts: args.max_attempts,
+        force: args.force,
+        root: args.root.clone(),
+        wait_timeout_s: args.wait_timeout,
     })
+}
+
+/// A library error with its setting named as the flag that sets it.
+pub fn flag_error(error: shardline_process::Error) -> anyhow::Error {
+    match error {
+        shardline_process::Error::Setting { setting, reason } => {
+            let flag = match setting {
+                "inputs" => "input".to_string(),
+                other => other.replace('_', "-"),
+            };
+            anyhow::anyhow!("process: --{flag}: {reason}")
+        }
+        other => other.into(),
+    }
 }
 
 fn detect_identity(instances: Option<usize>) -> Result<Option<Identity>> {
@@ -307,7 +242,33 @@ fn detect_identity(instances: Option<usize>) -> Result<Option<Identity>> {
     .map_err(|e| anyhow::anyhow!("process: instance identity: {e}"))
 }
 
-/// Runs the command in whichever role the environment gives it.
+/// Progress bars, one per instance.
+struct Bars<'a> {
+    ui: &'a Ui,
+    bars: Vec<ProgressBar>,
+}
+
+impl shardline_process::Progress for Bars<'_> {
+    fn message(&self, line: &str) {
+        self.ui.say(format!("process: {line}"));
+    }
+    fn instance(&self, rank: usize, tick: Tick) {
+        if let Some(bar) = self.bars.get(rank) {
+            bar.set_length(tick.total);
+            bar.set_position(tick.done);
+            if tick.errors > 0 {
+                bar.set_message(format!("{} ({} err)", identity::host(rank), tick.errors));
+            }
+        }
+    }
+    fn instance_done(&self, rank: usize) {
+        if let Some(bar) = self.bars.get(rank) {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// Runs the command: the local launcher, or one instance of an external launcher.
 pub async fn run(args: Args, ui: &Ui) -> Result<()> {
     let identity = detect_identity(args.instances)?;
     let instances = identity
@@ -315,288 +276,114 @@ pub async fn run(args: Args, ui: &Ui) -> Result<()> {
         .map(|i| i.size)
         .or(args.instances)
         .unwrap_or(1);
-    let settings = settings(&args, instances)?;
-    let mut inputs = Vec::new();
-    for text in &args.inputs {
-        inputs.push(job::parse_input_flag(text)?);
-    }
-    let out = Store::open(&args.out).with_context(|| format!("process: --out {}", args.out))?;
-    job::check_out(&inputs, out.location())?;
-    let job = job::load(&inputs, settings).await?;
-    job::check_out_roots(&job, out.location())?;
-    // The launcher (or every instance of an external launcher) claims --out; a supervised
-    // instance works under its launcher's claim.
-    if std::env::var_os("SHARDLINE_SUPERVISED").is_none() {
-        owner::claim(&out, Stage::Process, job.digest().as_str(), args.force).await?;
-    }
-    match identity {
-        Some(id) if std::env::var_os("SHARDLINE_SUPERVISED").is_some() => {
-            supervised_instance(&job, &args, &id, &out).await
-        }
-        Some(id) => external_instance(&job, &args, &id, &out, ui).await,
-        None => launcher(&job, &args, &out, ui).await,
-    }
+    let config = config(&args, instances)?;
+    run_config(&config, identity, ui).await
 }
 
-async fn run_instance(
-    job: &Job,
-    args: &Args,
-    id: &Identity,
-    out: &Store,
-    progress: &(dyn Fn(Tick) + Send + Sync),
-) -> Result<()> {
-    tracing::info!(host = %id.host(), rank = id.rank, size = id.size, source = id.source, "instance starting");
-    if job.settings.script.is_some() {
-        script::run(
-            job,
-            id.rank,
-            out,
-            args.root.as_deref(),
-            args.force,
-            progress,
-        )
-        .await?;
-    } else {
-        let result = instance::run(job, id.rank, out, args.force, progress).await?;
-        tracing::info!(
-            host = %result.host,
-            seconds = result.seconds,
-            records_per_second = result.records_per_second,
-            quarantined = result.quarantine.len(),
-            "instance finished"
-        );
+/// Runs a resolved config: with no launcher identity, as the local launcher of OS processes.
+pub async fn run_config(config: &ProcessConfig, identity: Option<Identity>, ui: &Ui) -> Result<()> {
+    let program = std::env::current_exe().context("process: cannot find this executable")?;
+    let launcher = LocalProcesses {
+        program,
+        args: vec!["instance".into()],
+        env: Vec::new(),
+    };
+    let log = || crate::log_buffer();
+    let ranks: Vec<usize> = match &identity {
+        Some(id) => vec![id.rank],
+        None => (0..config.settings.instances).collect(),
+    };
+    let mut bars = Bars {
+        ui,
+        bars: Vec::new(),
+    };
+    for rank in 0..ranks.iter().max().map_or(0, |r| r + 1) {
+        let bar = ui.bar(&identity::host(rank), Some(0), "objects");
+        if !ranks.contains(&rank) {
+            bar.finish_and_clear();
+        }
+        bars.bars.push(bar);
+    }
+    let role = match identity {
+        Some(identity) => Role::External {
+            identity,
+            log: Some(&log),
+        },
+        None => Role::Launch(&launcher),
+    };
+    let report = shardline_process::run(config, role, &bars)
+        .await
+        .map_err(flag_error)?;
+    for (host, attempt, reason) in &report.retries {
+        ui.say(format!(
+            "process: retried {host} attempt {attempt} {reason}"
+        ));
+    }
+    match &report.outcome {
+        Outcome::Unchanged => ui.say(format!(
+            "process: {} already holds this job's output; nothing to do (--force to redo)",
+            report.out
+        )),
+        Outcome::Follower { host } => ui.say(format!(
+            "process: {host} finished; rank 0 finalises the job"
+        )),
+        Outcome::Script { instances } => ui.say(format!(
+            "process: the script ran on {instances} instance(s); outputs under {}",
+            report.out
+        )),
+        Outcome::Processed(summary) => {
+            ui.say(format!(
+                "process: {} objects → {} samples in {} instance(s), {} quarantined; outputs under {}",
+                summary.assigned,
+                summary.written,
+                summary.instances.len(),
+                summary.quarantined,
+                report.out
+            ));
+            for line in &summary.instances {
+                let counts: Vec<String> = line
+                    .channels
+                    .iter()
+                    .map(|(c, [a, w, q])| format!("{c}: {w}/{a} ({q} quarantined)"))
+                    .collect();
+                ui.say(format!(
+                    "  {}: {} — {:.0} objects/s",
+                    line.host,
+                    counts.join(", "),
+                    line.records_per_second
+                ));
+            }
+            if !summary.empty_instances.is_empty() {
+                ui.say(format!(
+                    "  note: {} received no object (fewer objects than instances) and wrote empty outputs",
+                    summary.empty_instances.join(", ")
+                ));
+            }
+        }
     }
     Ok(())
 }
 
-async fn supervised_instance(job: &Job, args: &Args, id: &Identity, out: &Store) -> Result<()> {
+/// `shardline instance`: one instance of a local launcher's job, read as JSON on stdin, with
+/// progress lines on stdout for the supervisor.
+pub async fn instance() -> Result<()> {
+    tokio::spawn(launch::kill_group_on_termination());
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+        .context("instance: reading the job on stdin")?;
+    let job: InstanceJob = serde_json::from_str(&text)
+        .context("instance: the job on stdin is not an instance job (this command is started by `shardline process`)")?;
     let last = Mutex::new(Instant::now() - Duration::from_secs(1));
     let progress = |tick: Tick| {
         let mut last = last.lock().unwrap_or_else(|e| e.into_inner());
         if tick.done == tick.total || last.elapsed() > Duration::from_millis(200) {
             *last = Instant::now();
-            let mut stdout = std::io::stdout().lock();
-            let _ = writeln!(
-                stdout,
-                "{PROGRESS_PREFIX}{} {} {}",
-                tick.done, tick.total, tick.errors
-            );
-            let _ = stdout.flush();
+            crate::progress::out(&launch::progress_line(tick));
         }
     };
-    run_instance(job, args, id, out, &progress).await
-}
-
-async fn external_instance(
-    job: &Job,
-    args: &Args,
-    id: &Identity,
-    out: &Store,
-    ui: &Ui,
-) -> Result<()> {
-    // Every rank sees the finished job's record and leaves its log, report and lineage as
-    // they are. (On a first run there is no record until rank 0 finalises.)
-    if already_done(job, args, out, ui).await? {
-        return Ok(());
-    }
-    let bar = ui.bar(&id.host(), Some(0), "objects");
-    let progress = |tick: Tick| {
-        bar.set_length(tick.total);
-        bar.set_position(tick.done);
-    };
-    let result = run_instance(job, args, id, out, &progress).await;
-    bar.finish_and_clear();
-    // The instance's own log, kept under the output whatever happened.
-    let log = crate::log_buffer();
-    out.put(&format!("logs/{}.log", id.host()), Bytes::from(log))
-        .await?;
-    result?;
-    if id.rank != 0 {
-        ui.say(format!(
-            "process: {} finished; rank 0 finalises the job",
-            id.host()
-        ));
-        return Ok(());
-    }
-    let deadline = Instant::now() + Duration::from_secs(args.wait_timeout);
-    let results = loop {
-        let results = finalize::gather(job, out).await?;
-        if results.iter().all(Option::is_some) {
-            break results.into_iter().flatten().collect::<Vec<_>>();
-        }
-        if Instant::now() > deadline {
-            let missing: Vec<String> = results
-                .iter()
-                .enumerate()
-                .filter(|(_, r)| r.is_none())
-                .map(|(rank, _)| identity::host(rank))
-                .collect();
-            return Err(shardline_process::Error::Timeout {
-                seconds: args.wait_timeout,
-                missing: missing.join(", "),
-                logs: out.uri_of("logs/"),
-            }
-            .into());
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
-    summarise(job, out, &results, ui).await
-}
-
-/// Whether `out` already holds this job's finished output (its lineage record names the job),
-/// for the built-in processor and scripts alike; then a rerun touches nothing, unless --force.
-async fn already_done(job: &Job, args: &Args, out: &Store, ui: &Ui) -> Result<bool> {
-    if !args.force
-        && let Some(bytes) = out.get_opt("lineage.json").await?
-        && let Ok(lineage) = serde_json::from_slice::<serde_json::Value>(&bytes)
-        && lineage["job"].as_str() == Some(job.digest().as_str())
-    {
-        ui.say(format!(
-            "process: {} already holds this job's output; nothing to do (--force to redo)",
-            out.uri()
-        ));
-        return Ok(true);
-    }
-    Ok(false)
-}
-
-async fn launcher(job: &Job, args: &Args, out: &Store, ui: &Ui) -> Result<()> {
-    if already_done(job, args, out, ui).await? {
-        return Ok(());
-    }
-    let n = job.settings.instances;
-    let logs = tempfile::tempdir().context("process: a temporary folder for the logs")?;
-    let bars: Vec<ProgressBar> = (0..n)
-        .map(|rank| ui.bar(&identity::host(rank), Some(0), "objects"))
-        .collect();
-    let program = std::env::current_exe().context("process: cannot find this executable")?;
-    let launcher = LocalProcesses {
-        program,
-        args: args.instance_argv().into_iter().map(Into::into).collect(),
-    };
-    let retries = Mutex::new(Vec::new());
-    let on_event = |event: Event| match event {
-        Event::Progress(rank, tick) => {
-            bars[rank].set_length(tick.total);
-            bars[rank].set_position(tick.done);
-            if tick.errors > 0 {
-                bars[rank].set_message(format!("{} ({} err)", identity::host(rank), tick.errors));
-            }
-        }
-        Event::Retry {
-            rank,
-            attempt,
-            reason,
-        } => {
-            tracing::warn!(host = %identity::host(rank), attempt, %reason, "instance failed; retrying its share");
-            retries
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(format!(
-                    "{} attempt {attempt} {reason}",
-                    identity::host(rank)
-                ));
-        }
-        Event::Done(rank) => bars[rank].finish(),
-    };
-    let supervised =
-        launch::supervise(&launcher, n, args.max_attempts, logs.path(), &on_event).await;
-    for bar in &bars {
-        bar.finish_and_clear();
-    }
-    // Logs are kept under the output whatever happened, a dead instance's included.
-    let mut log_urls = HashMap::new();
-    for rank in 0..n {
-        let path = launch::log_path(logs.path(), rank);
-        if let Ok(bytes) = std::fs::read(&path) {
-            let key = format!("logs/{}.log", identity::host(rank));
-            out.put(&key, Bytes::from(bytes)).await?;
-            log_urls.insert(rank, out.uri_of(&key));
-        }
-    }
-    for line in retries.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-        ui.say(format!("process: retried {line}"));
-    }
-    if let Err(shardline_process::Error::InstanceFailed {
-        host,
-        attempts,
-        reason,
-        ..
-    }) = supervised
-    {
-        let rank = host
-            .trim_start_matches("algo-")
-            .parse::<usize>()
-            .unwrap_or(1)
-            - 1;
-        let log = log_urls.get(&rank).cloned().unwrap_or_default();
-        return Err(shardline_process::Error::InstanceFailed {
-            host,
-            attempts,
-            reason,
-            log,
-        }
-        .into());
-    }
-    supervised?;
-    let results: Vec<_> = finalize::gather(job, out)
-        .await?
-        .into_iter()
-        .flatten()
-        .collect();
-    if results.len() != n {
-        bail!(
-            "process: an instance exited successfully without its result record; see the logs under {}",
-            out.uri_of("logs/")
-        );
-    }
-    summarise(job, out, &results, ui).await
-}
-
-async fn summarise(
-    job: &Job,
-    out: &Store,
-    results: &[instance::InstanceResult],
-    ui: &Ui,
-) -> Result<()> {
-    if job.settings.script.is_some() {
-        let report = script::finalize(job, out, results).await?;
-        ui.say(format!(
-            "process: the script ran on {} instance(s); outputs under {}",
-            report.instances,
-            out.uri()
-        ));
-        return Ok(());
-    }
-    let report = finalize::finalize(job, out, results).await?;
-    ui.say(format!(
-        "process: {} objects → {} samples in {} instance(s), {} quarantined; outputs under {}",
-        report.assigned,
-        report.written,
-        results.len(),
-        report.quarantined,
-        out.uri()
-    ));
-    for line in &report.instances {
-        let counts: Vec<String> = line
-            .channels
-            .iter()
-            .map(|(c, [a, w, q])| format!("{c}: {w}/{a} ({q} quarantined)"))
-            .collect();
-        ui.say(format!(
-            "  {}: {} — {:.0} objects/s",
-            line.host,
-            counts.join(", "),
-            line.records_per_second
-        ));
-    }
-    if !report.empty_instances.is_empty() {
-        ui.say(format!(
-            "  note: {} received no object (fewer objects than instances) and wrote empty outputs",
-            report.empty_instances.join(", ")
-        ));
-    }
-    Ok(())
+    shardline_process::run_instance(&job, &progress)
+        .await
+        .map_err(flag_error)
 }
 
 #[cfg(test)]
@@ -607,7 +394,6 @@ mod tests {
     fn sizes_and_byte_counts_parse() {
         assert_eq!(parse_size("224x224").expect("ok"), (224, 224));
         assert_eq!(parse_size("32").expect("ok"), (32, 32));
-        assert!(parse_size("0x3").is_err());
         assert!(parse_size("axb").is_err());
         assert_eq!(parse_bytes("64MiB").expect("ok"), 64 << 20);
         assert_eq!(parse_bytes("500KiB").expect("ok"), 500 << 10);

@@ -41,33 +41,30 @@ pub async fn run(args: Args, ui: &Ui) -> Result<()> {
         "[1/4] datagen: the shapes dataset into {}",
         data.display()
     ));
-    let shapes = datagen::ShapesArgs {
-        out: utf8(&data)?,
+    let open = |path: &PathBuf| -> Result<shardline_store::Store> {
+        let url = utf8(path)?;
+        shardline_store::Store::open(&url).with_context(|| format!("quickstart: {url}"))
+    };
+    let shapes = shardline_datagen::ShapesConfig {
         classes: 4,
         per_class: args.per_class,
         size: 64,
         height: None,
-        format: datagen::FormatArg::Jpeg,
+        format: shardline_datagen::Format::Jpeg,
         seed: 0,
     };
-    datagen::shapes(&shapes, ui).await?;
+    datagen::generate(&open(&data)?, &shapes, ui).await?;
 
     ui.say(format!(
         "[2/4] manifest: channels, table and lineage into {}",
         manifests.display()
     ));
-    let manifest_args = manifest::Args {
-        source: utf8(&data)?,
-        out: utf8(&manifests)?,
-        split: "train=0.8,validation=0.1,test=0.1".into(),
-        seed: 42,
+    let manifest = shardline_manifest::Config {
         min_per_class: 2,
-        force: false,
         augmented: true,
-        concurrency: 32,
-        simulate_latency_ms: 0,
+        ..shardline_manifest::Config::default()
     };
-    manifest::run(manifest_args, ui).await?;
+    manifest::run_config(&open(&data)?, &open(&manifests)?, &manifest, ui).await?;
 
     let processed = dir.join("processed");
     ui.say(format!(
@@ -75,31 +72,21 @@ pub async fn run(args: Args, ui: &Ui) -> Result<()> {
         processed.display()
     ));
     let m = utf8(&manifests)?;
-    let process_args = process::Args {
+    let defaults = shardline_process::ProcessConfig::default();
+    let process = shardline_process::ProcessConfig {
         inputs: ["train", "validation", "test"]
             .iter()
-            .map(|c| format!("{c}={m}/{c}.manifest"))
+            .map(|c| (c.to_string(), format!("{m}/{c}.manifest")))
             .collect(),
         out: utf8(&processed)?,
-        instances: Some(2),
-        distribution: "sharded-by-key".into(),
-        size: "32x32".into(),
-        mode: process::ModeArg::Rgb,
-        filter: process::FilterArg::Bilinear,
-        augment: Vec::new(),
-        augment_channels: vec!["train".into()],
-        seed: 0,
-        shard_size: "64MiB".into(),
-        max_pixels: 64 * 1024 * 1024,
-        full_decode: false,
-        error_budget: 0.001,
-        max_attempts: 3,
-        force: false,
-        script: None,
-        root: None,
-        wait_timeout: 3600,
+        settings: shardline_process::job::Settings {
+            instances: 2,
+            recipe: shardline_preprocess::Recipe::new(32, 32, shardline_preprocess::Mode::Rgb),
+            ..defaults.settings.clone()
+        },
+        ..defaults
     };
-    process::run(process_args, ui).await?;
+    process::run_config(&process, None, ui).await?;
 
     let model = dir.join("model");
     ui.say(format!(
