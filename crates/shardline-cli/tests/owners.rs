@@ -82,6 +82,47 @@ fn a_stage_never_writes_into_another_stages_output() {
         "{err}"
     );
 
+    // A user's training script is the train stage too: refused at another stage's output, and
+    // at its own data.
+    let script = [
+        "--script",
+        "mkdir -p $SM_MODEL_DIR && echo w > $SM_MODEL_DIR/w",
+    ];
+    let err = t
+        .run(&[&["train", "--data", "p", "--out", "m"][..], &script[..]].concat())
+        .fails();
+    assert!(
+        err.contains("holds the output of `shardline manifest`"),
+        "{err}"
+    );
+    let err = t
+        .run(
+            &[
+                &["train", "--data", "p", "--out", "p/model"][..],
+                &script[..],
+            ]
+            .concat(),
+        )
+        .fails();
+    assert!(err.contains("overlaps the input"), "{err}");
+    t.run(
+        &[
+            &["train", "--data", "p", "--out", "scripted"][..],
+            &script[..],
+        ]
+        .concat(),
+    )
+    .ok();
+    let err = t
+        .run(
+            &[&[
+                "train", "--data", "p", "--out", "scripted", "--script", "true",
+            ][..]]
+            .concat(),
+        )
+        .fails();
+    assert!(err.contains("finished, different train job"), "{err}");
+
     assert_eq!(before("m"), manifests);
     assert_eq!(before("p"), processed);
     assert_eq!(before("model"), model);

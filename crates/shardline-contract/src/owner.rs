@@ -195,6 +195,24 @@ pub fn record(stage: Stage, job: &str, finished: bool) -> Result<Vec<u8>, Error>
     })
 }
 
+/// Stages the last two files of a job's commit, in their order: its finished owner record, then
+/// its lineage record (whose presence says the output is complete).
+pub async fn stage_finished<T: Serialize>(
+    tx: &mut shardline_store::commit::Commit<'_>,
+    stage: Stage,
+    job: &str,
+    lineage: &T,
+) -> Result<(), Error> {
+    let (key, record) = finished(stage, job)?;
+    tx.stage(key, bytes::Bytes::from(record)).await?;
+    tx.stage(
+        "lineage.json",
+        bytes::Bytes::from(crate::lineage::encode(lineage)?),
+    )
+    .await?;
+    Ok(())
+}
+
 /// The owner record of a finished job, to stage in the job's commit before its lineage record.
 pub fn finished(stage: Stage, job: &str) -> Result<(&'static str, Vec<u8>), Error> {
     Ok((KEY, record(stage, job, true)?))

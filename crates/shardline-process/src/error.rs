@@ -89,6 +89,9 @@ pub enum Error {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] shardline_store::Error),
+    /// The container layout could not be written or read.
+    #[error(transparent)]
+    Container(#[from] shardline_container::Error),
 }
 
 impl Error {

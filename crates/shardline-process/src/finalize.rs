@@ -202,13 +202,7 @@ pub async fn finalize(job: &Job, out: &Store, results: &[InstanceResult]) -> Res
             .map(|(n, b)| (n.clone(), FileRecord::of(b)))
             .collect(),
     };
-    let (owner_key, owner_record) = owner::finished(Stage::Process, job.digest().as_str())?;
-    tx.stage(owner_key, Bytes::from(owner_record)).await?;
-    tx.stage(
-        "lineage.json",
-        Bytes::from(shardline_contract::lineage::encode(&lineage)?),
-    )
-    .await?;
+    owner::stage_finished(&mut tx, Stage::Process, job.digest().as_str(), &lineage).await?;
     tx.publish().await?;
     if let Some(previous) = previous {
         for name in previous.outputs.keys() {

@@ -109,26 +109,6 @@ fn kill_group(pgid: i32) {
     }
 }
 
-/// Makes the child get `signal` when its parent dies, and checks the parent is still there (it
-/// may have died between fork and exec).
-#[allow(unsafe_code)]
-fn die_with_parent(command: &mut Command, signal: i32) {
-    // SAFETY: the closure runs in the child between fork and exec and calls only
-    // async-signal-safe functions (prctl, getppid, _exit).
-    let parent = std::process::id() as libc::pid_t;
-    unsafe {
-        command.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, signal as libc::c_ulong) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            if libc::getppid() != parent {
-                libc::_exit(1);
-            }
-            Ok(())
-        });
-    }
-}
-
 /// For an instance that leads its own process group (as [`LocalProcesses`] starts it): on
 /// SIGTERM or SIGINT — which it is sent when its launcher dies — kill the whole group, so that
 /// the user programs it started die with it. Runs until a signal comes; spawn it.
@@ -155,12 +135,6 @@ fn kill_own_group() {
     }
 }
 
-/// Applies [`die_with_parent`] to a command that an instance starts (a user script), so that
-/// the chain launcher → instance → script dies together.
-pub fn die_with_this_process(command: &mut Command) {
-    die_with_parent(command, libc::SIGKILL);
-}
-
 impl Launcher for LocalProcesses {
     fn start(&self, job: &InstanceJob) -> Result<Running, Error> {
         let encoded = serde_json::to_vec(job).map_err(|e| {
@@ -182,7 +156,7 @@ impl Launcher for LocalProcesses {
             .process_group(0)
             .kill_on_drop(true);
         // SIGTERM, so that the instance kills its group (its scripts) as it goes.
-        die_with_parent(&mut command, libc::SIGTERM);
+        shardline_container::program::die_with_parent(&mut command, libc::SIGTERM);
         let mut child = command.spawn().map_err(|e| Error::io(&self.program, e))?;
         let pgid = child.id().map_or(0, |id| id as i32);
         let guard = GroupGuard { pgid, done: false };

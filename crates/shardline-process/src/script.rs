@@ -13,6 +13,8 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+
+use shardline_container::files::{files_below, write_json};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -32,33 +34,6 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
     move |e| Error::io(path, e)
 }
 
-fn write_json(path: &Path, value: &serde_json::Value) -> Result<(), Error> {
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(io(parent))?;
-    }
-    let text = serde_json::to_string_pretty(value).unwrap_or_default();
-    std::fs::write(path, text).map_err(io(path))
-}
-
-/// Every file below `dir`, recursively, sorted.
-pub fn files_below(dir: &Path) -> Result<Vec<PathBuf>, Error> {
-    let mut out = Vec::new();
-    let mut pending = vec![dir.to_path_buf()];
-    while let Some(current) = pending.pop() {
-        for entry in std::fs::read_dir(&current).map_err(io(&current))? {
-            let path = entry.map_err(io(&current))?.path();
-            if path.is_dir() {
-                pending.push(path);
-            } else if path.is_file() {
-                out.push(path);
-            }
-        }
-    }
-    out.sort();
-    Ok(out)
-}
-
-/// The processing job request as SageMaker echoes it in `processingjobconfig.json`.
 fn job_config(job: &Job, root: &Path, out: &Store, command: &str) -> serde_json::Value {
     let inputs: Vec<serde_json::Value> = job
         .inputs
@@ -218,7 +193,7 @@ pub async fn run(
     tracing::info!(%host, command = %command_line, root = %root.display(), "running the processing script");
     let mut command = tokio::process::Command::new("sh");
     // The script dies with its instance (and with it, with the launcher).
-    crate::launch::die_with_this_process(&mut command);
+    shardline_container::program::die_with_parent(&mut command, libc::SIGKILL);
     let status = command
         .arg("-c")
         .arg(&command_line)
@@ -234,10 +209,7 @@ pub async fn run(
             reason: format!("cannot start `sh -c {command_line}`: {e}"),
         })?;
     if !status.success() {
-        let message = std::fs::read(root.join("output/message")).unwrap_or_default();
-        let message = String::from_utf8_lossy(&message[..message.len().min(1024)])
-            .trim()
-            .to_string();
+        let message = shardline_container::files::failure_message(&root.join("output/message"));
         return Err(Error::Script {
             host,
             reason: format!(
@@ -297,7 +269,7 @@ pub async fn run(
     };
     tx.stage(
         &result_key(&host),
-        Bytes::from(serde_json::to_vec_pretty(&result).unwrap_or_default()),
+        Bytes::from(shardline_contract::lineage::encode(&result)?),
     )
     .await?;
     tx.publish().await?;
@@ -360,14 +332,11 @@ pub async fn finalize(
     commit::recover(out).await?;
     let mut tx = Commit::begin(out);
     tx.stage("report.json", Bytes::from(report_bytes)).await?;
-    let (owner_key, owner_record) = shardline_contract::owner::finished(
+    shardline_contract::owner::stage_finished(
+        &mut tx,
         shardline_contract::owner::Stage::Process,
         job.digest().as_str(),
-    )?;
-    tx.stage(owner_key, Bytes::from(owner_record)).await?;
-    tx.stage(
-        "lineage.json",
-        Bytes::from(shardline_contract::lineage::encode(&lineage)?),
+        &lineage,
     )
     .await?;
     tx.publish().await?;

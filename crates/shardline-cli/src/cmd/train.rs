@@ -216,7 +216,14 @@ impl shardline_train::Progress for Bars<'_> {
 /// Runs the stage and prints its summary; returns the test accuracy, if there is a test channel.
 pub async fn run(args: Args, ui: &Ui) -> Result<Option<f64>> {
     if args.script.script.is_some() {
-        super::train_script::run(args.data.as_deref(), &args.out, &args.script, ui).await?;
+        super::train_script::run(
+            args.data.as_deref(),
+            &args.out,
+            args.force,
+            &args.script,
+            ui,
+        )
+        .await?;
         return Ok(None);
     }
     run_config(&config(&args)?, ui).await
