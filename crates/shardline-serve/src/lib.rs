@@ -30,6 +30,7 @@ mod http;
 mod inference;
 mod metrics;
 mod model;
+pub mod transform;
 
 pub use batcher::{Arrival, BatchConfig, Batcher, Pending};
 pub use classifier::{

@@ -1,0 +1,350 @@
+//! Batch transform as one call: predictions for every object of a SageMaker manifest, its objects
+//! dealt to N instances by the processing step's rule (sharded by key), written as JSON Lines
+//! keyed by object, one file per instance, plus `summary.json`. The objects go through the
+//! endpoint's own hooks ([`Inference::input`], [`Inference::predict`], [`Inference::output`]), so
+//! a transform and the endpoint answer alike.
+//!
+//! Resumable: an instance whose output exists for the same job (model, manifest, k, instance
+//! count) is not redone; each instance's file is written in one atomic put, its record after it,
+//! and the owner record and `summary.json` last. Another job in the same `out` needs `force`,
+//! and replaces the old one only when it has succeeded.
+
+use std::time::Instant;
+
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use serde_json::json;
+use shardline_contract::distribute::{Distribution, share};
+use shardline_contract::instance::host;
+use shardline_contract::owner::{self, Stage};
+use shardline_lineage::{Digest, FileRecord, PRODUCER};
+use shardline_store::{Location, Store};
+
+use crate::{Answer, ClassifierOptions, Error, ImageClassifier, Inference, ModelFiles, Request};
+
+/// A batch-transform job. [`Default`] holds the defaults; `model`, `manifest` and `out` have
+/// none.
+#[derive(Debug, Clone)]
+pub struct TransformConfig {
+    /// The model: a directory written by `shardline train`, or a `model.tar.gz` (a registry
+    /// name is resolved by the caller).
+    pub model: String,
+    /// A SageMaker manifest (as `shardline manifest` writes them).
+    pub manifest: String,
+    /// Where `predictions/algo-<i>.jsonl` and `summary.json` go.
+    pub out: String,
+    /// Instances; each takes its share of the objects with its own model, on its own thread.
+    pub instances: usize,
+    /// Labels per object.
+    pub k: usize,
+    /// Objects per model call.
+    pub batch: usize,
+    /// Redo instances whose output exists, and replace another finished job in `out`.
+    pub force: bool,
+    /// The model's options (the device among them).
+    pub classifier: ClassifierOptions,
+}
+
+impl Default for TransformConfig {
+    fn default() -> TransformConfig {
+        TransformConfig {
+            model: String::new(),
+            manifest: String::new(),
+            out: String::new(),
+            instances: 1,
+            k: 5,
+            batch: 32,
+            force: false,
+            classifier: ClassifierOptions::default(),
+        }
+    }
+}
+
+/// What a transform reports while it works.
+pub trait Progress: Send + Sync {
+    /// A line worth telling the user.
+    fn message(&self, _line: &str) {}
+}
+
+/// A progress sink that reports nothing.
+pub struct NoProgress;
+impl Progress for NoProgress {}
+
+/// What [`run`] returns.
+#[derive(Debug, Clone)]
+pub struct TransformReport {
+    /// Objects the manifest lists.
+    pub objects: usize,
+    /// Objects predicted.
+    pub predicted: u64,
+    /// Objects that could not be read as images.
+    pub failed: u64,
+    /// Where the predictions are.
+    pub predictions: String,
+    /// The job's summary, as written.
+    pub summary: serde_json::Value,
+}
+
+fn setting(name: &str, reason: &str) -> Error {
+    Error::BadConfig(format!("transform: {name} {reason}"))
+}
+
+/// One instance's work: its share of the keys, in sorted order, through the hooks. Returns its
+/// JSON Lines, the objects predicted and those that could not be read.
+async fn instance(
+    handler: &ImageClassifier,
+    source: &Store,
+    keys: &[String],
+    k: usize,
+    batch: usize,
+) -> Result<(Vec<u8>, u64, u64), Error> {
+    let failed_model = |e: crate::InferenceError| Error::Load(e.message);
+    let mut model = handler.load().map_err(Error::Load)?;
+    let answer = Answer {
+        accept: "application/json".into(),
+        params: [("k".to_string(), k.to_string())].into_iter().collect(),
+    };
+    let (mut lines, mut ok, mut failed) = (Vec::new(), 0u64, 0u64);
+    for chunk in keys.chunks(batch.max(1)) {
+        let bodies: Vec<Bytes> = futures::stream::iter(chunk)
+            .map(|key| source.get(key))
+            .buffered(16)
+            .try_collect()
+            .await?;
+        let mut inputs = Vec::new();
+        let mut results: Vec<Option<serde_json::Value>> = Vec::new();
+        for body in &bodies {
+            // The classifier reads the format from the bytes themselves.
+            match handler.input(Request {
+                body,
+                content_type: "application/x-image",
+            }) {
+                Ok(input) => {
+                    inputs.push(input);
+                    results.push(None);
+                }
+                Err(e) => results.push(Some(json!({"error": e.message}))),
+            }
+        }
+        let mut outputs = handler
+            .predict(&mut model, inputs)
+            .map_err(failed_model)?
+            .into_iter();
+        for (key, result) in chunk.iter().zip(results) {
+            let value = match result {
+                Some(error) => {
+                    failed += 1;
+                    error
+                }
+                None => {
+                    let output = outputs.next().ok_or_else(|| {
+                        Error::Load(format!("the model returned no prediction for {key}"))
+                    })?;
+                    let reply = handler.output(output, &answer).map_err(failed_model)?;
+                    let parsed: serde_json::Value = serde_json::from_slice(&reply.body)
+                        .map_err(|e| Error::Load(format!("the model's answer for {key}: {e}")))?;
+                    ok += 1;
+                    // One object per request: its own prediction.
+                    parsed["predictions"][0].clone()
+                }
+            };
+            let line = json!({"key": key, "source": source.uri_of(key), "prediction": value});
+            lines.extend_from_slice(line.to_string().as_bytes());
+            lines.push(b'\n');
+        }
+    }
+    Ok((lines, ok, failed))
+}
+
+/// Runs the transform; see the module documentation.
+pub async fn run(
+    config: &TransformConfig,
+    progress: &dyn Progress,
+) -> Result<TransformReport, Error> {
+    if config.instances == 0 {
+        return Err(setting("instances", "must be at least 1"));
+    }
+    if config.k == 0 {
+        return Err(setting("k", "must be at least 1"));
+    }
+    if config.batch == 0 {
+        return Err(setting("batch", "must be at least 1"));
+    }
+    let files = ModelFiles::load(&config.model).await?;
+    let model_digest = Digest::of(&files.weights);
+    let bad_manifest = |reason: String| Error::BadInput {
+        input: config.manifest.clone(),
+        reason,
+    };
+    let (dir, name) = config
+        .manifest
+        .rsplit_once('/')
+        .unwrap_or((".", config.manifest.as_str()));
+    let manifest_bytes = Store::open(dir)?.get(name).await?;
+    let manifest =
+        shardline_contract::sagemaker::parse_manifest(&config.manifest, &manifest_bytes)?;
+    if manifest.keys.is_empty() {
+        return Err(bad_manifest(
+            "lists no objects; give a manifest of the objects to predict".into(),
+        ));
+    }
+    let manifest_digest = Digest::of(&manifest_bytes);
+    let source = Store::open(&manifest.prefix)?;
+    let out = Store::open(&config.out)?;
+    // The job: everything that changes the outputs. Another model, manifest, k or instance count
+    // is another job (its instances' shares differ), which replaces this one only with force.
+    let identity = json!({
+        "model": model_digest,
+        "manifest": manifest_digest,
+        "k": config.k,
+        "instances": config.instances,
+    });
+    let job = Digest::of(identity.to_string().as_bytes()).to_string();
+    for (what, input) in [
+        ("the model", &config.model),
+        ("the manifest's objects", &manifest.prefix),
+    ] {
+        let input = Location::parse(input)?;
+        if input.contains(out.location()) || out.location().contains(&input) {
+            return Err(Error::BadConfig(format!(
+                "transform: out {} overlaps {what} at {}; give an out of its own",
+                out.uri(),
+                input.uri()
+            )));
+        }
+    }
+    let claim = owner::claim(&out, Stage::Transform, &job, config.force).await?;
+    let force = config.force || matches!(claim, owner::Claim::Replacing { .. });
+    let handler = ImageClassifier::new(files, config.classifier.clone());
+
+    let started = Instant::now();
+    // Which instances have work: those without a finished output for this job.
+    let mut instances = Vec::new();
+    let mut todo = Vec::new();
+    for rank in 0..config.instances {
+        let host = host(rank);
+        let positions = share(
+            &manifest.keys,
+            rank,
+            config.instances,
+            Distribution::ShardedByKey,
+        );
+        let keys: Vec<String> = positions
+            .iter()
+            .map(|&p| manifest.keys[p].clone())
+            .collect();
+        if !force
+            && let Some(done) = out
+                .get_opt(&format!(".shardline/transform/{host}.json"))
+                .await?
+            && let Ok(done) = serde_json::from_slice::<serde_json::Value>(&done)
+            && done["identity"] == identity
+            && out.exists(&format!("predictions/{host}.jsonl")).await?
+        {
+            progress.message(&format!(
+                "{host} already done ({} objects); skipped",
+                keys.len()
+            ));
+            instances.push(done);
+        } else {
+            todo.push((host, keys));
+        }
+    }
+    // The instances run at once, one thread (and one model) each.
+    type Finished = (Vec<u8>, u64, u64, f64);
+    let results: Vec<Result<Finished, Error>> = std::thread::scope(|scope| {
+        let threads: Vec<_> = todo
+            .iter()
+            .map(|(_, keys)| {
+                let (handler, source, k, batch) = (&handler, &source, config.k, config.batch);
+                scope.spawn(move || {
+                    let began = Instant::now();
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .map_err(|e| Error::Io {
+                            what: "starting an instance's runtime".into(),
+                            source: e,
+                        })?;
+                    let (lines, ok, failed) =
+                        runtime.block_on(instance(handler, source, keys, k, batch))?;
+                    Ok((lines, ok, failed, began.elapsed().as_secs_f64()))
+                })
+            })
+            .collect();
+        threads
+            .into_iter()
+            .map(|t| {
+                t.join()
+                    .unwrap_or_else(|_| Err(Error::Load("an instance panicked".into())))
+            })
+            .collect()
+    });
+    for ((host, keys), result) in todo.iter().zip(results) {
+        let (lines, ok, failed, seconds) = result?;
+        let output_key = format!("predictions/{host}.jsonl");
+        let record = json!({
+            "host": host,
+            "identity": identity,
+            "objects": keys.len(),
+            "predicted": ok,
+            "failed": failed,
+            "seconds": seconds,
+            "output": output_key,
+            "file": FileRecord::of(&lines),
+        });
+        out.put(&output_key, Bytes::from(lines)).await?;
+        out.put(
+            &format!(".shardline/transform/{host}.json"),
+            Bytes::from(shardline_contract::lineage::encode(&record)?),
+        )
+        .await?;
+        progress.message(&format!(
+            "{host}: {ok} objects predicted, {failed} could not be read"
+        ));
+        instances.push(record);
+    }
+    instances.sort_by(|a, b| a["host"].as_str().cmp(&b["host"].as_str()));
+    let predicted: u64 = instances
+        .iter()
+        .filter_map(|i| i["predicted"].as_u64())
+        .sum();
+    let failed: u64 = instances.iter().filter_map(|i| i["failed"].as_u64()).sum();
+    let summary = json!({
+        "producer": PRODUCER,
+        "step": "transform",
+        "job": job,
+        "model": config.model,
+        "manifest": config.manifest,
+        "identity": identity,
+        "objects": manifest.keys.len(),
+        "predicted": predicted,
+        "failed": failed,
+        "instances": instances,
+        "seconds": started.elapsed().as_secs_f64(),
+    });
+    // What an earlier job with more instances left goes, then the owner record, summary last.
+    for rank in config.instances.. {
+        let host = host(rank);
+        let record = format!(".shardline/transform/{host}.json");
+        if !out.exists(&record).await? {
+            break;
+        }
+        out.delete(&format!("predictions/{host}.jsonl")).await?;
+        out.delete(&record).await?;
+    }
+    let (owner_key, owner_record) = owner::finished(Stage::Transform, &job)?;
+    out.put(owner_key, Bytes::from(owner_record)).await?;
+    out.put(
+        "summary.json",
+        Bytes::from(shardline_contract::lineage::encode(&summary)?),
+    )
+    .await?;
+    Ok(TransformReport {
+        objects: manifest.keys.len(),
+        predicted,
+        failed,
+        predictions: out.uri_of("predictions/"),
+        summary,
+    })
+}
