@@ -485,3 +485,56 @@ async fn summarise(job: &Job, out: &Store, results: &[InstanceResult]) -> Result
         finalize::finalize(job, out, results).await?,
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::launch::InProcess;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_program_runs_the_stage_with_instances_as_threads() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = crate::conformance::job(dir.path(), 2, 6).expect("job");
+        let report = run(&config, Role::Launch(&InProcess), &NoProgress)
+            .await
+            .expect("the job runs");
+        assert!(
+            matches!(report.outcome, Outcome::Script { instances: 2 }),
+            "{report:?}"
+        );
+        for host in ["algo-1", "algo-2"] {
+            assert!(dir.path().join(format!("out/logs/{host}.log")).exists());
+        }
+        let again = run(&config, Role::Launch(&InProcess), &NoProgress)
+            .await
+            .expect("the rerun");
+        assert!(matches!(again.outcome, Outcome::Unchanged), "{again:?}");
+    }
+
+    #[test]
+    fn settings_are_checked_before_any_work_and_named() {
+        let config = ProcessConfig {
+            inputs: vec![("train".into(), "lake/".into())],
+            out: "out".into(),
+            max_attempts: 0,
+            ..ProcessConfig::default()
+        };
+        match config.validate() {
+            Err(Error::Setting { setting, .. }) => assert_eq!(setting, "max_attempts"),
+            other => panic!("expected max_attempts to be refused, got {other:?}"),
+        }
+        let mut augmented = ProcessConfig {
+            max_attempts: 1,
+            ..config
+        };
+        augmented.settings.recipe.augment = vec![shardline_contract::recipe::Augment::Flip];
+        augmented.settings.augment_channels = vec!["validation".into()];
+        match augmented.validate() {
+            Err(Error::Setting { setting, reason }) => {
+                assert_eq!(setting, "augment_channels");
+                assert!(reason.contains("not an input"), "{reason}");
+            }
+            other => panic!("expected augment_channels to be refused, got {other:?}"),
+        }
+    }
+}
