@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use serde_json::json;
+use shardline_contract::lineage::{ChannelFiles, SCHEMA, ScriptTrainingLineage};
 use shardline_contract::owner::{self, Stage};
 use shardline_lineage::{Digest, FileRecord, PRODUCER};
 use shardline_store::Store;
@@ -413,22 +414,24 @@ pub async fn run(
         ),
     })?;
     let outputs = pack(&output_data)?;
-    let lineage = json!({
-        "producer": PRODUCER,
-        "step": "train-script",
-        "job": job,
-        "script": script,
-        "command": line,
-        "processes_per_host": processes,
-        "hosts": [HOST],
-        "hyperparameters": hps,
-        "data_lineage": data_lineage,
-        "channels": channels.iter().map(|(name, (uri, _, files))| {
-            (name.clone(), json!({"uri": uri, "files": files}))
-        }).collect::<serde_json::Map<_, _>>(),
-        "model": FileRecord::of(&model),
-        "output": outputs.as_deref().map(FileRecord::of),
-    });
+    let lineage = ScriptTrainingLineage {
+        schema: SCHEMA,
+        producer: PRODUCER.into(),
+        step: "train-script".into(),
+        job: job.to_string(),
+        script: script.to_string(),
+        command: line.clone(),
+        processes_per_host: processes,
+        hosts: vec![HOST.to_string()],
+        hyperparameters: hps,
+        data_lineage,
+        channels: channels
+            .into_iter()
+            .map(|(name, (uri, _, files))| (name, ChannelFiles { uri, files }))
+            .collect(),
+        model: FileRecord::of(&model),
+        output: outputs.as_deref().map(FileRecord::of),
+    };
     let mut tx = Commit::begin(&out);
     tx.stage(&log_key, Bytes::from(ended.log)).await?;
     tx.stage("model.tar.gz", Bytes::from(model)).await?;

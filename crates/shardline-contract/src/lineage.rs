@@ -136,6 +136,138 @@ impl Record for ModelLineage {
     const STEP: &'static str = "train";
 }
 
+/// `lineage.json` of a processing job that ran the user's script.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProcessScriptLineage {
+    /// The schema version ([`SCHEMA`]).
+    #[serde(default)]
+    pub schema: u32,
+    /// The program that wrote it.
+    pub producer: String,
+    /// `process`.
+    pub step: String,
+    /// The job digest.
+    pub job: String,
+    /// The script's command.
+    pub script: String,
+    /// The distribution rule.
+    pub distribution: String,
+    /// Each input: channel, URI and digest.
+    pub inputs: Vec<BTreeMap<String, String>>,
+    /// Per host, per channel: objects assigned and the digest of their URIs.
+    pub assignment: BTreeMap<String, BTreeMap<String, (u64, Digest)>>,
+    /// Every file the script wrote, by output name, with its digest.
+    pub outputs: BTreeMap<String, FileRecord>,
+    /// The report's digest.
+    pub report: FileRecord,
+}
+
+impl Record for ProcessScriptLineage {
+    const STEP: &'static str = "process";
+}
+
+/// One channel a script-mode training job read.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChannelFiles {
+    /// Where the channel came from.
+    pub uri: String,
+    /// Each file, by key, with its digest.
+    pub files: BTreeMap<String, FileRecord>,
+}
+
+/// `lineage.json` of a script-mode training job (`shardline train --script`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ScriptTrainingLineage {
+    /// The schema version ([`SCHEMA`]).
+    #[serde(default)]
+    pub schema: u32,
+    /// The program that wrote it.
+    pub producer: String,
+    /// `train-script`.
+    pub step: String,
+    /// The job digest: script, processes, hyperparameters, channels, data.
+    #[serde(default)]
+    pub job: String,
+    /// The script as given.
+    pub script: String,
+    /// The command line that ran (with the hyperparameters as arguments).
+    pub command: String,
+    /// Processes on the host.
+    pub processes_per_host: usize,
+    /// The hosts.
+    pub hosts: Vec<String>,
+    /// The hyperparameters, numbers and booleans typed.
+    pub hyperparameters: serde_json::Map<String, serde_json::Value>,
+    /// The digest of the processed data's lineage record, when the channels came from one.
+    pub data_lineage: Option<Digest>,
+    /// Each channel, with its files.
+    pub channels: BTreeMap<String, ChannelFiles>,
+    /// `model.tar.gz`.
+    pub model: FileRecord,
+    /// `output.tar.gz`, when the program wrote output data.
+    pub output: Option<FileRecord>,
+}
+
+impl Record for ScriptTrainingLineage {
+    const STEP: &'static str = "train-script";
+}
+
+/// One batch-transform instance's record (`.shardline/transform/algo-<i>.json`, and a line of
+/// the summary).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TransformInstance {
+    /// `algo-<i>`.
+    pub host: String,
+    /// The job's identity (model, manifest, k, instances).
+    pub identity: serde_json::Value,
+    /// Objects in its share.
+    pub objects: usize,
+    /// Objects predicted.
+    pub predicted: u64,
+    /// Objects that could not be read.
+    pub failed: u64,
+    /// Seconds it ran.
+    pub seconds: f64,
+    /// Its predictions' key below the output.
+    pub output: String,
+    /// Its predictions' digest.
+    pub file: FileRecord,
+}
+
+/// `summary.json` of a batch transform.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TransformSummary {
+    /// The schema version ([`SCHEMA`]).
+    #[serde(default)]
+    pub schema: u32,
+    /// The program that wrote it.
+    pub producer: String,
+    /// `transform`.
+    pub step: String,
+    /// The job digest.
+    pub job: String,
+    /// The model's URL.
+    pub model: String,
+    /// The manifest's URL.
+    pub manifest: String,
+    /// The job's identity (model and manifest digests, k, instances).
+    pub identity: serde_json::Value,
+    /// Objects the manifest lists.
+    pub objects: usize,
+    /// Objects predicted.
+    pub predicted: u64,
+    /// Objects that could not be read.
+    pub failed: u64,
+    /// Each instance.
+    pub instances: Vec<TransformInstance>,
+    /// Seconds the job ran.
+    pub seconds: f64,
+}
+
+impl Record for TransformSummary {
+    const STEP: &'static str = "transform";
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -183,5 +315,43 @@ mod tests {
             err.contains("`shardline process`, not of `shardline train`"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn every_stage_record_round_trips_and_refuses_another_steps() {
+        let summary = TransformSummary {
+            schema: SCHEMA,
+            producer: "shardline".into(),
+            step: "transform".into(),
+            job: "sha256:00".into(),
+            model: "model".into(),
+            manifest: "m/test.manifest".into(),
+            identity: serde_json::json!({"k": 5}),
+            objects: 2,
+            predicted: 1,
+            failed: 1,
+            instances: vec![TransformInstance {
+                host: "algo-1".into(),
+                identity: serde_json::json!({"k": 5}),
+                objects: 2,
+                predicted: 1,
+                failed: 1,
+                seconds: 0.5,
+                output: "predictions/algo-1.jsonl".into(),
+                file: FileRecord::of(b"x"),
+            }],
+            seconds: 0.5,
+        };
+        let bytes = encode(&summary).expect("encode");
+        let back: TransformSummary = parse("summary.json", &bytes).expect("parse");
+        assert_eq!(back.instances, summary.instances);
+        let err = parse::<ScriptTrainingLineage>("summary.json", &bytes)
+            .expect_err("a transform summary is not a training record")
+            .to_string();
+        assert!(err.contains("not of `shardline train-script`"), "{err}");
+        let err = parse::<ProcessScriptLineage>("summary.json", &bytes)
+            .expect_err("nor a process record")
+            .to_string();
+        assert!(err.contains("`shardline transform`"), "{err}");
     }
 }

@@ -38,6 +38,10 @@ pub struct ListingRecord {
 /// `lineage.json`: where the dataset came from, how it was split, and what was written.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ManifestLineage {
+    /// The schema version (`shardline_contract::lineage::SCHEMA`; records written before it
+    /// existed read as 0).
+    #[serde(default)]
+    pub schema: u32,
     /// The program that wrote it.
     pub producer: String,
     /// The step: `manifest`.
@@ -58,6 +62,10 @@ pub struct ManifestLineage {
     pub outputs: BTreeMap<String, FileRecord>,
     /// The digest of the `lineage.json` this output replaced, when it was an update.
     pub previous: Option<Digest>,
+}
+
+impl shardline_contract::lineage::Record for ManifestLineage {
+    const STEP: &'static str = "manifest";
 }
 
 /// `labels.json`: label names by id, and ids by name.

@@ -287,16 +287,17 @@ async fn read_existing(
         }
         return Ok(None);
     };
-    let record: ManifestLineage = match serde_json::from_slice(&bytes) {
-        Ok(record) => record,
-        Err(_) if config.force => return Ok(None),
-        Err(e) => {
-            return Err(Error::OutputTaken {
-                out_uri: out.uri(),
-                what: format!("whose lineage.json is not a manifest record ({e})"),
-            });
-        }
-    };
+    let record: ManifestLineage =
+        match shardline_contract::lineage::parse(&out.uri_of(LINEAGE), &bytes) {
+            Ok(record) => record,
+            Err(_) if config.force => return Ok(None),
+            Err(e) => {
+                return Err(Error::OutputTaken {
+                    out_uri: out.uri(),
+                    what: format!("whose lineage.json cannot be used ({e})"),
+                });
+            }
+        };
     let settings = settings(config);
     let differs = if record.source != source.uri() {
         Some(format!("of another source ({})", record.source))
@@ -504,6 +505,7 @@ fn lineage_record(
         *totals.entry(row.channel.name().to_string()).or_default() += 1;
     }
     ManifestLineage {
+        schema: shardline_contract::lineage::SCHEMA,
         producer: PRODUCER.to_string(),
         step: "manifest".to_string(),
         source: source.uri(),

@@ -317,18 +317,39 @@ pub async fn finalize(
             "channels": r.channels.iter().map(|(c, x)| (c.clone(), json!({"assigned": x.assigned, "files": x.written}))).collect::<BTreeMap<_, _>>(),
         })).collect::<Vec<_>>(),
     });
-    let report_bytes = serde_json::to_vec_pretty(&report).unwrap_or_default();
-    let lineage = json!({
-        "producer": PRODUCER,
-        "step": "process",
-        "job": job.digest(),
-        "script": job.settings.script,
-        "distribution": job.settings.distribution.rule(),
-        "inputs": job.inputs.iter().map(|i| json!({"channel": i.channel, "uri": i.uri, "digest": i.digest})).collect::<Vec<_>>(),
-        "assignment": results.iter().map(|r| (r.host.clone(), r.channels.iter().map(|(c, x)| (c.clone(), json!([x.assigned, x.assignment]))).collect::<BTreeMap<_, _>>())).collect::<BTreeMap<_, _>>(),
-        "outputs": outputs,
-        "report": FileRecord::of(&report_bytes),
-    });
+    let report_bytes = shardline_contract::lineage::encode(&report)?;
+    let lineage = shardline_contract::lineage::ProcessScriptLineage {
+        schema: shardline_contract::lineage::SCHEMA,
+        producer: PRODUCER.into(),
+        step: "process".into(),
+        job: job.digest().to_string(),
+        script: job.settings.script.clone().unwrap_or_default(),
+        distribution: job.settings.distribution.rule().into(),
+        inputs: job
+            .inputs
+            .iter()
+            .map(|i| {
+                BTreeMap::from([
+                    ("channel".to_string(), i.channel.clone()),
+                    ("uri".to_string(), i.uri.clone()),
+                    ("digest".to_string(), i.digest.to_string()),
+                ])
+            })
+            .collect(),
+        assignment: results
+            .iter()
+            .map(|r| {
+                let channels = r
+                    .channels
+                    .iter()
+                    .map(|(c, x)| (c.clone(), (x.assigned, x.assignment.clone())))
+                    .collect();
+                (r.host.clone(), channels)
+            })
+            .collect(),
+        outputs,
+        report: FileRecord::of(&report_bytes),
+    };
     commit::recover(out).await?;
     let mut tx = Commit::begin(out);
     tx.stage("report.json", Bytes::from(report_bytes)).await?;

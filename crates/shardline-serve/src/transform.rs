@@ -16,6 +16,7 @@ use futures::{StreamExt, TryStreamExt};
 use serde_json::json;
 use shardline_contract::distribute::{Distribution, share};
 use shardline_contract::instance::host;
+use shardline_contract::lineage::{SCHEMA, TransformInstance, TransformSummary};
 use shardline_contract::owner::{self, Stage};
 use shardline_lineage::{Digest, FileRecord, PRODUCER};
 use shardline_store::{Location, Store};
@@ -82,7 +83,7 @@ pub struct TransformReport {
     /// Where the predictions are.
     pub predictions: String,
     /// The job's summary, as written.
-    pub summary: serde_json::Value,
+    pub summary: TransformSummary,
 }
 
 fn setting(name: &str, reason: &str) -> Error {
@@ -237,8 +238,8 @@ pub async fn run(
             && let Some(done) = out
                 .get_opt(&format!(".shardline/transform/{host}.json"))
                 .await?
-            && let Ok(done) = serde_json::from_slice::<serde_json::Value>(&done)
-            && done["identity"] == identity
+            && let Ok(done) = serde_json::from_slice::<TransformInstance>(&done)
+            && done.identity == identity
             && out.exists(&format!("predictions/{host}.jsonl")).await?
         {
             progress.message(&format!(
@@ -283,16 +284,16 @@ pub async fn run(
     for ((host, keys), result) in todo.iter().zip(results) {
         let (lines, ok, failed, seconds) = result?;
         let output_key = format!("predictions/{host}.jsonl");
-        let record = json!({
-            "host": host,
-            "identity": identity,
-            "objects": keys.len(),
-            "predicted": ok,
-            "failed": failed,
-            "seconds": seconds,
-            "output": output_key,
-            "file": FileRecord::of(&lines),
-        });
+        let record = TransformInstance {
+            host: host.clone(),
+            identity: identity.clone(),
+            objects: keys.len(),
+            predicted: ok,
+            failed,
+            seconds,
+            output: output_key.clone(),
+            file: FileRecord::of(&lines),
+        };
         out.put(&output_key, Bytes::from(lines)).await?;
         out.put(
             &format!(".shardline/transform/{host}.json"),
@@ -304,25 +305,23 @@ pub async fn run(
         ));
         instances.push(record);
     }
-    instances.sort_by(|a, b| a["host"].as_str().cmp(&b["host"].as_str()));
-    let predicted: u64 = instances
-        .iter()
-        .filter_map(|i| i["predicted"].as_u64())
-        .sum();
-    let failed: u64 = instances.iter().filter_map(|i| i["failed"].as_u64()).sum();
-    let summary = json!({
-        "producer": PRODUCER,
-        "step": "transform",
-        "job": job,
-        "model": config.model,
-        "manifest": config.manifest,
-        "identity": identity,
-        "objects": manifest.keys.len(),
-        "predicted": predicted,
-        "failed": failed,
-        "instances": instances,
-        "seconds": started.elapsed().as_secs_f64(),
-    });
+    instances.sort_by(|a, b| a.host.cmp(&b.host));
+    let predicted: u64 = instances.iter().map(|i| i.predicted).sum();
+    let failed: u64 = instances.iter().map(|i| i.failed).sum();
+    let summary = TransformSummary {
+        schema: SCHEMA,
+        producer: PRODUCER.into(),
+        step: "transform".into(),
+        job: job.clone(),
+        model: config.model.clone(),
+        manifest: config.manifest.clone(),
+        identity,
+        objects: manifest.keys.len(),
+        predicted,
+        failed,
+        instances,
+        seconds: started.elapsed().as_secs_f64(),
+    };
     // What an earlier job with more instances left goes, then the owner record, summary last.
     for rank in config.instances.. {
         let host = host(rank);
