@@ -178,18 +178,7 @@ pub async fn finalize(job: &Job, out: &Store, results: &[InstanceResult]) -> Res
         producer: PRODUCER.into(),
         step: "process".into(),
         job: job.digest().to_string(),
-        inputs: job
-            .inputs
-            .iter()
-            .map(|i| {
-                BTreeMap::from([
-                    ("channel".to_string(), i.channel.clone()),
-                    ("uri".to_string(), i.uri.clone()),
-                    ("digest".to_string(), i.digest.to_string()),
-                    ("objects".to_string(), i.records.len().to_string()),
-                ])
-            })
-            .collect(),
+        inputs: job.inputs.iter().map(|i| i.lineage_entry()).collect(),
         distribution: job.settings.distribution.rule().into(),
         instances: job.settings.instances,
         assignment,

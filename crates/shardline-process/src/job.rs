@@ -41,6 +41,16 @@ pub struct Input {
 }
 
 impl Input {
+    /// This input's entry in a lineage record: channel, URI, digest and object count.
+    pub fn lineage_entry(&self) -> BTreeMap<String, String> {
+        BTreeMap::from([
+            ("channel".to_string(), self.channel.clone()),
+            ("uri".to_string(), self.uri.clone()),
+            ("digest".to_string(), self.digest.to_string()),
+            ("objects".to_string(), self.records.len().to_string()),
+        ])
+    }
+
     /// The full URI of every record, the key the distribution sorts on.
     pub fn uris(&self) -> Vec<String> {
         self.records

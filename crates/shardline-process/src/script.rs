@@ -325,17 +325,7 @@ pub async fn finalize(
         job: job.digest().to_string(),
         script: job.settings.script.clone().unwrap_or_default(),
         distribution: job.settings.distribution.rule().into(),
-        inputs: job
-            .inputs
-            .iter()
-            .map(|i| {
-                BTreeMap::from([
-                    ("channel".to_string(), i.channel.clone()),
-                    ("uri".to_string(), i.uri.clone()),
-                    ("digest".to_string(), i.digest.to_string()),
-                ])
-            })
-            .collect(),
+        inputs: job.inputs.iter().map(|i| i.lineage_entry()).collect(),
         assignment: results
             .iter()
             .map(|r| {
