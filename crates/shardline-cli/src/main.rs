@@ -11,7 +11,7 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::sync::Mutex;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 /// Shardline takes a data lake of labelled objects to a trained and served model,
@@ -140,8 +140,44 @@ fn init_tracing(verbose: u8, quiet: bool) {
         .init();
 }
 
+/// The libraries name a setting by its config field, in backticks (`` `error_budget` ``); the
+/// person at the terminal set it with a flag. Replaces each setting of the command that ran by its
+/// flag (`--error-budget`), so that only this layer knows flag names.
+fn name_flags(message: &str, command: &clap::Command) -> String {
+    let mut message = message.to_string();
+    for arg in command.get_arguments() {
+        let flag = match (arg.get_long(), arg.get_short()) {
+            (Some(long), _) => format!("--{long}"),
+            (None, Some(short)) => format!("-{short}"),
+            (None, None) => continue,
+        };
+        message = message.replace(&format!("`{}`", arg.get_id()), &flag);
+    }
+    message
+}
+
+/// The clap command of the subcommand that ran (`model register`, say).
+fn ran<'a>(mut command: &'a clap::Command, mut matches: &clap::ArgMatches) -> &'a clap::Command {
+    while let Some((name, sub)) = matches.subcommand() {
+        match command.find_subcommand(name) {
+            Some(found) => {
+                command = found;
+                matches = sub;
+            }
+            None => break,
+        }
+    }
+    command
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let definition = Cli::command();
+    let matches = definition.clone().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    let command = ran(&definition, &matches);
     init_tracing(cli.verbose, cli.quiet);
     let ui = progress::Ui::new(cli.quiet);
     // An instance is one core's worth of work: one runtime thread, so that N instances on N cores
@@ -176,9 +212,9 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             ui.clear();
-            eprintln!("error: {error}");
+            eprintln!("error: {}", name_flags(&error.to_string(), command));
             for cause in error.chain().skip(1) {
-                eprintln!("  caused by: {cause}");
+                eprintln!("  caused by: {}", name_flags(&cause.to_string(), command));
             }
             ExitCode::FAILURE
         }

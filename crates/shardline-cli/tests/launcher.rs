@@ -173,3 +173,28 @@ fn instance_logs_can_be_followed_while_the_job_runs() {
     let status = launcher.wait().expect("wait");
     assert!(status.success());
 }
+
+/// The libraries name settings; the command names the flags that set them.
+#[test]
+fn errors_name_the_flag_that_sets_the_setting() {
+    let t = TestDir::new();
+    let err = t
+        .run(&[
+            "process",
+            "--input",
+            "train=lake/",
+            "--out",
+            "out",
+            "--error-budget",
+            "2",
+        ])
+        .fails();
+    assert!(
+        err.contains("--error-budget") && !err.contains('`'),
+        "{err}"
+    );
+    let err = t
+        .run(&["train", "--data", "p", "--out", "m", "--lr", "0"])
+        .fails();
+    assert!(err.contains("--lr 0 must be a positive number"), "{err}");
+}

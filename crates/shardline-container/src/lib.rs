@@ -16,7 +16,7 @@ pub mod training;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A setting is invalid (the CLI names its flag).
-    #[error("{stage}: {setting}: {reason}")]
+    #[error("{stage}: `{setting}`: {reason}")]
     Setting {
         /// The stage (`train`, `process`).
         stage: &'static str,

@@ -212,7 +212,7 @@ pub async fn run(
             return Err(setting(
                 "out",
                 format!(
-                    "{} overlaps the input {url}; give an --out beside the data",
+                    "{} overlaps the input {url}; give an `out` beside the data",
                     out.uri()
                 ),
             ));

@@ -159,7 +159,7 @@ pub async fn claim(out: &Store, stage: Stage, job: &str, force: bool) -> Result<
     };
     if found.stage != stage {
         return Err(refuse(format!(
-            "holds the output of `shardline {}`{}, which this {} job would overwrite; give another --out (or delete that output first)",
+            "holds the output of `shardline {}`{}, which this {} job would overwrite; give another `out` (or delete that output first)",
             found.stage.name(),
             if found.finished { "" } else { " (unfinished)" },
             stage.name()
@@ -172,7 +172,7 @@ pub async fn claim(out: &Store, stage: Stage, job: &str, force: bool) -> Result<
     }
     if found.finished && !force {
         return Err(refuse(format!(
-            "holds a finished, different {} job ({}); give another --out, or --force to replace it once this job succeeds",
+            "holds a finished, different {} job ({}); give another `out`, or `force` to replace it once this job succeeds",
             stage.name(),
             if found.job.is_empty() {
                 "written before jobs were recorded".to_string()
@@ -267,7 +267,7 @@ mod tests {
         let err = claim(&out, Stage::Process, "b", false)
             .await
             .expect_err("other job");
-        assert!(err.to_string().contains("--force"), "{err}");
+        assert!(err.to_string().contains("`force`"), "{err}");
         assert_eq!(
             claim(&out, Stage::Process, "b", true)
                 .await

@@ -82,18 +82,18 @@ impl ShapesConfig {
     pub fn validate(&self) -> Result<(), Error> {
         if !(1..=SHAPES.len()).contains(&self.classes) {
             return Err(Error::BadConfig(format!(
-                "--classes {} is out of range; the shapes dataset has 1 to {} classes ({})",
+                "`classes` {} is out of range; the shapes dataset has 1 to {} classes ({})",
                 self.classes,
                 SHAPES.len(),
                 SHAPES.join(", ")
             )));
         }
         if self.per_class == 0 {
-            return Err(Error::BadConfig("--per-class must be at least 1".into()));
+            return Err(Error::BadConfig("`per_class` must be at least 1".into()));
         }
         if !(8..=4096).contains(&self.size) || !(8..=4096).contains(&self.height()) {
             return Err(Error::BadConfig(format!(
-                "--size {} / --height {} is out of range; use 8 to 4096 pixels",
+                "`size` {} / `height` {} is out of range; use 8 to 4096 pixels",
                 self.size,
                 self.height()
             )));

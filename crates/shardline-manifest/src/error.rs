@@ -34,7 +34,7 @@ pub enum Error {
     },
     /// A class has too few objects for the split and minimum.
     #[error(
-        "manifest: class {class:?} has {objects} object(s), which split as {counts} — fewer than --min-per-class {min} in some channel; lower --min-per-class, change --split or add data"
+        "manifest: class {class:?} has {objects} object(s), which split as {counts} — fewer than `min_per_class` {min} in some channel; lower `min_per_class`, change `split` or add data"
     )]
     TooFewObjects {
         /// The class label.
@@ -48,7 +48,7 @@ pub enum Error {
     },
     /// The output already holds a different dataset.
     #[error(
-        "manifest: the output {out_uri} already holds a dataset {what}; choose another --out, or pass --force to replace it"
+        "manifest: the output {out_uri} already holds a dataset {what}; choose another `out`, or `force` to replace it"
     )]
     OutputTaken {
         /// The output URI.
@@ -58,7 +58,7 @@ pub enum Error {
     },
     /// An existing output's files do not match its lineage record.
     #[error(
-        "manifest: {file} in {out_uri} does not match its lineage record (it was changed or damaged); pass --force to rebuild the output from scratch"
+        "manifest: {file} in {out_uri} does not match its lineage record (it was changed or damaged); `force` rebuilds the output from scratch"
     )]
     OutputTampered {
         /// The output URI.

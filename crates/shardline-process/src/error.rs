@@ -15,7 +15,7 @@ pub enum Error {
     #[error("process: {0}")]
     BadConfig(String),
     /// One setting is invalid (the CLI names its flag).
-    #[error("process: {setting}: {reason}")]
+    #[error("process: `{setting}`: {reason}")]
     Setting {
         /// The setting, as `ProcessConfig` names it.
         setting: &'static str,

@@ -75,7 +75,7 @@ pub fn detect(
         Some(id)
     } else if let Some(rank) = number("JOB_COMPLETION_INDEX")? {
         let size = number("SHARDLINE_WORLD_SIZE")?.or(instances).ok_or_else(|| {
-            "JOB_COMPLETION_INDEX is set but the world size is not: set SHARDLINE_WORLD_SIZE or pass --instances (the Job's completions)".to_string()
+            "JOB_COMPLETION_INDEX is set but the world size is not: set SHARDLINE_WORLD_SIZE or `instances` (the Job's completions)".to_string()
         })?;
         Some(Identity {
             rank,
@@ -114,7 +114,7 @@ pub fn detect(
             && n != id.size
         {
             return Err(format!(
-                "{} says the world size is {}, but --instances is {n}; drop --instances or make them agree",
+                "{} says the world size is {}, but `instances` is {n}; drop `instances` or make them agree",
                 id.source, id.size
             ));
         }
@@ -209,7 +209,7 @@ mod tests {
                 None,
                 Some(3)
             ))
-            .contains("--instances is 3")
+            .contains("`instances` is 3")
         );
         assert!(
             err(check(

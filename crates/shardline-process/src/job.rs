@@ -316,16 +316,16 @@ pub fn check_out(inputs: &[(String, String)], out: &Location) -> Result<(), Erro
         }
         let input = Location::parse(url)?;
         let what = if input.contains(out) {
-            "--out is inside this input prefix, so a later run would read the outputs as objects"
+            "`out` is inside this input prefix, so a later run would read the outputs as objects"
         } else if out.contains(&input) {
-            "this input prefix is inside --out, where outputs are written"
+            "this input prefix is inside `out`, where outputs are written"
         } else {
             continue;
         };
         return Err(Error::BadInput {
             input: format!("{channel}={url}"),
             reason: format!(
-                "{what}; give an --out ({}) beside the input, not within it",
+                "{what}; give an `out` ({}) beside the input, not within it",
                 out.uri()
             ),
         });
@@ -349,7 +349,7 @@ pub fn check_out_roots(job: &Job, out: &Location) -> Result<(), Error> {
                 return Err(Error::BadInput {
                     input: format!("{}={}", input.channel, input.uri),
                     reason: format!(
-                        "--out {} overlaps {}, where this input's objects are; give an --out beside the data lake, not within it",
+                        "`out` {} overlaps {}, where this input's objects are; give an `out` beside the data lake, not within it",
                         out.uri(),
                         root.uri()
                     ),
@@ -365,7 +365,7 @@ pub fn check_out_roots(job: &Job, out: &Location) -> Result<(), Error> {
 pub async fn load(inputs: &[(String, String)], settings: Settings) -> Result<Job, Error> {
     if inputs.is_empty() {
         return Err(Error::BadConfig(
-            "give at least one --input CHANNEL=URL".into(),
+            "give at least one `inputs` CHANNEL=URL".into(),
         ));
     }
     let mut seen = BTreeSet::new();
@@ -378,7 +378,7 @@ pub async fn load(inputs: &[(String, String)], settings: Settings) -> Result<Job
         }
     }
     if settings.instances == 0 {
-        return Err(Error::BadConfig("--instances must be at least 1".into()));
+        return Err(Error::BadConfig("`instances` must be at least 1".into()));
     }
     let mut raws = Vec::new();
     for (channel, url) in inputs {
@@ -483,7 +483,7 @@ mod tests {
         ] {
             let err = check_out(&inputs(url), &out).expect_err(url).to_string();
             assert!(
-                err.contains(&format!("train={url}")) && err.contains("--out"),
+                err.contains(&format!("train={url}")) && err.contains("`out`"),
                 "{err}"
             );
         }

@@ -57,7 +57,7 @@ impl BatchConfig {
     pub fn validate(&self) -> Result<(), Error> {
         if self.max_batch == 0 || self.queue == 0 || self.workers == 0 {
             return Err(Error::BadConfig(
-                "--max-batch, --queue and --workers must be at least 1".into(),
+                "`max_batch`, `queue` and `workers` must be at least 1".into(),
             ));
         }
         Ok(())
@@ -180,7 +180,7 @@ impl<I: Inference> Batcher<I> {
                 Err(InferenceError {
                     status: 429,
                     message: format!(
-                        "the server is overloaded: {} requests are already queued; retry later or raise --queue",
+                        "the server is overloaded: {} requests are already queued; retry later or raise `queue`",
                         self.capacity
                     ),
                 })

@@ -66,7 +66,7 @@ impl<I: Inference> Server<I> {
     pub fn start(handler: I, config: ServerConfig) -> Result<Arc<Server<I>>, Error> {
         if config.body_limit == 0 || config.timeout.is_zero() {
             return Err(Error::BadConfig(
-                "--body-limit and --timeout-ms must be positive".into(),
+                "`body_limit` and `timeout_ms` must be positive".into(),
             ));
         }
         let handler = Arc::new(handler);
@@ -126,7 +126,7 @@ impl<I: Inference> Server<I> {
             Err(_) => Err(InferenceError {
                 status: 504,
                 message: format!(
-                    "no prediction within {} ms (queue and model); retry, lower the load or raise --timeout-ms",
+                    "no prediction within {} ms (queue and model); retry, lower the load or raise `timeout_ms`",
                     self.config.timeout.as_millis()
                 ),
             }),
@@ -234,7 +234,7 @@ fn body_failure(rejection: BytesRejection, limit: usize) -> InferenceError {
         InferenceError {
             status,
             message: format!(
-                "the request body is larger than the limit of {limit} bytes; send a smaller payload or raise --body-limit"
+                "the request body is larger than the limit of {limit} bytes; send a smaller payload or raise `body_limit`"
             ),
         }
     } else {

@@ -77,7 +77,7 @@ impl ModelFiles {
                 unpack(&bytes).map_err(|e| bad(format!("model.tar.gz is not readable ({e})")))?
             } else {
                 return Err(bad(
-                    "holds neither model.json nor model.tar.gz; give the --out of `shardline train`"
+                    "holds neither model.json nor model.tar.gz; give the output of `shardline train`"
                         .into(),
                 ));
             }

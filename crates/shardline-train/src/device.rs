@@ -28,10 +28,10 @@ pub fn by_name(name: &str) -> Result<Device, Error> {
         "wgpu" => Ok(Device::wgpu(burn::tensor::DeviceKind::DefaultDevice)),
         #[allow(unreachable_patterns)]
         "cuda" | "wgpu" => Err(Error::Setting(format!(
-            "device {name} needs a build with that backend: cargo build --release --features {name}"
+            "`device` {name} needs a build with that backend: cargo build --release --features {name}"
         ))),
         other => Err(Error::Setting(format!(
-            "unknown device {other:?}; this build has {}",
+            "unknown `device` {other:?}; this build has {}",
             available().join(", ")
         ))),
     }
@@ -45,7 +45,7 @@ mod tests {
     fn the_cpu_is_always_there_and_unknown_names_are_refused() {
         assert!(by_name("cpu").is_ok());
         let err = by_name("tpu").unwrap_err().to_string();
-        assert!(err.contains("unknown device \"tpu\""), "{err}");
+        assert!(err.contains("unknown `device` \"tpu\""), "{err}");
         if !cfg!(feature = "cuda") {
             let err = by_name("cuda").unwrap_err().to_string();
             assert!(err.contains("--features cuda"), "{err}");

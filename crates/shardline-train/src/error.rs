@@ -14,7 +14,7 @@ pub enum Error {
     Data(String),
     /// The loss became NaN or infinite.
     #[error(
-        "train: the loss became {loss} (diverging); lower --lr. The checkpoint of the last finished epoch, if any, stays in --out (continue with --resume)"
+        "train: the loss became {loss} (diverging); lower `lr`. The checkpoint of the last finished epoch, if any, stays in `out` (continue with `resume`)"
     )]
     Diverged {
         /// The loss value.

@@ -111,14 +111,14 @@ impl ModelConfig {
             let halvings = self.widths.len() as u32;
             if h.min(w) < 1 << halvings {
                 return Err(format!(
-                    "a CNN with {halvings} stride-2 convolutions needs inputs of at least {0}x{0}, not {h}x{w}; use fewer widths or a larger --size",
+                    "a CNN with {halvings} stride-2 convolutions needs inputs of at least {0}x{0}, not {h}x{w}; use fewer widths, or process the images at a larger size",
                     1 << halvings
                 ));
             }
         }
         if self.kind == Kind::Reference && self.reference_features().is_none() {
             return Err(format!(
-                "the reference CNN's {} convolution + max-pool stages need a larger input than {h}x{w}; use fewer widths or a larger --size",
+                "the reference CNN's {} convolution + max-pool stages need a larger input than {h}x{w}; use fewer widths, or process the images at a larger size",
                 self.widths.len()
             ));
         }

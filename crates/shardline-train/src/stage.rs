@@ -107,25 +107,27 @@ impl TrainConfig {
     pub fn validate(&self) -> Result<(), Error> {
         let s = &self.schedule;
         if let Ranks::InProcess { workers: 0 } = self.ranks {
-            return Err(Error::Setting("workers must be at least 1".into()));
+            return Err(Error::Setting("`workers` must be at least 1".into()));
         }
         if s.batch == 0 || s.epochs == 0 {
-            return Err(Error::Setting("batch and epochs must be at least 1".into()));
+            return Err(Error::Setting(
+                "`batch` and `epochs` must be at least 1".into(),
+            ));
         }
         if !(s.lr.is_finite() && s.lr > 0.0) {
             return Err(Error::Setting(format!(
-                "lr {} must be a positive number",
+                "`lr` {} must be a positive number",
                 s.lr
             )));
         }
         if s.bucket_bytes == 0 {
             return Err(Error::Setting(
-                "the fusion bucket must be at least 1 byte".into(),
+                "`bucket_mib`: the fusion bucket must be at least 1 byte".into(),
             ));
         }
         if self.data.is_empty() {
             return Err(Error::Setting(
-                "data is required: the output of `shardline process`".into(),
+                "`data` is required: the output of `shardline process`".into(),
             ));
         }
         crate::device::by_name(&self.device)?;
@@ -260,12 +262,12 @@ fn model_config(
 pub async fn run(config: &TrainConfig, progress: &dyn Progress) -> Result<TrainReport, Error> {
     config.validate()?;
     let data = Store::open(&config.data)
-        .map_err(|e| Error::Setting(format!("data {}: {e}", config.data)))?;
-    let out =
-        Store::open(&config.out).map_err(|e| Error::Setting(format!("out {}: {e}", config.out)))?;
+        .map_err(|e| Error::Setting(format!("`data` {}: {e}", config.data)))?;
+    let out = Store::open(&config.out)
+        .map_err(|e| Error::Setting(format!("`out` {}: {e}", config.out)))?;
     if data.location().contains(out.location()) || out.location().contains(data.location()) {
         return Err(Error::Setting(format!(
-            "out {} overlaps the data {}: the model directory would be written among the shards it trains on; give an out beside the data",
+            "`out` {} overlaps the data {}: the model directory would be written among the shards it trains on; give an `out` beside the data",
             out.uri(),
             data.uri()
         )));
@@ -342,7 +344,7 @@ pub async fn run(config: &TrainConfig, progress: &dyn Progress) -> Result<TrainR
                     None => None,
                 };
             progress.message(&format!(
-                "train: {} already holds this job's model; nothing to do (--force to train again)",
+                "train: {} already holds this job's model; nothing to do (`force` to train again)",
                 out.uri()
             ));
             return Ok(TrainReport {
@@ -509,7 +511,7 @@ async fn load_checkpoint(
     let at = out.uri_of("checkpoint/");
     let bytes = out.get("checkpoint/state.json").await.map_err(|e| {
         Error::Data(format!(
-            "--resume needs a checkpoint in {at} ({e}); train without --resume to start over"
+            "`resume` needs a checkpoint in {at} ({e}); train without `resume` to start over"
         ))
     })?;
     let state: CheckpointState = serde_json::from_slice(&bytes)

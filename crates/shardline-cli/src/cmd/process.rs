@@ -216,20 +216,6 @@ pub fn config(args: &Args, instances: usize) -> Result<ProcessConfig> {
     })
 }
 
-/// A library error with its setting named as the flag that sets it.
-pub fn flag_error(error: shardline_process::Error) -> anyhow::Error {
-    match error {
-        shardline_process::Error::Setting { setting, reason } => {
-            let flag = match setting {
-                "inputs" => "input".to_string(),
-                other => other.replace('_', "-"),
-            };
-            anyhow::anyhow!("process: --{flag}: {reason}")
-        }
-        other => other.into(),
-    }
-}
-
 fn detect_identity(instances: Option<usize>) -> Result<Option<Identity>> {
     let config_path = std::env::var("SHARDLINE_RESOURCE_CONFIG")
         .unwrap_or_else(|_| "/opt/ml/config/resourceconfig.json".into());
@@ -311,9 +297,7 @@ pub async fn run_config(config: &ProcessConfig, identity: Option<Identity>, ui: 
         },
         None => Role::Launch(&launcher),
     };
-    let report = shardline_process::run(config, role, &bars)
-        .await
-        .map_err(flag_error)?;
+    let report = shardline_process::run(config, role, &bars).await?;
     for (host, attempt, reason) in &report.retries {
         ui.say(format!(
             "process: retried {host} attempt {attempt} {reason}"
@@ -383,7 +367,7 @@ pub async fn instance() -> Result<()> {
     };
     shardline_process::run_instance(&job, &progress)
         .await
-        .map_err(flag_error)
+        .map_err(Into::into)
 }
 
 #[cfg(test)]

@@ -122,12 +122,8 @@ pub async fn run(args: Args, ui: &Ui) -> Result<()> {
         },
     };
     let name = config.name.clone();
-    shardline_train::device::by_name(&args.device).map_err(|e| {
-        anyhow::anyhow!(
-            "serve: {}",
-            e.to_string().replace("train: device", "--device")
-        )
-    })?;
+    shardline_train::device::by_name(&args.device)
+        .map_err(|e| anyhow::anyhow!("serve: {}", e.to_string().trim_start_matches("train: ")))?;
     let handler = ImageClassifier::new(
         files,
         ClassifierOptions {

@@ -71,23 +71,6 @@ impl training::Progress for Relay<'_> {
     }
 }
 
-/// A library error with its setting named as the flag that sets it.
-fn flag_error(error: shardline_container::Error) -> anyhow::Error {
-    match error {
-        shardline_container::Error::Setting {
-            setting, reason, ..
-        } => {
-            let flag = match setting {
-                "hyperparameters" => "hyperparameter",
-                "channels" => "channel",
-                other => other,
-            };
-            anyhow::anyhow!("train: --{}: {reason}", flag.replace('_', "-"))
-        }
-        other => other.into(),
-    }
-}
-
 /// Runs the user's training program (see `shardline_container::training`).
 pub async fn run(
     data: Option<&str>,
@@ -106,9 +89,7 @@ pub async fn run(
         root: args.root.clone(),
         force,
     };
-    let report = training::run(&config, &Relay { ui })
-        .await
-        .map_err(flag_error)?;
+    let report = training::run(&config, &Relay { ui }).await?;
     ui.say(format!("train: --script done; model in {}", report.model));
     Ok(())
 }

@@ -45,10 +45,7 @@ pub struct Args {
 pub async fn run(args: Args, ui: &Ui) -> Result<()> {
     let (model, _, _) = super::serve::locate(&args.model, args.registry.as_deref()).await?;
     shardline_train::device::by_name(&args.device).map_err(|e| {
-        anyhow::anyhow!(
-            "transform: {}",
-            e.to_string().replace("train: device", "--device")
-        )
+        anyhow::anyhow!("transform: {}", e.to_string().trim_start_matches("train: "))
     })?;
     let config = TransformConfig {
         model,
