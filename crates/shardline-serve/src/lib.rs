@@ -25,6 +25,7 @@
 
 mod batcher;
 mod classifier;
+pub mod endpoint;
 mod error;
 mod http;
 mod inference;

@@ -3,11 +3,10 @@
 
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use shardline_registry::{Reference, Registry};
-use shardline_serve::{
-    BatchConfig, ClassifierOptions, ImageClassifier, ModelFiles, Server, ServerConfig,
-};
+use shardline_serve::endpoint::{self, EndpointConfig, Listening};
+use shardline_serve::{BatchConfig, ClassifierOptions, ServerConfig};
 
 use crate::progress::Ui;
 
@@ -101,52 +100,46 @@ async fn stop_signal() {
 
 /// Loads the model and serves until stopped; requests in flight are answered before it exits.
 pub async fn run(args: Args, ui: &Ui) -> Result<()> {
-    if args.timeout_ms == 0 || args.body_limit == 0 {
-        bail!("serve: --timeout-ms and --body-limit must be at least 1");
-    }
-    let (url, registered, version) = locate(&args.model, args.registry.as_deref()).await?;
-    let files = ModelFiles::load(&url)
-        .await
-        .with_context(|| format!("serve: --model {}", args.model))?;
-    let config = ServerConfig {
-        name: args.name.clone().unwrap_or(registered),
-        version,
-        body_limit: args.body_limit,
-        timeout: Duration::from_millis(args.timeout_ms),
-        batch: BatchConfig {
-            max_batch: args.max_batch,
-            max_delay: Duration::from_millis(args.max_delay_ms),
-            queue: args.queue,
-            workers: args.workers,
-            adaptive: args.batching == Batching::Adaptive,
+    let (model, registered, version) = locate(&args.model, args.registry.as_deref()).await?;
+    let config = EndpointConfig {
+        model,
+        host: args.host.clone(),
+        port: args.port,
+        server: ServerConfig {
+            name: args.name.clone().unwrap_or(registered),
+            version,
+            body_limit: args.body_limit,
+            timeout: Duration::from_millis(args.timeout_ms),
+            batch: BatchConfig {
+                max_batch: args.max_batch,
+                max_delay: Duration::from_millis(args.max_delay_ms),
+                queue: args.queue,
+                workers: args.workers,
+                adaptive: args.batching == Batching::Adaptive,
+            },
         },
-    };
-    let name = config.name.clone();
-    shardline_train::device::by_name(&args.device)
-        .map_err(|e| anyhow::anyhow!("serve: {}", e.to_string().trim_start_matches("train: ")))?;
-    let handler = ImageClassifier::new(
-        files,
-        ClassifierOptions {
+        classifier: ClassifierOptions {
             device: args.device.clone(),
             ..ClassifierOptions::default()
         },
-    );
-    let classes = handler.classes().len();
-    let server = Server::start(handler, config)?;
-    let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
-        .await
-        .with_context(|| format!("serve: cannot listen on {}:{}", args.host, args.port))?;
-    let address = listener.local_addr()?;
-    ui.say(format!(
-        "serve: {name} ({classes} classes) from {url} on http://{address} (SageMaker: /ping, /invocations; KServe v2: /v2/models/{name}; /metrics); batches of up to {} within {} ms ({})",
-        args.max_batch,
-        args.max_delay_ms,
-        match args.batching {
-            Batching::Adaptive => "adaptive: no wait under light load",
-            Batching::Delay => "always waiting",
-        }
-    ));
-    shardline_serve::serve(listener, shardline_serve::app(server), stop_signal()).await?;
+    };
+    let ready = |l: &Listening| {
+        ui.say(format!(
+            "serve: {} ({} classes) from {} on http://{} (SageMaker: /ping, /invocations; KServe v2: /v2/models/{}; /metrics); batches of up to {} within {} ms ({})",
+            l.name,
+            l.classes,
+            config.model,
+            l.address,
+            l.name,
+            args.max_batch,
+            args.max_delay_ms,
+            match args.batching {
+                Batching::Adaptive => "adaptive: no wait under light load",
+                Batching::Delay => "always waiting",
+            }
+        ))
+    };
+    endpoint::run(&config, ready, stop_signal()).await?;
     ui.say("serve: stopped; every request in flight was answered");
     Ok(())
 }
