@@ -25,10 +25,10 @@ pub struct Args {
     #[arg(long, default_value = "train=0.8,validation=0.1,test=0.1")]
     pub split: String,
     /// Seed of the stable hash that assigns objects to channels.
-    #[arg(long, default_value_t = 42)]
+    #[arg(long, default_value_t = Config::default().seed)]
     pub seed: u64,
     /// Fail unless every class has at least this many objects in every channel.
-    #[arg(long, default_value_t = 1, value_name = "N")]
+    #[arg(long, default_value_t = Config::default().min_per_class, value_name = "N")]
     pub min_per_class: usize,
     /// Replace an output that holds a different dataset (another source or other settings).
     #[arg(long)]
@@ -37,7 +37,7 @@ pub struct Args {
     #[arg(long)]
     pub augmented: bool,
     /// How many class prefixes to list at once.
-    #[arg(long, default_value_t = 32, value_name = "N")]
+    #[arg(long, default_value_t = Config::default().concurrency, value_name = "N")]
     pub concurrency: usize,
     /// Benchmarks only: add this much latency to every listing request, to model a remote store.
     #[arg(long, default_value_t = 0, value_name = "MS", hide = true)]

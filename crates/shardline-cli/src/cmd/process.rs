@@ -62,13 +62,13 @@ pub struct Args {
     )]
     pub augment_channels: Vec<String>,
     /// Seed of the augmentations (each object's randomness also depends on its key).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = Settings::default().seed)]
     pub seed: u64,
     /// Shards close once they pass this size (e.g. 64MiB, 500KiB, or bytes).
     #[arg(long, default_value = "64MiB")]
     pub shard_size: String,
     /// Images whose header declares more pixels are rejected before decoding.
-    #[arg(long, default_value_t = 64 * 1024 * 1024)]
+    #[arg(long, default_value_t = Settings::default().recipe.max_pixels)]
     pub max_pixels: u64,
     /// Decode every JPEG at full size. By default a JPEG at least twice the size the resize needs
     /// is decoded at 1/2, 1/4 or 1/8 scale in the DCT domain (as Pillow's `draft()` does).
@@ -76,10 +76,10 @@ pub struct Args {
     pub full_decode: bool,
     /// Fraction of objects that may be quarantined (corrupt, truncated, not an image) before the
     /// job fails.
-    #[arg(long, default_value_t = 0.001)]
+    #[arg(long, default_value_t = Settings::default().error_budget)]
     pub error_budget: f64,
     /// Attempts per instance (the local launcher retries a crashed instance on its share only).
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = ProcessConfig::default().max_attempts)]
     pub max_attempts: usize,
     /// Redo instances that already finished this job.
     #[arg(long)]
@@ -93,7 +93,7 @@ pub struct Args {
     #[arg(long, value_name = "DIR")]
     pub root: Option<PathBuf>,
     /// Under an external launcher, how long rank 0 waits for the other instances, in seconds.
-    #[arg(long, default_value_t = 3600)]
+    #[arg(long, default_value_t = ProcessConfig::default().wait_timeout_s)]
     pub wait_timeout: u64,
 }
 
@@ -373,6 +373,30 @@ pub async fn instance() -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The flags' defaults are the library's: a command with no optional flag runs the
+    /// library's default config.
+    #[test]
+    fn no_flags_give_the_library_defaults() {
+        #[derive(clap::Parser)]
+        struct Command {
+            #[command(flatten)]
+            args: Args,
+        }
+        let args =
+            <Command as clap::Parser>::parse_from(["process", "--input", "train=x/", "--out", "o"])
+                .args;
+        let config = config(&args, 1).expect("config");
+        let defaults = ProcessConfig {
+            inputs: vec![("train".into(), "x/".into())],
+            out: "o".into(),
+            ..ProcessConfig::default()
+        };
+        assert_eq!(
+            serde_json::to_value(&config).expect("json"),
+            serde_json::to_value(&defaults).expect("json")
+        );
+    }
 
     #[test]
     fn sizes_and_byte_counts_parse() {

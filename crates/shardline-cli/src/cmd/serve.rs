@@ -22,35 +22,35 @@ pub struct Args {
     #[arg(long, value_name = "URL")]
     pub registry: Option<String>,
     /// The address to listen on. 127.0.0.1 answers this machine only; 0.0.0.0 everyone.
-    #[arg(long, default_value = "127.0.0.1")]
+    #[arg(long, default_value_t = EndpointConfig::default().host)]
     pub host: String,
     /// The port (SageMaker's is 8080; 0 picks a free one, printed at start).
-    #[arg(long, default_value_t = 8080)]
+    #[arg(long, default_value_t = EndpointConfig::default().port)]
     pub port: u16,
     /// The most requests gathered into one model call (1 turns batching off).
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = BatchConfig::default().max_batch)]
     pub max_batch: usize,
     /// How long the first request of a batch waits for others, in milliseconds.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = BatchConfig::default().max_delay.as_millis() as u64)]
     pub max_delay_ms: u64,
     /// When to wait for others: `adaptive` skips the delay under light load (a model thread's
     /// previous batch held one request); `delay` always waits up to --max-delay-ms.
     #[arg(long, value_enum, default_value_t = Batching::Adaptive)]
     pub batching: Batching,
     /// Requests that may wait for the model; beyond that the server answers 429 at once.
-    #[arg(long, default_value_t = 1024)]
+    #[arg(long, default_value_t = BatchConfig::default().queue)]
     pub queue: usize,
     /// Model threads, each with its own copy of the model.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = BatchConfig::default().workers)]
     pub workers: usize,
     /// How long a request may wait for its prediction before a 504, in milliseconds.
-    #[arg(long, default_value_t = 60_000)]
+    #[arg(long, default_value_t = ServerConfig::default().timeout.as_millis() as u64)]
     pub timeout_ms: u64,
     /// The largest request body, in bytes (SageMaker's limit is 6 MB); larger ones get 413.
-    #[arg(long, default_value_t = 6 * 1024 * 1024)]
+    #[arg(long, default_value_t = ServerConfig::default().body_limit)]
     pub body_limit: usize,
     /// The device of the model threads: cpu, or cuda / wgpu in a build with that feature.
-    #[arg(long, default_value = "cpu")]
+    #[arg(long, default_value_t = ClassifierOptions::default().device)]
     pub device: String,
     /// The model's name in the KServe v2 paths (default: the registered name, else "model").
     #[arg(long)]

@@ -17,16 +17,16 @@ pub struct Args {
     #[arg(long, value_name = "URL")]
     pub out: String,
     /// Data-parallel workers (threads of this process, one model replica each).
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = default_workers())]
     pub workers: usize,
     /// Passes over the training data.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = TrainConfig::default().schedule.epochs)]
     pub epochs: usize,
     /// Samples per worker and step.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = TrainConfig::default().schedule.batch)]
     pub batch: usize,
     /// Base learning rate (Adam).
-    #[arg(long, default_value_t = 1e-3)]
+    #[arg(long, default_value_t = TrainConfig::default().schedule.lr)]
     pub lr: f64,
     /// linear: lr x workers (Horovod's advice); none: the same lr for any number of workers.
     #[arg(long, value_enum, default_value_t = ScalingArg::Linear)]
@@ -38,10 +38,10 @@ pub struct Args {
     #[arg(long, value_name = "FILE")]
     pub model_config: Option<std::path::PathBuf>,
     /// Seed of the shard order.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = TrainConfig::default().schedule.seed)]
     pub seed: u64,
     /// Gradient fusion bucket size, MiB.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = TrainConfig::default().schedule.bucket_bytes >> 20)]
     pub bucket_mib: usize,
     /// Continue from the checkpoint in --out (written after every epoch) instead of starting over.
     #[arg(long)]
@@ -51,7 +51,7 @@ pub struct Args {
     pub force: bool,
     /// The device: cpu (Burn's flex backend, the default), or cuda / wgpu in a build with that
     /// feature (`--features cuda`).
-    #[arg(long, default_value = "cpu")]
+    #[arg(long, default_value_t = TrainConfig::default().device)]
     pub device: String,
     /// Your own training program instead of Shardline's trainer.
     #[command(flatten)]
@@ -158,21 +158,16 @@ pub fn config(args: &Args) -> Result<TrainConfig> {
         device: args.device.clone(),
         ..defaults
     };
-    config
-        .validate()
-        .map_err(|e| anyhow::anyhow!("{}", flag_names(&e.to_string())))?;
+    config.validate()?;
     Ok(config)
 }
 
-/// The library's setting names as this command's flags.
-fn flag_names(message: &str) -> String {
-    message
-        .replace("workers must", "--workers must")
-        .replace("batch and epochs", "--batch and --epochs")
-        .replace("lr ", "--lr ")
-        .replace("fusion bucket", "--bucket-mib")
-        .replace("data is required", "--data is required")
-        .replace("device ", "--device ")
+/// The library's default number of in-process workers.
+fn default_workers() -> usize {
+    match TrainConfig::default().ranks {
+        Ranks::InProcess { workers } => workers,
+        Ranks::Mpi { .. } => 1,
+    }
 }
 
 /// Rank 0's terminal: a bar of the steps of the epoch, and a line per epoch.
@@ -248,4 +243,36 @@ pub async fn run_config(config: &TrainConfig, ui: &Ui) -> Result<Option<f64>> {
         (_, None) => ui.say(format!("train: no test channel; model in {}", report.out)),
     }
     Ok(report.test_accuracy)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The flags' defaults are the library's.
+    #[test]
+    fn no_flags_give_the_library_defaults() {
+        #[derive(clap::Parser)]
+        struct Command {
+            #[command(flatten)]
+            args: Args,
+        }
+        let args =
+            <Command as clap::Parser>::parse_from(["train", "--data", "d", "--out", "o"]).args;
+        let config = config(&args).expect("config");
+        let defaults = TrainConfig::default();
+        assert_eq!(
+            format!("{:?}", config.schedule),
+            format!("{:?}", defaults.schedule)
+        );
+        assert_eq!(
+            format!("{:?}", config.ranks),
+            format!("{:?}", defaults.ranks)
+        );
+        assert_eq!(
+            format!("{:?}", config.model),
+            format!("{:?}", defaults.model)
+        );
+        assert_eq!(config.device, defaults.device);
+    }
 }

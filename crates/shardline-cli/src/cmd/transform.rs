@@ -25,19 +25,19 @@ pub struct Args {
     #[arg(long, value_name = "URL")]
     pub out: String,
     /// Instances; each takes its share of the objects (sharded by key) with its own model.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = TransformConfig::default().instances)]
     pub instances: usize,
     /// Labels per object.
-    #[arg(short, long, default_value_t = 5)]
+    #[arg(short, long, default_value_t = TransformConfig::default().k)]
     pub k: usize,
     /// Objects per model call.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = TransformConfig::default().batch)]
     pub batch: usize,
     /// Redo instances whose output already exists, and replace another finished job in --out.
     #[arg(long)]
     pub force: bool,
     /// The device of the model threads: cpu, or cuda / wgpu in a build with that feature.
-    #[arg(long, default_value = "cpu")]
+    #[arg(long, default_value_t = ClassifierOptions::default().device)]
     pub device: String,
 }
 
