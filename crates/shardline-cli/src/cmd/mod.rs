@@ -10,3 +10,11 @@ pub mod serve;
 pub mod train;
 pub mod train_script;
 pub mod transform;
+
+/// Parses a subcommand's flags as the command line would (for tests of flags → config).
+#[cfg(test)]
+pub fn parse<A: clap::Args + clap::FromArgMatches>(argv: &[&str]) -> A {
+    let command = A::augment_args(clap::Command::new("test"));
+    let matches = command.try_get_matches_from(argv).expect("the flags parse");
+    A::from_arg_matches(&matches).expect("the flags make the arguments")
+}

@@ -378,14 +378,7 @@ mod tests {
     /// library's default config.
     #[test]
     fn no_flags_give_the_library_defaults() {
-        #[derive(clap::Parser)]
-        struct Command {
-            #[command(flatten)]
-            args: Args,
-        }
-        let args =
-            <Command as clap::Parser>::parse_from(["process", "--input", "train=x/", "--out", "o"])
-                .args;
+        let args: Args = crate::cmd::parse(&["process", "--input", "train=x/", "--out", "o"]);
         let config = config(&args, 1).expect("config");
         let defaults = ProcessConfig {
             inputs: vec![("train".into(), "x/".into())],

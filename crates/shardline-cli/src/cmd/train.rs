@@ -252,13 +252,7 @@ mod tests {
     /// The flags' defaults are the library's.
     #[test]
     fn no_flags_give_the_library_defaults() {
-        #[derive(clap::Parser)]
-        struct Command {
-            #[command(flatten)]
-            args: Args,
-        }
-        let args =
-            <Command as clap::Parser>::parse_from(["train", "--data", "d", "--out", "o"]).args;
+        let args: Args = crate::cmd::parse(&["train", "--data", "d", "--out", "o"]);
         let config = config(&args).expect("config");
         let defaults = TrainConfig::default();
         assert_eq!(
