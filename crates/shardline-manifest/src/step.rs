@@ -173,6 +173,9 @@ async fn run_in_span(
     for (name, bytes) in outputs {
         tx.stage(&name, Bytes::from(bytes)).await?;
     }
+    // The owner record, then the lineage record last: the output is complete once that is in.
+    let (owner_key, owner_record) = owner::finished(Stage::Manifest, job.as_str())?;
+    tx.stage(owner_key, Bytes::from(owner_record)).await?;
     tx.stage(LINEAGE, Bytes::from(lineage_bytes)).await?;
     tx.publish().await?;
     tracing::info!(seconds = started.elapsed().as_secs_f64(), "committed");

@@ -4,7 +4,7 @@
 //! The seam is [`Launcher`]: given an [`InstanceJob`] (one serialised value: the job's config, the
 //! rank, the attempt), start one instance and hand back a [`Running`] — its messages, its exit and
 //! a way to kill it. Two implementations ship: [`LocalProcesses`] (OS processes, each in its own
-//! process group, dying with the launcher) and [`InProcess`] (tokio tasks in this process).
+//! process group, dying with the launcher) and [`InProcess`] (a thread and runtime per instance).
 //! External launchers (mpirun, srun, a Kubernetes Indexed Job, SageMaker) need no code here: they
 //! start the processes themselves and each reads its identity from their variables (see
 //! [`crate::identity`]).
