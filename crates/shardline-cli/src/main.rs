@@ -141,19 +141,21 @@ fn init_tracing(verbose: u8, quiet: bool) {
 }
 
 /// The libraries name a setting by its config field, in backticks (`` `error_budget` ``); the
-/// person at the terminal set it with a flag. Replaces each setting of the command that ran by its
-/// flag (`--error-budget`), so that only this layer knows flag names.
-fn name_flags(message: &str, command: &clap::Command) -> String {
-    let mut message = message.to_string();
-    for arg in command.get_arguments() {
-        let flag = match (arg.get_long(), arg.get_short()) {
-            (Some(long), _) => format!("--{long}"),
-            (None, Some(short)) => format!("-{short}"),
-            (None, None) => continue,
-        };
-        message = message.replace(&format!("`{}`", arg.get_id()), &flag);
-    }
-    message
+/// person at the terminal set it with a flag. Each setting of the command that ran, as
+/// (`` `id` ``, its flag), for [`progress::Ui`] to rewrite every line it prints (`--error-budget`),
+/// so that only this layer knows flag names.
+fn flags(command: &clap::Command) -> Vec<(String, String)> {
+    command
+        .get_arguments()
+        .filter_map(|arg| {
+            let flag = match (arg.get_long(), arg.get_short()) {
+                (Some(long), _) => format!("--{long}"),
+                (None, Some(short)) => format!("-{short}"),
+                (None, None) => return None,
+            };
+            Some((format!("`{}`", arg.get_id()), flag))
+        })
+        .collect()
 }
 
 /// The clap command of the subcommand that ran (`model register`, say).
@@ -179,7 +181,7 @@ fn main() -> ExitCode {
     };
     let command = ran(&definition, &matches);
     init_tracing(cli.verbose, cli.quiet);
-    let ui = progress::Ui::new(cli.quiet);
+    let ui = progress::Ui::new(cli.quiet, flags(command));
     // An instance is one core's worth of work: one runtime thread, so that N instances on N cores
     // do not contend (measured: 1.55x from 1 to 2 instances with a multi-threaded runtime each).
     let mut builder = if started_as_instance() {
@@ -212,9 +214,9 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             ui.clear();
-            eprintln!("error: {}", name_flags(&error.to_string(), command));
+            eprintln!("error: {}", ui.name_flags(&error.to_string()));
             for cause in error.chain().skip(1) {
-                eprintln!("  caused by: {}", name_flags(&cause.to_string(), command));
+                eprintln!("  caused by: {}", ui.name_flags(&cause.to_string()));
             }
             ExitCode::FAILURE
         }

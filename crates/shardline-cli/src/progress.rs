@@ -10,11 +10,14 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 pub struct Ui {
     quiet: bool,
     bars: MultiProgress,
+    /// (`` `setting` ``, its flag) for the command that runs.
+    flags: Vec<(String, String)>,
 }
 
 impl Ui {
-    /// Draws bars only when stderr is a terminal and `--quiet` is off.
-    pub fn new(quiet: bool) -> Ui {
+    /// Draws bars only when stderr is a terminal and `--quiet` is off; `flags` maps the
+    /// libraries' setting names to this command's flags in every line printed.
+    pub fn new(quiet: bool, flags: Vec<(String, String)>) -> Ui {
         let target = if !quiet && std::io::stderr().is_terminal() {
             ProgressDrawTarget::stderr()
         } else {
@@ -23,6 +26,7 @@ impl Ui {
         Ui {
             quiet,
             bars: MultiProgress::with_draw_target(target),
+            flags,
         }
     }
 
@@ -64,8 +68,20 @@ impl Ui {
     /// Prints a line of the command's result to stdout, unless quiet.
     pub fn say(&self, line: impl AsRef<str>) {
         if !self.quiet {
-            self.bars.suspend(|| out(line.as_ref()));
+            let line = self.name_flags(line.as_ref());
+            self.bars.suspend(|| out(&line));
         }
+    }
+
+    /// A library's line with each setting of this command named as its flag.
+    pub fn name_flags(&self, line: &str) -> String {
+        let mut line = line.to_string();
+        for (setting, flag) in &self.flags {
+            if line.contains(setting.as_str()) {
+                line = line.replace(setting.as_str(), flag);
+            }
+        }
+        line
     }
 
     /// Whether `--quiet` was given.

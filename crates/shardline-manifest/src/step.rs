@@ -100,6 +100,45 @@ pub struct Report {
     pub lineage: ManifestLineage,
 }
 
+impl Report {
+    /// What the run did, as lines for a person; `seconds` is how long it took.
+    pub fn summary(&self, seconds: f64) -> Vec<String> {
+        let lineage = &self.lineage;
+        let what = match self.outcome {
+            Outcome::Created => "written".to_string(),
+            Outcome::Unchanged => "unchanged (already up to date)".to_string(),
+            Outcome::Replaced => "replaced (`force`)".to_string(),
+            Outcome::Updated { added, removed } => format!(
+                "updated: {added} new object(s), {removed} removed; existing objects kept their channels"
+            ),
+        };
+        let totals: Vec<String> = lineage
+            .totals
+            .iter()
+            .map(|(c, n)| format!("{c}={n}"))
+            .collect();
+        let mut lines = vec![
+            format!(
+                "manifest {what}: {} objects in {} classes from {} in {seconds:.2}s ({:.0} objects/s)",
+                lineage.listing.objects,
+                lineage.listing.classes,
+                lineage.source,
+                lineage.listing.objects as f64 / seconds.max(1e-9)
+            ),
+            format!("  channels: {}", totals.join(" ")),
+            format!("  outputs:  {}", self.out),
+        ];
+        lines.extend(
+            lineage
+                .outputs
+                .keys()
+                .map(|name| format!("            {name}")),
+        );
+        lines.push("            lineage.json".into());
+        lines
+    }
+}
+
 /// Runs the manifest step from `source` to `out`.
 pub async fn run(
     source: &Store,

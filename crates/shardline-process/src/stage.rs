@@ -193,6 +193,62 @@ pub struct ProcessReport {
     pub empty_instances: Vec<String>,
 }
 
+impl ProcessReport {
+    /// What the run did, as lines for a person (the CLI prints them; a pipeline shows them).
+    pub fn summary(&self) -> Vec<String> {
+        let mut lines: Vec<String> = self
+            .retries
+            .iter()
+            .map(|(host, attempt, reason)| {
+                format!("process: retried {host} attempt {attempt} {reason}")
+            })
+            .collect();
+        match &self.outcome {
+            Outcome::Unchanged => lines.push(format!(
+                "process: {} already holds this job's output; nothing to do (`force` to redo)",
+                self.out
+            )),
+            Outcome::Follower { host } => lines.push(format!(
+                "process: {host} finished; rank 0 finalises the job"
+            )),
+            Outcome::Script { instances } => lines.push(format!(
+                "process: the script ran on {instances} instance(s); outputs under {}",
+                self.out
+            )),
+            Outcome::Processed(summary) => {
+                lines.push(format!(
+                    "process: {} objects → {} samples in {} instance(s), {} quarantined; outputs under {}",
+                    summary.assigned,
+                    summary.written,
+                    summary.instances.len(),
+                    summary.quarantined,
+                    self.out
+                ));
+                for line in &summary.instances {
+                    let counts: Vec<String> = line
+                        .channels
+                        .iter()
+                        .map(|(c, [a, w, q])| format!("{c}: {w}/{a} ({q} quarantined)"))
+                        .collect();
+                    lines.push(format!(
+                        "  {}: {} — {:.0} objects/s",
+                        line.host,
+                        counts.join(", "),
+                        line.records_per_second
+                    ));
+                }
+                if !summary.empty_instances.is_empty() {
+                    lines.push(format!(
+                        "  note: {} received no object (fewer objects than instances) and wrote empty outputs",
+                        summary.empty_instances.join(", ")
+                    ));
+                }
+            }
+        }
+        lines
+    }
+}
+
 /// Runs a processing job in `role`.
 pub async fn run(
     config: &ProcessConfig,

@@ -141,6 +141,66 @@ pub struct Record {
     pub lineage: serde_json::Value,
 }
 
+impl Record {
+    /// Its accuracy for a person: the evaluation report's, else the training's test accuracy.
+    pub fn accuracy(&self) -> String {
+        self.metrics["evaluation"]["accuracy"]
+            .as_f64()
+            .or_else(|| self.metrics["test_accuracy"].as_f64())
+            .map_or("-".into(), |a| format!("{:.2}%", 100.0 * a))
+    }
+
+    /// The record as lines for a person; `copy` is where the registry's copy is.
+    pub fn describe(&self, copy: &str) -> Vec<String> {
+        let mut lines = vec![
+            format!("{}:{}", self.name, self.version),
+            format!("  registered  {}", self.registered_at),
+            format!("  source      {}", self.source),
+            format!("  copy        {copy}"),
+            format!(
+                "  model       {} bytes, {}",
+                self.model.bytes,
+                self.model.digest.as_str()
+            ),
+        ];
+        if let Some(d) = &self.description {
+            lines.push(format!("  description {d}"));
+        }
+        lines.push(format!("  accuracy    {}", self.accuracy()));
+        for key in ["data", "step", "workers", "settings"] {
+            if !self.lineage[key].is_null() {
+                lines.push(format!("  {key:<11} {}", self.lineage[key]));
+            }
+        }
+        lines
+    }
+}
+
+/// Records as a table for a person: name, version, registration time, accuracy, source.
+pub fn table(records: &[Record]) -> Vec<String> {
+    let width = records
+        .iter()
+        .map(|r| r.name.len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    let mut lines = vec![format!(
+        "{:<width$}  version  registered            accuracy  source",
+        "name"
+    )];
+    lines.extend(records.iter().map(|r| {
+        format!(
+            "{:<width$}  {:>7}  {:<20}  {:>8}  {}",
+            r.name,
+            r.version,
+            r.registered_at,
+            r.accuracy(),
+            r.source
+        )
+    }));
+    lines
+}
+
 /// A registry rooted in a store.
 #[derive(Debug, Clone)]
 pub struct Registry {

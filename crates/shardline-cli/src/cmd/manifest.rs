@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use indicatif::ProgressBar;
 use object_store::throttle::{ThrottleConfig, ThrottledStore};
-use shardline_manifest::{Config, Outcome, Progress, Split};
+use shardline_manifest::{Config, Progress, Split};
 use shardline_store::Store;
 
 use crate::progress::Ui;
@@ -109,33 +109,8 @@ pub async fn run_config(source: &Store, out: &Store, config: &Config, ui: &Ui) -
     };
     let report = shardline_manifest::run(source, out, config, &bars).await?;
     bars.classes.finish_and_clear();
-    let elapsed = started.elapsed().as_secs_f64();
-    let lineage = &report.lineage;
-    let what = match report.outcome {
-        Outcome::Created => "written".to_string(),
-        Outcome::Unchanged => "unchanged (already up to date)".to_string(),
-        Outcome::Replaced => "replaced (--force)".to_string(),
-        Outcome::Updated { added, removed } => format!(
-            "updated: {added} new object(s), {removed} removed; existing objects kept their channels"
-        ),
-    };
-    ui.say(format!(
-        "manifest {what}: {} objects in {} classes from {} in {elapsed:.2}s ({:.0} objects/s)",
-        lineage.listing.objects,
-        lineage.listing.classes,
-        lineage.source,
-        lineage.listing.objects as f64 / elapsed.max(1e-9)
-    ));
-    let totals: Vec<String> = lineage
-        .totals
-        .iter()
-        .map(|(c, n)| format!("{c}={n}"))
-        .collect();
-    ui.say(format!("  channels: {}", totals.join(" ")));
-    ui.say(format!("  outputs:  {}", report.out));
-    for name in lineage.outputs.keys() {
-        ui.say(format!("            {name}"));
+    for line in report.summary(started.elapsed().as_secs_f64()) {
+        ui.say(line);
     }
-    ui.say("            lineage.json");
     Ok(())
 }

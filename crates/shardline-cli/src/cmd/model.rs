@@ -66,13 +66,6 @@ pub enum Command {
     },
 }
 
-fn accuracy(record: &shardline_registry::Record) -> String {
-    record.metrics["evaluation"]["accuracy"]
-        .as_f64()
-        .or_else(|| record.metrics["test_accuracy"].as_f64())
-        .map_or("-".into(), |a| format!("{:.2}%", 100.0 * a))
-}
-
 /// Runs a registry command.
 pub async fn run(command: Command, ui: &Ui) -> Result<()> {
     match command {
@@ -105,7 +98,7 @@ pub async fn run(command: Command, ui: &Ui) -> Result<()> {
                 record.name,
                 record.version,
                 record.source,
-                accuracy(&record),
+                record.accuracy(),
                 registry.uri()
             ));
         }
@@ -116,25 +109,8 @@ pub async fn run(command: Command, ui: &Ui) -> Result<()> {
                 ui.say(format!("model: no models registered in {}", registry.uri()));
                 return Ok(());
             }
-            let width = records
-                .iter()
-                .map(|r| r.name.len())
-                .max()
-                .unwrap_or(4)
-                .max(4);
-            ui.say(format!(
-                "{:<width$}  version  registered            accuracy  source",
-                "name"
-            ));
-            for r in &records {
-                ui.say(format!(
-                    "{:<width$}  {:>7}  {:<20}  {:>8}  {}",
-                    r.name,
-                    r.version,
-                    r.registered_at,
-                    accuracy(r),
-                    r.source
-                ));
+            for line in shardline_registry::table(&records) {
+                ui.say(line);
             }
         }
         Command::Show {
@@ -149,26 +125,8 @@ pub async fn run(command: Command, ui: &Ui) -> Result<()> {
                 crate::progress::out(&serde_json::to_string_pretty(&record)?);
                 return Ok(());
             }
-            ui.say(format!("{}:{}", record.name, record.version));
-            ui.say(format!("  registered  {}", record.registered_at));
-            ui.say(format!("  source      {}", record.source));
-            ui.say(format!("  copy        {}", registry.artifact_uri(&record)));
-            ui.say(format!(
-                "  model       {} bytes, {}",
-                record.model.bytes,
-                record.model.digest.as_str()
-            ));
-            if let Some(d) = &record.description {
-                ui.say(format!("  description {d}"));
-            }
-            ui.say(format!("  accuracy    {}", accuracy(&record)));
-            for key in ["data", "step", "workers"] {
-                if !record.lineage[key].is_null() {
-                    ui.say(format!("  {key:<11} {}", record.lineage[key]));
-                }
-            }
-            if !record.lineage["settings"].is_null() {
-                ui.say(format!("  settings    {}", record.lineage["settings"]));
+            for line in record.describe(&registry.artifact_uri(&record)) {
+                ui.say(line);
             }
         }
     }

@@ -19,7 +19,7 @@ use shardline_process::identity::{self, Identity};
 use shardline_process::instance::Tick;
 use shardline_process::job::{Settings, parse_input_flag};
 use shardline_process::launch::{self, InstanceJob, LocalProcesses};
-use shardline_process::{Outcome, ProcessConfig, Role};
+use shardline_process::{ProcessConfig, Role};
 
 use crate::progress::Ui;
 
@@ -298,52 +298,8 @@ pub async fn run_config(config: &ProcessConfig, identity: Option<Identity>, ui: 
         None => Role::Launch(&launcher),
     };
     let report = shardline_process::run(config, role, &bars).await?;
-    for (host, attempt, reason) in &report.retries {
-        ui.say(format!(
-            "process: retried {host} attempt {attempt} {reason}"
-        ));
-    }
-    match &report.outcome {
-        Outcome::Unchanged => ui.say(format!(
-            "process: {} already holds this job's output; nothing to do (--force to redo)",
-            report.out
-        )),
-        Outcome::Follower { host } => ui.say(format!(
-            "process: {host} finished; rank 0 finalises the job"
-        )),
-        Outcome::Script { instances } => ui.say(format!(
-            "process: the script ran on {instances} instance(s); outputs under {}",
-            report.out
-        )),
-        Outcome::Processed(summary) => {
-            ui.say(format!(
-                "process: {} objects → {} samples in {} instance(s), {} quarantined; outputs under {}",
-                summary.assigned,
-                summary.written,
-                summary.instances.len(),
-                summary.quarantined,
-                report.out
-            ));
-            for line in &summary.instances {
-                let counts: Vec<String> = line
-                    .channels
-                    .iter()
-                    .map(|(c, [a, w, q])| format!("{c}: {w}/{a} ({q} quarantined)"))
-                    .collect();
-                ui.say(format!(
-                    "  {}: {} — {:.0} objects/s",
-                    line.host,
-                    counts.join(", "),
-                    line.records_per_second
-                ));
-            }
-            if !summary.empty_instances.is_empty() {
-                ui.say(format!(
-                    "  note: {} received no object (fewer objects than instances) and wrote empty outputs",
-                    summary.empty_instances.join(", ")
-                ));
-            }
-        }
+    for line in report.summary() {
+        ui.say(line);
     }
     Ok(())
 }

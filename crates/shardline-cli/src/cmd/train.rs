@@ -180,7 +180,8 @@ impl shardline_train::Progress for Bars<'_> {
     fn message(&self, line: &str) {
         // Not `ui.say`: it suspends the same bars, and suspending twice deadlocks.
         if !self.ui.is_quiet() {
-            self.bar.suspend(|| crate::progress::out(line));
+            let line = self.ui.name_flags(line);
+            self.bar.suspend(|| crate::progress::out(&line));
         }
     }
     fn step(&self, epoch: usize, epochs: usize, step: usize, steps: usize) {
