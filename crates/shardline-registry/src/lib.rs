@@ -207,17 +207,6 @@ pub struct Registry {
     store: Store,
 }
 
-/// The registry used when none is named: `$SHARDLINE_REGISTRY`, else `~/.shardline/registry`.
-pub fn default_url() -> String {
-    if let Ok(url) = std::env::var("SHARDLINE_REGISTRY")
-        && !url.is_empty()
-    {
-        return url;
-    }
-    let home = std::env::var("HOME").unwrap_or_else(|_| ".".into());
-    format!("{home}/.shardline/registry")
-}
-
 /// The named file of a `.tar.gz`, if present.
 fn member(tarball: &[u8], name: &str) -> Option<Vec<u8>> {
     let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(tarball));

@@ -17,12 +17,21 @@ pub struct RegistryArg {
 
 impl RegistryArg {
     fn open(&self) -> Result<Registry> {
-        let url = self
-            .registry
-            .clone()
-            .unwrap_or_else(shardline_registry::default_url);
+        let url = self.registry.clone().unwrap_or_else(default_registry);
         Registry::open(&url).with_context(|| format!("model: --registry {url}"))
     }
+}
+
+/// The registry used when none is named: `$SHARDLINE_REGISTRY`, else `~/.shardline/registry`
+/// (read here: the registry crate takes its location as a value).
+pub fn default_registry() -> String {
+    if let Ok(url) = std::env::var("SHARDLINE_REGISTRY")
+        && !url.is_empty()
+    {
+        return url;
+    }
+    let home = std::env::var("HOME").unwrap_or_else(|_| ".".into());
+    format!("{home}/.shardline/registry")
 }
 
 /// The registry's subcommands.

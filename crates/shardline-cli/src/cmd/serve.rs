@@ -66,7 +66,7 @@ pub(crate) async fn locate(
         let reference = Reference::parse(model)?;
         let url = registry
             .map(str::to_string)
-            .unwrap_or_else(shardline_registry::default_url);
+            .unwrap_or_else(super::model::default_registry);
         let registry = Registry::open(&url).with_context(|| format!("serve: --registry {url}"))?;
         let (record, uri) = registry.resolve(&reference).await?;
         return Ok((uri, record.name, record.version.to_string()));
