@@ -199,9 +199,10 @@ async fn read_input(channel: &str, url: &str) -> Result<Raw, Error> {
         })?;
         let digest = Digest::of(&bytes);
         let labels_hint = match store.get_opt("labels.json").await? {
-            Some(labels) => serde_json::from_slice::<serde_json::Value>(&labels)
+            // A hint only (the manifest's own records decide): the contract's type reads it.
+            Some(labels) => serde_json::from_slice::<shardline_contract::model::Labels>(&labels)
                 .ok()
-                .and_then(|v| serde_json::from_value::<Vec<String>>(v["classes"].clone()).ok()),
+                .map(|l| l.classes),
             None => None,
         };
         let trimmed = bytes
