@@ -36,7 +36,9 @@ pub struct Commit<'a> {
 }
 
 /// The bookkeeping folder of a commit scope: writers that publish independently under the same
-/// prefix at the same time (the instances of a job) each use their own scope.
+/// prefix at the same time (the instances of a job) each use their own scope. A commit tidies
+/// only its own scope's folders: pruning another scope's empty folders would race with that
+/// writer creating them.
 fn control(scope: Option<&str>) -> String {
     match scope {
         None => CONTROL_DIR.to_string(),
@@ -131,7 +133,7 @@ impl<'a> Commit<'a> {
         self.store
             .delete_prefix(&format!("{}/staging/{}", self.control, self.id))
             .await?;
-        self.store.remove_empty_dirs(CONTROL_DIR);
+        self.store.remove_empty_dirs(&self.control);
         Ok(())
     }
 
@@ -164,7 +166,7 @@ async fn roll_forward(store: &Store, control: &str, record: &Record) -> Result<(
     store
         .delete_prefix(&format!("{control}/staging/{}", record.id))
         .await?;
-    store.remove_empty_dirs(CONTROL_DIR);
+    store.remove_empty_dirs(control);
     Ok(())
 }
 
@@ -193,7 +195,7 @@ pub async fn recover_scoped(store: &Store, scope: Option<&str>) -> Result<bool> 
     };
     store.delete_prefix(&format!("{control}/staging")).await?;
     store.remove_interrupted_uploads(&format!("{control}/staging"));
-    store.remove_empty_dirs(CONTROL_DIR);
+    store.remove_empty_dirs(&control);
     Ok(rolled)
 }
 
