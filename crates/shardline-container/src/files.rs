@@ -77,11 +77,12 @@ pub fn pack(dir: &Path) -> Result<Option<Vec<u8>>, Error> {
     Ok(Some(shardline_contract::model::pack(&contents)?))
 }
 
-/// Writes `bytes` at `dir/key`, refusing a key that would escape `dir`.
+/// Writes `bytes` at `dir/key` (an object of the input at `source`), refusing a key that would
+/// escape `dir`.
 pub fn place(dir: &Path, key: &str, bytes: &[u8], source: &str) -> Result<PathBuf, Error> {
     if key.split('/').any(|part| part == ".." || part.is_empty()) {
         return Err(Error::BadInput {
-            stage: "container",
+            stage: "script input",
             input: source.to_string(),
             reason: format!("the object {key:?} would escape its input folder; rename it"),
         });

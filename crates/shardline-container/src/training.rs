@@ -208,7 +208,7 @@ pub async fn run(
     let job = config.digest(&channel_urls, data_lineage.as_ref());
     for url in channel_urls.values().chain(config.data.iter()) {
         let input = shardline_store::Location::parse(url)?;
-        if input.contains(out.location()) || out.location().contains(&input) {
+        if input.overlaps(out.location()) {
             return Err(setting(
                 "out",
                 format!(

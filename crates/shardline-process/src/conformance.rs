@@ -8,7 +8,6 @@
 //! implementation that runs instances for real is checked end to end (every instance's result
 //! gathered); [`Fake`] only plays the messages and exits of instances.
 
-use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -143,17 +142,25 @@ fn check(ok: bool, case: &str, what: String) -> Result<(), String> {
     }
 }
 
-async fn supervise(
-    launcher: &Watched<'_>,
-    config: &ProcessConfig,
-) -> Result<(String, Result<(), Error>), String> {
+/// One case's job in `dir/name`, supervised through a fresh launcher from `make` that kills
+/// `kill` (see [`Watched`]): the job's config, the starts, and how the job ended.
+async fn run_case(
+    make: &dyn Fn() -> Box<dyn Launcher>,
+    dir: &Path,
+    name: &str,
+    kill: Option<(usize, usize)>,
+) -> Result<(ProcessConfig, Vec<(usize, usize)>, Result<(), Error>), String> {
+    let config = job(&dir.join(name), 3, 9).map_err(|e| e.to_string())?;
+    let inner = make();
+    let watched = Watched::new(inner.as_ref(), kill);
     let job = job::load(&config.inputs, config.settings.clone())
         .await
         .map_err(|e| e.to_string())?;
-    let digest = job.digest().as_str().to_string();
     let logs = Path::new(&config.out).join("logs");
-    let result = launch::supervise(launcher, config, &digest, &logs, &|_| {}).await;
-    Ok((digest, result))
+    let result = launch::supervise(&watched, &config, job.digest().as_str(), &logs, &|_| {}).await;
+    let mut starts = watched.starts();
+    starts.sort();
+    Ok((config, starts, result))
 }
 
 fn log(config: &ProcessConfig, rank: usize) -> String {
@@ -194,18 +201,21 @@ pub async fn suite(
 
     // 1. Every instance started once, each with its own log.
     let case = "every instance runs once with its own log";
-    let config = job(&dir.join("once"), instances, 9).map_err(|e| e.to_string())?;
-    let inner = make();
-    let watched = Watched::new(inner.as_ref(), None);
-    let (_, result) = supervise(&watched, &config).await?;
+    let (config, starts, result) = run_case(make, dir, "once", None).await?;
     check(
         result.is_ok(),
         case,
         format!("the job succeeds ({result:?})"),
     )?;
-    let starts: BTreeSet<_> = watched.starts().into_iter().collect();
-    let expected: BTreeSet<_> = (0..instances).map(|r| (r, 1)).collect();
-    check(starts == expected, case, format!("starts {starts:?}"))?;
+    let expected: Vec<_> = (0..instances).map(|r| (r, 1)).collect();
+    check(
+        starts == expected,
+        case,
+        format!(
+            "starts {starts:?}; logs {:?}",
+            (0..instances).map(|r| log(&config, r)).collect::<Vec<_>>()
+        ),
+    )?;
     for rank in 0..instances {
         let text = log(&config, rank);
         check(
@@ -218,17 +228,12 @@ pub async fn suite(
 
     // 2. A killed instance is started again, and only it.
     let case = "a killed instance is retried on exactly its share";
-    let config = job(&dir.join("retry"), instances, 9).map_err(|e| e.to_string())?;
-    let inner = make();
-    let watched = Watched::new(inner.as_ref(), Some((1, 1)));
-    let (_, result) = supervise(&watched, &config).await?;
+    let (config, starts, result) = run_case(make, dir, "retry", Some((1, 1))).await?;
     check(
         result.is_ok(),
         case,
         format!("the job succeeds ({result:?})"),
     )?;
-    let mut starts = watched.starts();
-    starts.sort();
     check(
         starts == vec![(0, 1), (1, 1), (1, 2), (2, 1)],
         case,
@@ -244,10 +249,7 @@ pub async fn suite(
 
     // 3. An instance that keeps failing is named, with its attempts and its log.
     let case = "an instance that keeps failing is named";
-    let config = job(&dir.join("fail"), instances, 9).map_err(|e| e.to_string())?;
-    let inner = make();
-    let watched = Watched::new(inner.as_ref(), Some((2, 2)));
-    let (_, result) = supervise(&watched, &config).await?;
+    let (_, _, result) = run_case(make, dir, "fail", Some((2, 2))).await?;
     match result {
         Err(Error::InstanceFailed {
             host,

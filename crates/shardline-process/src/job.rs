@@ -346,7 +346,7 @@ pub fn check_out_roots(job: &Job, out: &Location) -> Result<(), Error> {
             if root.prefix.is_empty() {
                 continue;
             }
-            if root.contains(out) || out.contains(&root) {
+            if root.overlaps(out) {
                 return Err(Error::BadInput {
                     input: format!("{}={}", input.channel, input.uri),
                     reason: format!(

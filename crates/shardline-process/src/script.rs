@@ -14,7 +14,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use shardline_container::files::{files_below, write_json};
+use shardline_container::files::{files_below, place, write_json};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -154,16 +154,16 @@ pub async fn run(
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
         std::fs::create_dir_all(root.join("processing/output").join(&input.channel))
             .map_err(io(&root))?;
+        let stores = input
+            .roots
+            .iter()
+            .map(|root| Store::open(root))
+            .collect::<Result<Vec<_>, _>>()?;
         let mut assignment = shardline_lineage::Hasher::new();
         for p in &positions {
             let record = &input.records[*p];
-            let store = Store::open(&input.roots[record.root])?;
-            let bytes = store.get(&record.key).await?;
-            let path = dir.join(&record.key);
-            if let Some(parent) = path.parent() {
-                std::fs::create_dir_all(parent).map_err(io(parent))?;
-            }
-            std::fs::write(&path, &bytes).map_err(io(&path))?;
+            let bytes = stores[record.root].get(&record.key).await?;
+            place(&dir, &record.key, &bytes, &input.roots[record.root])?;
             assignment.update(format!("{}{}\n", input.roots[record.root], record.key).as_bytes());
             tick.done += 1;
             progress(tick);

@@ -359,6 +359,26 @@ pub async fn run_instance(
         .map(|_| ())
 }
 
+/// Runs `work`, calling `upload` every 5 seconds while it runs (logs followed from a store that
+/// is not local); a failed upload is retried at the next one.
+async fn while_uploading<T, U>(work: impl Future<Output = T>, upload: impl Fn() -> U) -> T
+where
+    U: Future<Output = Result<(), Error>>,
+{
+    let uploads = async {
+        loop {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            if let Err(e) = upload().await {
+                tracing::warn!(error = %e, "could not upload the instance logs; will retry");
+            }
+        }
+    };
+    tokio::select! {
+        result = work => result,
+        () = uploads => unreachable!("the upload loop never ends"),
+    }
+}
+
 /// Uploads the logs in `dir` under `out/logs/` (those that exist).
 async fn upload_logs(dir: &std::path::Path, out: &Store, instances: usize) -> Result<(), Error> {
     for rank in 0..instances {
@@ -415,18 +435,7 @@ async fn launch(
     let supervised = if in_place {
         supervised.await
     } else {
-        let uploads = async {
-            loop {
-                tokio::time::sleep(Duration::from_secs(5)).await;
-                if let Err(e) = upload_logs(&log_dir, out, n).await {
-                    tracing::warn!(error = %e, "could not upload the instance logs; will retry");
-                }
-            }
-        };
-        tokio::select! {
-            result = supervised => result,
-            () = uploads => unreachable!("the upload loop never ends"),
-        }
+        while_uploading(supervised, || upload_logs(&log_dir, out, n)).await
     };
     for rank in 0..n {
         progress.instance_done(rank);
@@ -483,21 +492,7 @@ async fn external(
         Ok(())
     };
     let tick = |tick: Tick| progress.instance(id.rank, tick);
-    let worked = async {
-        let uploads = async {
-            loop {
-                tokio::time::sleep(Duration::from_secs(5)).await;
-                if let Err(e) = upload().await {
-                    tracing::warn!(error = %e, "could not upload this instance's log; will retry");
-                }
-            }
-        };
-        tokio::select! {
-            result = work(job, config, id.rank, out, false, &tick) => result,
-            () = uploads => unreachable!("the upload loop never ends"),
-        }
-    }
-    .await;
+    let worked = while_uploading(work(job, config, id.rank, out, false, &tick), upload).await;
     progress.instance_done(id.rank);
     // The instance's own log, kept under the output whatever happened.
     upload().await?;

@@ -206,7 +206,7 @@ pub async fn run(
         ("the manifest's objects", &manifest.prefix),
     ] {
         let input = Location::parse(input)?;
-        if input.contains(out.location()) || out.location().contains(&input) {
+        if input.overlaps(out.location()) {
             return Err(Error::BadConfig(format!(
                 "transform: out {} overlaps {what} at {}; give an out of its own",
                 out.uri(),

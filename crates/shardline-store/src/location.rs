@@ -145,6 +145,11 @@ impl Location {
                 || other.prefix.starts_with(&format!("{}/", self.prefix)))
     }
 
+    /// Whether either location holds the other: writing to one may touch the other.
+    pub fn overlaps(&self, other: &Location) -> bool {
+        self.contains(other) || other.contains(self)
+    }
+
     /// For local locations, the directory on disk.
     pub fn local_path(&self) -> Option<PathBuf> {
         (self.scheme == Scheme::Local).then(|| PathBuf::from(format!("/{}", self.prefix)))

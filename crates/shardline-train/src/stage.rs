@@ -265,7 +265,7 @@ pub async fn run(config: &TrainConfig, progress: &dyn Progress) -> Result<TrainR
         .map_err(|e| Error::Setting(format!("`data` {}: {e}", config.data)))?;
     let out = Store::open(&config.out)
         .map_err(|e| Error::Setting(format!("`out` {}: {e}", config.out)))?;
-    if data.location().contains(out.location()) || out.location().contains(data.location()) {
+    if data.location().overlaps(out.location()) {
         return Err(Error::Setting(format!(
             "`out` {} overlaps the data {}: the model directory would be written among the shards it trains on; give an `out` beside the data",
             out.uri(),
