@@ -197,4 +197,21 @@ fn errors_name_the_flag_that_sets_the_setting() {
         .run(&["train", "--data", "p", "--out", "m", "--lr", "0"])
         .fails();
     assert!(err.contains("--lr 0 must be a positive number"), "{err}");
+    let err = t
+        .run(&[
+            "transform",
+            "--model",
+            "m",
+            "--manifest",
+            "t.manifest",
+            "--out",
+            "o",
+            "--instances",
+            "0",
+        ])
+        .fails();
+    assert!(
+        err.contains("error: transform: --instances must be at least 1"),
+        "{err}"
+    );
 }

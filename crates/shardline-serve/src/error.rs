@@ -18,6 +18,9 @@ pub enum Error {
     /// The model could not be built on its thread.
     #[error("serve: the model failed to load: {0}")]
     Load(String),
+    /// A batch-transform setting is invalid (named in backticks; the CLI says which flag).
+    #[error("transform: {0}")]
+    Transform(String),
     /// A batch-transform input cannot be used.
     #[error("transform: input {input}: {reason}")]
     BadInput {

@@ -87,7 +87,7 @@ pub struct TransformReport {
 }
 
 fn setting(name: &str, reason: &str) -> Error {
-    Error::BadConfig(format!("transform: {name} {reason}"))
+    Error::Transform(format!("`{name}` {reason}"))
 }
 
 /// One instance's work: its share of the keys, in sorted order, through the hooks. Returns its
@@ -207,8 +207,8 @@ pub async fn run(
     ] {
         let input = Location::parse(input)?;
         if input.overlaps(out.location()) {
-            return Err(Error::BadConfig(format!(
-                "transform: out {} overlaps {what} at {}; give an out of its own",
+            return Err(Error::Transform(format!(
+                "`out` {} overlaps {what} at {}; give an `out` of its own",
                 out.uri(),
                 input.uri()
             )));
