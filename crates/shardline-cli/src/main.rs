@@ -66,6 +66,15 @@ enum Command {
     /// The model registry: register a trained model as the next version of a name, list, show.
     #[command(subcommand)]
     Model(cmd::model::Command),
+    /// Pipelines: one TOML definition runs the whole flow, cached by content, resumable, with
+    /// per-instance logs and lineage (run, resume, plan, validate, list, show).
+    #[command(subcommand)]
+    Pipeline(cmd::pipeline::Command),
+    /// A pipeline step's log, per instance and attempt; --follow while it runs.
+    Logs(cmd::pipeline::LogsArgs),
+    /// Where an artifact came from (up to the raw listing) and what used it (down to models and
+    /// transforms), from the pipeline executions' records.
+    Lineage(cmd::pipeline::LineageArgs),
     /// One instance of a `shardline process` job, its job as JSON on stdin (started by the local
     /// launcher, not by hand).
     #[command(hide = true)]
@@ -207,6 +216,9 @@ fn main() -> ExitCode {
             Command::Serve(args) => cmd::serve::run(*args, &ui).await,
             Command::Transform(args) => cmd::transform::run(*args, &ui).await,
             Command::Model(command) => cmd::model::run(command, &ui).await,
+            Command::Pipeline(command) => cmd::pipeline::run(command, &ui).await,
+            Command::Logs(args) => cmd::pipeline::logs(args).await,
+            Command::Lineage(args) => cmd::pipeline::lineage(args, &ui).await,
             Command::Instance => cmd::process::instance().await,
         }
     });

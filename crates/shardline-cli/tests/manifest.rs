@@ -415,18 +415,6 @@ fn pandas_reads_the_table() {
 }
 
 #[test]
-fn quickstart_runs_and_says_where_the_outputs_are() {
-    let t = TestDir::new();
-    let stdout = t.run(&["quickstart", "--per-class", "20"]).ok();
-    assert!(stdout.contains("quickstart done"), "{stdout}");
-    assert!(t.path("quickstart-out/manifests/lineage.json").is_file());
-    assert_eq!(files(&t.path("quickstart-out/data")).len(), 80);
-    // A second run changes nothing.
-    let stdout = t.run(&["quickstart", "--per-class", "20"]).ok();
-    assert!(stdout.contains("unchanged"), "{stdout}");
-}
-
-#[test]
 fn a_reader_that_goes_away_does_not_break_the_step() {
     // `shardline manifest ... | head -0`: stdout closes before the summary is printed.
     let t = TestDir::new();

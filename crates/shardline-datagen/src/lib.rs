@@ -55,6 +55,20 @@ pub struct ShapesConfig {
     pub seed: u64,
 }
 
+impl Default for ShapesConfig {
+    /// Four classes of 100 square 64-pixel JPEGs, seed 0.
+    fn default() -> ShapesConfig {
+        ShapesConfig {
+            classes: 4,
+            per_class: 100,
+            size: 64,
+            height: None,
+            format: Format::Jpeg,
+            seed: 0,
+        }
+    }
+}
+
 /// Why generation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -20,13 +20,13 @@ pub struct ShapesArgs {
     #[arg(long, value_name = "URL")]
     pub out: String,
     /// Number of classes (1 to 10).
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = ShapesConfig::default().classes)]
     pub classes: usize,
     /// Images per class.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = ShapesConfig::default().per_class)]
     pub per_class: usize,
     /// Width (and, without --height, height) in pixels.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = ShapesConfig::default().size)]
     pub size: u32,
     /// Height in pixels, for images that are not square.
     #[arg(long)]
@@ -35,7 +35,7 @@ pub struct ShapesArgs {
     #[arg(long, value_enum, default_value_t = FormatArg::Jpeg)]
     pub format: FormatArg,
     /// Seed of every random choice; the same seed gives the same bytes.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = ShapesConfig::default().seed)]
     pub seed: u64,
 }
 

@@ -4,6 +4,7 @@ pub mod datagen;
 pub mod evaluate;
 pub mod manifest;
 pub mod model;
+pub mod pipeline;
 pub mod process;
 pub mod quickstart;
 pub mod serve;

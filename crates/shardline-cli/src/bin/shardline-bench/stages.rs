@@ -31,6 +31,9 @@ pub enum Command {
     /// The endpoint under wrk: single 32x32 PNG requests at 1, 16 and 64 connections, with and
     /// without dynamic batching; requests/s, p50, p99 and errors.
     Serve(crate::serve::ServeArgs),
+    /// The pipeline executor: a fully cached quickstart rerun, the overhead per step, and
+    /// validation plus planning of a 500-step definition, each beside its target.
+    Pipeline(crate::pipeline::PipelineArgs),
 }
 
 /// Flags of `shardline-bench manifest`.
@@ -1189,5 +1192,6 @@ pub async fn run(command: Command, ui: &Ui) -> Result<()> {
         Command::Process(args) => process(args, ui).await,
         Command::Train(args) => train(args, ui).await,
         Command::Serve(args) => crate::serve::run(args, ui).await,
+        Command::Pipeline(args) => crate::pipeline::run(args, ui).await,
     }
 }

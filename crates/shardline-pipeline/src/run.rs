@@ -1,0 +1,724 @@
+//! Running one step: its resolved settings into the stage's library config, the library call,
+//! and its report as JSON. The executor calls these; nothing here shells out (a `command` step
+//! runs the user's program through the container contracts, as `--script` does).
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde_json::json;
+use shardline_container::program::Output;
+use shardline_process::launch::Launcher;
+use shardline_process::{ProcessConfig, Role};
+use shardline_store::Store;
+
+use crate::spec::Kind;
+use crate::value::Value;
+
+/// How a step failed, which decides whether its retry policy tries again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    /// A setting is wrong: trying again cannot help.
+    Invalid,
+    /// The user's program exited non-zero (retried only when the policy says `program`).
+    Program,
+    /// Anything else: a crashed instance, a store or file system that failed.
+    Infrastructure,
+}
+
+/// A failed step run.
+#[derive(Debug, Clone)]
+pub struct StepError {
+    /// Its class.
+    pub class: Class,
+    /// What happened.
+    pub message: String,
+}
+
+impl StepError {
+    fn invalid(message: impl Into<String>) -> StepError {
+        StepError {
+            class: Class::Invalid,
+            message: message.into(),
+        }
+    }
+    fn infra(e: impl std::fmt::Display) -> StepError {
+        StepError {
+            class: Class::Infrastructure,
+            message: e.to_string(),
+        }
+    }
+}
+
+/// What a successful step run produced.
+#[derive(Debug, Clone, Default)]
+pub struct Done {
+    /// Its JSON report.
+    pub report: serde_json::Value,
+    /// Outputs by name (URIs), beyond those known from the settings.
+    pub outputs: BTreeMap<String, String>,
+    /// Instances' logs to keep: (instance, file).
+    pub instance_logs: Vec<(String, PathBuf)>,
+    /// Instances it ran.
+    pub instances: usize,
+    /// Numeric metrics worth listing.
+    pub metrics: Vec<(String, f64)>,
+}
+
+/// A step's log: every line is written through (so it can be followed) and handed to `echo`.
+pub struct StepLog<'a> {
+    file: Mutex<std::fs::File>,
+    echo: Box<dyn Fn(&str) + Send + Sync + 'a>,
+}
+
+impl<'a> StepLog<'a> {
+    /// A log written to `path` (created with its folder).
+    pub fn create(
+        path: &Path,
+        echo: Box<dyn Fn(&str) + Send + Sync + 'a>,
+    ) -> std::io::Result<StepLog<'a>> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        Ok(StepLog {
+            file: Mutex::new(file),
+            echo,
+        })
+    }
+
+    /// Writes one line.
+    pub fn line(&self, text: &str) {
+        let mut file = self.file.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = writeln!(file, "{text}");
+        let _ = file.flush();
+        drop(file);
+        (self.echo)(text);
+    }
+}
+
+impl shardline_manifest::Progress for StepLog<'_> {
+    fn classes_found(&self, classes: usize) {
+        self.line(&format!("manifest: {classes} class prefixes found"));
+    }
+    fn writing(&self) {
+        self.line("manifest: listing done; writing the manifests, table and lineage");
+    }
+}
+
+impl shardline_process::Progress for StepLog<'_> {
+    fn message(&self, line: &str) {
+        self.line(&format!("process: {line}"));
+    }
+    fn retried(&self, rank: usize, attempt: usize, reason: &str) {
+        self.line(&format!(
+            "process: {} attempt {attempt} failed ({reason}); started again on its share",
+            shardline_process::identity::host(rank)
+        ));
+    }
+}
+
+impl shardline_train::Progress for StepLog<'_> {
+    fn message(&self, line: &str) {
+        self.line(line);
+    }
+    fn epoch(&self, m: &shardline_train::EpochMetrics) {
+        self.line(&format!(
+            "train: epoch {:>3}: loss {:.4}, accuracy {:.3}, validation {:.3}, {:.0} samples/s",
+            m.epoch, m.train_loss, m.train_accuracy, m.validation_accuracy, m.samples_per_second
+        ));
+    }
+}
+
+impl shardline_serve::transform::Progress for StepLog<'_> {
+    fn message(&self, line: &str) {
+        self.line(&format!("transform: {line}"));
+    }
+}
+
+impl shardline_container::training::Progress for StepLog<'_> {
+    fn message(&self, line: &str) {
+        self.line(line);
+    }
+    fn output(&self, line: Output<'_>) {
+        match line {
+            Output::Stdout(l) => self.line(l),
+            Output::Stderr(l) => self.line(l),
+        }
+    }
+}
+
+/// A step's resolved settings, each already of its declared type.
+#[derive(Debug, Clone, Default)]
+pub struct Resolved(pub BTreeMap<String, Value>);
+
+impl Resolved {
+    fn str(&self, name: &str) -> Option<String> {
+        match self.0.get(name) {
+            Some(Value::Str(s)) => Some(s.clone()),
+            _ => None,
+        }
+    }
+    fn need_str(&self, name: &str) -> Result<String, StepError> {
+        self.str(name)
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| StepError::invalid(format!("`{name}` is required")))
+    }
+    fn uint(&self, name: &str) -> Result<Option<u64>, StepError> {
+        match self.0.get(name) {
+            Some(Value::Int(i)) => u64::try_from(*i)
+                .map(Some)
+                .map_err(|_| StepError::invalid(format!("`{name}` must be 0 or more, not {i}"))),
+            _ => Ok(None),
+        }
+    }
+    fn usize_or(&self, name: &str, default: usize) -> Result<usize, StepError> {
+        Ok(self.uint(name)?.map_or(default, |v| v as usize))
+    }
+    fn u64_or(&self, name: &str, default: u64) -> Result<u64, StepError> {
+        Ok(self.uint(name)?.unwrap_or(default))
+    }
+    fn float_or(&self, name: &str, default: f64) -> f64 {
+        match self.0.get(name) {
+            Some(v) => v.as_f64().unwrap_or(default),
+            None => default,
+        }
+    }
+    fn bool_or(&self, name: &str, default: bool) -> bool {
+        match self.0.get(name) {
+            Some(Value::Bool(b)) => *b,
+            _ => default,
+        }
+    }
+    fn strings(&self, name: &str) -> Option<Vec<String>> {
+        match self.0.get(name) {
+            Some(Value::List(items)) => Some(items.iter().map(Value::to_string).collect()),
+            _ => None,
+        }
+    }
+    fn table(&self, name: &str) -> BTreeMap<String, String> {
+        match self.0.get(name) {
+            Some(Value::Table(t)) => t.iter().map(|(k, v)| (k.clone(), v.to_string())).collect(),
+            _ => BTreeMap::new(),
+        }
+    }
+    /// The value of an enum-like setting, parsed through its serde name.
+    fn named<T: serde::de::DeserializeOwned>(
+        &self,
+        name: &str,
+        choices: &str,
+    ) -> Result<Option<T>, StepError> {
+        match self.str(name) {
+            None => Ok(None),
+            Some(text) => serde_json::from_value(json!(text)).map(Some).map_err(|_| {
+                StepError::invalid(format!("`{name}` {text:?} is not one of {choices}"))
+            }),
+        }
+    }
+}
+
+/// What a step needs from its executor.
+pub struct Context<'a> {
+    /// Starts processing instances.
+    pub launcher: &'a dyn Launcher,
+    /// The model registry a `register` step uses when it names none.
+    pub registry: &'a str,
+    /// The step's log.
+    pub log: &'a StepLog<'a>,
+    /// A folder of this attempt's own (instances' logs are kept here).
+    pub attempt_dir: &'a Path,
+}
+
+/// The output locations a step writes, by output name, from its settings.
+pub fn output_uris(kind: Kind, s: &Resolved, outputs: &[String]) -> BTreeMap<String, String> {
+    let out = s.str("out").unwrap_or_default();
+    let base = out.trim_end_matches('/');
+    let mut map = BTreeMap::new();
+    for name in outputs {
+        let uri = match (kind, name.as_str()) {
+            (_, "out") => out.clone(),
+            (Kind::Train, "model") => out.clone(),
+            (Kind::Manifest, channel) => format!("{base}/{channel}.manifest"),
+            (Kind::Process, channel) => format!("{base}/{channel}"),
+            _ => continue,
+        };
+        map.insert(name.clone(), uri);
+    }
+    map
+}
+
+fn classify_process(e: shardline_process::Error) -> StepError {
+    use shardline_process::Error as E;
+    let class = match &e {
+        E::BadInput { .. } | E::BadConfig(_) | E::Setting { .. } => Class::Invalid,
+        E::Script { .. } => Class::Program,
+        E::InstanceFailed { reason, .. } if reason.contains("the script failed") => Class::Program,
+        _ => Class::Infrastructure,
+    };
+    StepError {
+        class,
+        message: e.to_string(),
+    }
+}
+
+fn classify_train(e: shardline_train::Error) -> StepError {
+    use shardline_train::Error as E;
+    let class = match &e {
+        E::Setting(_) | E::Config(_) | E::Data(_) => Class::Invalid,
+        _ => Class::Infrastructure,
+    };
+    StepError {
+        class,
+        message: e.to_string(),
+    }
+}
+
+/// Copies the instances' logs under `logs/` of a local output into the attempt's folder.
+fn keep_instance_logs(out: &str, attempt_dir: &Path, instances: usize) -> Vec<(String, PathBuf)> {
+    let Some(dir) = Store::open(out)
+        .ok()
+        .and_then(|s| s.location().local_path())
+        .map(|p| p.join("logs"))
+    else {
+        return Vec::new();
+    };
+    let mut kept = Vec::new();
+    for rank in 0..instances {
+        let host = shardline_process::identity::host(rank);
+        let from = dir.join(format!("{host}.log"));
+        let to = attempt_dir.join(format!("{host}.log"));
+        if std::fs::copy(&from, &to).is_ok() {
+            kept.push((host, to));
+        }
+    }
+    kept
+}
+
+/// Runs one step.
+pub async fn run(kind: Kind, s: &Resolved, cx: &Context<'_>) -> Result<Done, StepError> {
+    match kind {
+        Kind::Datagen => datagen(s, cx).await,
+        Kind::Manifest => manifest(s, cx).await,
+        Kind::Process => process(s, cx, None).await,
+        Kind::Train => train(s, cx).await,
+        Kind::Evaluate => evaluate(s, cx).await,
+        Kind::Register => register(s, cx).await,
+        Kind::Transform => transform(s, cx).await,
+        Kind::Command => command(s, cx).await,
+        Kind::Condition | Kind::Fail => Err(StepError::invalid(
+            "conditions and fail steps are decided by the executor",
+        )),
+    }
+}
+
+async fn datagen(s: &Resolved, cx: &Context<'_>) -> Result<Done, StepError> {
+    let d = shardline_datagen::ShapesConfig::default();
+    let format = match s.str("format").as_deref() {
+        None => d.format,
+        Some("jpeg" | "jpg") => shardline_datagen::Format::Jpeg,
+        Some("png") => shardline_datagen::Format::Png,
+        Some(other) => {
+            return Err(StepError::invalid(format!(
+                "`format` {other:?} is not jpeg or png"
+            )));
+        }
+    };
+    let config = shardline_datagen::ShapesConfig {
+        classes: s.usize_or("classes", d.classes)?,
+        per_class: s.usize_or("per_class", d.per_class)?,
+        size: s.u64_or("size", u64::from(d.size))? as u32,
+        height: s.uint("height")?.map(|h| h as u32),
+        format,
+        seed: s.u64_or("seed", d.seed)?,
+    };
+    let out = s.need_str("out")?;
+    let store = Store::open(&out).map_err(|e| StepError::invalid(e.to_string()))?;
+    cx.log.line(&format!(
+        "datagen: {} classes × {} images into {out}",
+        config.classes, config.per_class
+    ));
+    let images = shardline_datagen::generate(&store, &config, &|| {})
+        .await
+        .map_err(|e| match e {
+            shardline_datagen::Error::BadConfig(m) => StepError::invalid(m),
+            other => StepError::infra(other),
+        })?;
+    cx.log.line(&format!("datagen: {images} images written"));
+    Ok(Done {
+        report: json!({"images": images, "classes": config.classes, "out": store.uri()}),
+        ..Done::default()
+    })
+}
+
+async fn manifest(s: &Resolved, cx: &Context<'_>) -> Result<Done, StepError> {
+    let d = shardline_manifest::Config::default();
+    let split = match s.str("split") {
+        Some(text) => text
+            .parse()
+            .map_err(|e| StepError::invalid(format!("`split`: {e}")))?,
+        None => d.split.clone(),
+    };
+    let config = shardline_manifest::Config {
+        split,
+        seed: s.u64_or("seed", d.seed)?,
+        min_per_class: s.usize_or("min_per_class", d.min_per_class)?,
+        force: s.bool_or("force", d.force),
+        augmented: s.bool_or("augmented", d.augmented),
+        concurrency: s.usize_or("concurrency", d.concurrency)?.max(1),
+    };
+    let open = |name: &str| -> Result<Store, StepError> {
+        let url = s.need_str(name)?;
+        Store::open(&url).map_err(|e| StepError::invalid(format!("`{name}`: {e}")))
+    };
+    let started = std::time::Instant::now();
+    let report = shardline_manifest::run(&open("source")?, &open("out")?, &config, cx.log)
+        .await
+        .map_err(|e| {
+            use shardline_manifest::Error as E;
+            match e {
+                E::Store(_) => StepError::infra(e),
+                other => StepError::invalid(other.to_string()),
+            }
+        })?;
+    for line in report.summary(started.elapsed().as_secs_f64()) {
+        cx.log.line(&line);
+    }
+    let l = &report.lineage;
+    Ok(Done {
+        report: json!({
+            "outcome": format!("{:?}", report.outcome),
+            "objects": l.totals.values().sum::<u64>(),
+            "classes": l.counts.values().next().map_or(0, |c| c.len()),
+            "channels": l.totals,
+            "out": report.out,
+        }),
+        ..Done::default()
+    })
+}
+
+fn process_config(s: &Resolved) -> Result<ProcessConfig, StepError> {
+    let d = ProcessConfig::default();
+    let ds = &d.settings;
+    let mut recipe = shardline_preprocess::Recipe::new(
+        s.u64_or("width", u64::from(ds.recipe.width))? as u32,
+        s.u64_or("height", u64::from(ds.recipe.height))? as u32,
+        s.named("mode", "gray, rgb")?.unwrap_or(ds.recipe.mode),
+    );
+    recipe.filter = s
+        .named("filter", "nearest, bilinear, lanczos3")?
+        .unwrap_or(ds.recipe.filter);
+    if let Some(augment) = s.strings("augment") {
+        recipe.augment = augment
+            .iter()
+            .map(|a| {
+                serde_json::from_value(json!(a)).map_err(|_| {
+                    StepError::invalid(format!("`augment` {a:?} is not one of flip, crop"))
+                })
+            })
+            .collect::<Result<_, _>>()?;
+    }
+    recipe.max_pixels = s.u64_or("max_pixels", ds.recipe.max_pixels)?;
+    recipe.jpeg_scaling = s.bool_or("jpeg_scaling", ds.recipe.jpeg_scaling);
+    let distribution = match s.str("distribution") {
+        Some(text) => text
+            .parse()
+            .map_err(|e: String| StepError::invalid(format!("`distribution`: {e}")))?,
+        None => ds.distribution,
+    };
+    let augment_channels = if recipe.augment.is_empty() {
+        Vec::new()
+    } else {
+        s.strings("augment_channels")
+            .unwrap_or_else(|| vec!["train".to_string()])
+    };
+    Ok(ProcessConfig {
+        inputs: s.table("inputs").into_iter().collect(),
+        out: s.need_str("out")?,
+        settings: shardline_process::job::Settings {
+            instances: s.usize_or("instances", ds.instances)?,
+            distribution,
+            recipe,
+            seed: s.u64_or("seed", ds.seed)?,
+            augment_channels,
+            shard_bytes: s.usize_or("shard_bytes", ds.shard_bytes)?,
+            script: None,
+            error_budget: s.float_or("error_budget", ds.error_budget),
+        },
+        max_attempts: s.usize_or("max_attempts", d.max_attempts)?,
+        force: s.bool_or("force", d.force),
+        root: None,
+        wait_timeout_s: d.wait_timeout_s,
+    })
+}
+
+async fn process(
+    s: &Resolved,
+    cx: &Context<'_>,
+    script: Option<String>,
+) -> Result<Done, StepError> {
+    let mut config = process_config(s)?;
+    if let Some(script) = script {
+        config.settings.script = Some(script);
+        // The pipeline's retry policy decides whether a failed program runs again.
+        config.max_attempts = 1;
+        config.root = Some(cx.attempt_dir.join("root"));
+    }
+    let instances = config.settings.instances;
+    let result = shardline_process::run(&config, Role::Launch(cx.launcher), cx.log).await;
+    let instance_logs = keep_instance_logs(&config.out, cx.attempt_dir, instances);
+    let report = result.map_err(classify_process)?;
+    for line in report.summary() {
+        cx.log.line(&line);
+    }
+    let (outcome, objects, samples, quarantined) = match &report.outcome {
+        shardline_process::Outcome::Processed(r) => {
+            ("processed", r.assigned, r.written, r.quarantined)
+        }
+        shardline_process::Outcome::Script { .. } => ("script", 0, 0, 0),
+        shardline_process::Outcome::Unchanged => ("unchanged", 0, 0, 0),
+        shardline_process::Outcome::Follower { .. } => ("follower", 0, 0, 0),
+    };
+    Ok(Done {
+        report: json!({
+            "outcome": outcome,
+            "objects": objects,
+            "samples": samples,
+            "quarantined": quarantined,
+            "instances": instances,
+            "job": report.job,
+            "out": report.out,
+        }),
+        instance_logs,
+        instances,
+        metrics: vec![("quarantined".into(), quarantined as f64)],
+        ..Done::default()
+    })
+}
+
+async fn train(s: &Resolved, cx: &Context<'_>) -> Result<Done, StepError> {
+    let d = shardline_train::TrainConfig::default();
+    let default_workers = match d.ranks {
+        shardline_train::Ranks::InProcess { workers } => workers,
+        shardline_train::Ranks::Mpi { .. } => 1,
+    };
+    let workers = s.usize_or("workers", default_workers)?;
+    let model = match s.str("model").as_deref() {
+        None => d.model.clone(),
+        Some("cnn") => shardline_train::ModelChoice::Cnn,
+        Some("mlp") => shardline_train::ModelChoice::Mlp,
+        Some("reference") => shardline_train::ModelChoice::Reference,
+        Some(other) => {
+            return Err(StepError::invalid(format!(
+                "`model` {other:?} is not one of cnn, mlp, reference"
+            )));
+        }
+    };
+    let config = shardline_train::TrainConfig {
+        data: s.need_str("data")?,
+        out: s.need_str("out")?,
+        ranks: shardline_train::Ranks::InProcess { workers },
+        schedule: shardline_train::Schedule {
+            epochs: s.usize_or("epochs", d.schedule.epochs)?,
+            batch: s.usize_or("batch", d.schedule.batch)?,
+            lr: s.float_or("lr", d.schedule.lr),
+            lr_scaling: s
+                .named("lr_scaling", "linear, sqrt, none")?
+                .unwrap_or(d.schedule.lr_scaling),
+            seed: s.u64_or("seed", d.schedule.seed)?,
+            bucket_bytes: s.usize_or("bucket_bytes", d.schedule.bucket_bytes)?,
+        },
+        model,
+        force: s.bool_or("force", d.force),
+        device: s.str("device").unwrap_or(d.device.clone()),
+        ..d
+    };
+    cx.log.line(&format!(
+        "train: {workers} data-parallel worker(s), {} epochs, batch {}, lr {}",
+        config.schedule.epochs, config.schedule.batch, config.schedule.lr
+    ));
+    let report = shardline_train::run(&config, cx.log)
+        .await
+        .map_err(classify_train)?;
+    let last = report.metrics.last();
+    let mut metrics = Vec::new();
+    if let Some(a) = report.test_accuracy {
+        metrics.push(("test_accuracy".to_string(), a));
+        cx.log
+            .line(&format!("train: test accuracy {:.2}%", 100.0 * a));
+    }
+    if let Some(m) = last {
+        metrics.push(("validation_accuracy".to_string(), m.validation_accuracy));
+        metrics.push(("train_loss".to_string(), m.train_loss));
+    }
+    Ok(Done {
+        report: json!({
+            "outcome": format!("{:?}", report.outcome),
+            "test_accuracy": report.test_accuracy,
+            "validation_accuracy": last.map(|m| m.validation_accuracy),
+            "train_accuracy": last.map(|m| m.train_accuracy),
+            "train_loss": last.map(|m| m.train_loss),
+            "epochs": report.metrics.len(),
+            "job": report.job,
+            "out": report.out,
+        }),
+        instances: workers,
+        metrics,
+        ..Done::default()
+    })
+}
+
+async fn evaluate(s: &Resolved, cx: &Context<'_>) -> Result<Done, StepError> {
+    let d = shardline_train::evaluate::EvaluateConfig::default();
+    let config = shardline_train::evaluate::EvaluateConfig {
+        model: s.need_str("model")?,
+        data: s.need_str("data")?,
+        channel: s.str("channel").unwrap_or(d.channel),
+        device: s.str("device").unwrap_or(d.device),
+    };
+    let report = shardline_train::evaluate::run(&config)
+        .await
+        .map_err(classify_train)?;
+    cx.log.line(&format!(
+        "evaluate: accuracy {:.2}% on {} samples of channel {}",
+        100.0 * report.accuracy,
+        report.samples,
+        config.channel
+    ));
+    Ok(Done {
+        metrics: vec![("accuracy".into(), report.accuracy)],
+        report: serde_json::to_value(&report).map_err(StepError::infra)?,
+        ..Done::default()
+    })
+}
+
+async fn register(s: &Resolved, cx: &Context<'_>) -> Result<Done, StepError> {
+    let url = s.str("registry").unwrap_or_else(|| cx.registry.to_string());
+    let registry = shardline_registry::Registry::open(&url)
+        .map_err(|e| StepError::invalid(format!("`registry` {url}: {e}")))?;
+    let evaluation = s.0.get("evaluation").map(Value::to_json);
+    let record = registry
+        .register(
+            &s.need_str("name")?,
+            &s.need_str("model")?,
+            evaluation,
+            s.str("description"),
+        )
+        .await
+        .map_err(|e| match e {
+            shardline_registry::Error::NotAModel(_) => StepError::invalid(e.to_string()),
+            other => StepError::infra(other),
+        })?;
+    let artifact = registry.artifact_uri(&record);
+    cx.log.line(&format!(
+        "register: {}:{} in {url} ({artifact})",
+        record.name, record.version
+    ));
+    let mut outputs = BTreeMap::new();
+    outputs.insert("model".to_string(), artifact.clone());
+    Ok(Done {
+        report: json!({"name": record.name, "version": record.version, "artifact": artifact}),
+        outputs,
+        ..Done::default()
+    })
+}
+
+async fn transform(s: &Resolved, cx: &Context<'_>) -> Result<Done, StepError> {
+    let d = shardline_serve::transform::TransformConfig::default();
+    let mut classifier = d.classifier.clone();
+    if let Some(device) = s.str("device") {
+        classifier.device = device;
+    }
+    let config = shardline_serve::transform::TransformConfig {
+        model: s.need_str("model")?,
+        manifest: s.need_str("manifest")?,
+        out: s.need_str("out")?,
+        instances: s.usize_or("instances", d.instances)?,
+        k: s.usize_or("k", d.k)?,
+        batch: s.usize_or("batch", d.batch)?,
+        force: s.bool_or("force", d.force),
+        classifier,
+    };
+    let report = shardline_serve::transform::run(&config, cx.log)
+        .await
+        .map_err(|e| match e {
+            shardline_serve::Error::Transform(m) => StepError::invalid(m),
+            other => StepError::infra(other),
+        })?;
+    cx.log.line(&format!(
+        "transform: {} of {} objects predicted ({} unreadable) into {}",
+        report.predicted, report.objects, report.failed, report.predictions
+    ));
+    Ok(Done {
+        report: json!({
+            "objects": report.objects,
+            "predicted": report.predicted,
+            "failed": report.failed,
+            "predictions": report.predictions,
+        }),
+        instances: config.instances,
+        ..Done::default()
+    })
+}
+
+async fn command(s: &Resolved, cx: &Context<'_>) -> Result<Done, StepError> {
+    let program = s.need_str("program")?;
+    let out = s.need_str("out")?;
+    let mut done = match s.str("contract").as_deref() {
+        Some("processing") => process(s, cx, Some(program)).await?,
+        Some("training") => {
+            let config = shardline_container::training::TrainingConfig {
+                script: program,
+                processes_per_host: 1,
+                hyperparameters: s.table("hyperparameters"),
+                channels: s.table("inputs"),
+                data: s.str("data"),
+                out: out.clone(),
+                root: Some(cx.attempt_dir.join("root")),
+                force: s.bool_or("force", false),
+            };
+            let report = shardline_container::training::run(&config, cx.log)
+                .await
+                .map_err(|e| {
+                    use shardline_container::Error as E;
+                    let class = match &e {
+                        E::Failed { .. } => Class::Program,
+                        E::Setting { .. } | E::BadInput { .. } | E::Start { .. } => Class::Invalid,
+                        _ => Class::Infrastructure,
+                    };
+                    StepError {
+                        class,
+                        message: e.to_string(),
+                    }
+                })?;
+            cx.log
+                .line(&format!("command: model packed as {}", report.model));
+            Done {
+                report: json!({"model": report.model, "command": report.command}),
+                instances: 1,
+                ..Done::default()
+            }
+        }
+        other => {
+            return Err(StepError::invalid(format!(
+                "`contract` {other:?} is not processing or training"
+            )));
+        }
+    };
+    // The user's own report: a JSON file the program wrote under `out` (a property file).
+    if let Some(file) = s.str("report") {
+        let store = Store::open(&out).map_err(StepError::infra)?;
+        let bytes = store.get(&file).await.map_err(|e| {
+            StepError::invalid(format!(
+                "`report`: the program wrote no {file} under {out} ({e})"
+            ))
+        })?;
+        done.report = serde_json::from_slice(&bytes).map_err(|e| {
+            StepError::invalid(format!("`report`: {file} under {out} is not JSON ({e})"))
+        })?;
+    }
+    Ok(done)
+}
