@@ -240,20 +240,27 @@ pub fn parse_overrides(texts: &[String]) -> Result<Vec<(String, String)>, String
         .collect()
 }
 
-/// Line and column of byte offsets in a text.
+/// Line and column of byte offsets in a text (line starts found once, then searched).
 struct Lines<'a> {
     text: &'a str,
+    starts: Vec<usize>,
 }
 
-impl Lines<'_> {
+impl<'a> Lines<'a> {
+    fn new(text: &'a str) -> Lines<'a> {
+        let starts = std::iter::once(0)
+            .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+            .collect();
+        Lines { text, starts }
+    }
+
     fn pos(&self, offset: usize) -> Pos {
         let offset = offset.min(self.text.len());
-        let before = &self.text[..offset];
-        let line = before.matches('\n').count() + 1;
-        let start = before.rfind('\n').map_or(0, |i| i + 1);
+        let line = self.starts.partition_point(|&s| s <= offset);
+        let start = self.starts[line - 1];
         Pos {
             line,
-            col: before[start..].chars().count() + 1,
+            col: self.text[start..offset].chars().count() + 1,
         }
     }
 }
@@ -810,7 +817,7 @@ fn parse_params(value: &Spanned<DeValue<'_>>, c: &mut Checker<'_>) -> Vec<Param>
 /// Parses and validates a definition; `file` names it in messages.
 pub fn parse(file: &str, text: &str) -> Result<Definition, Invalid> {
     let mut c = Checker {
-        lines: Lines { text },
+        lines: Lines::new(text),
         problems: Vec::new(),
     };
     let invalid = |c: Checker<'_>| Invalid {
