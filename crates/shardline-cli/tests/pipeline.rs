@@ -134,6 +134,28 @@ fn quickstart_is_the_pipeline_and_a_second_run_is_entirely_from_cache() {
     );
     // Nothing was registered twice.
     assert!(!t.path("quickstart-out/registry/models/shapes/2").exists());
+
+    // The registered model's lineage, by registry reference: up to the raw data, and what used it.
+    let registry = t.arg("quickstart-out/registry");
+    let lineage = t
+        .run(&[
+            "lineage",
+            "model:shapes:1",
+            "--registry",
+            &registry,
+            "--json",
+        ])
+        .ok();
+    let lineage: serde_json::Value = serde_json::from_str(&lineage).expect("json");
+    assert_eq!(lineage["upstream"]["run"]["step"], "register");
+    let text = lineage["upstream"].to_string();
+    for step in ["train", "process", "manifests", "data"] {
+        assert!(
+            text.contains(&format!("\"step\":\"{step}\"")),
+            "{step} upstream: {text}"
+        );
+    }
+    assert_eq!(lineage["downstream"]["next"][0]["run"]["step"], "predict");
 }
 
 #[test]
@@ -614,4 +636,37 @@ fn sigterm_stops_the_execution_and_leaves_it_resumable() {
         .output()
         .expect("pgrep");
     assert!(ps.stdout.is_empty(), "the step's program is still running");
+}
+
+#[test]
+fn a_running_steps_instance_log_can_be_followed() {
+    let t = TestDir::new();
+    with_input(&t);
+    let dir = t.arg("");
+    let slow =
+        format!("sh -c 'touch {dir}/started; for i in 1 2 3 4; do echo line$i; sleep 0.4; done'");
+    let file = definition(&t, "f.toml", &command_step("slow", &slow, ""));
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_shardline"))
+        .args(["pipeline", "run", &file])
+        .current_dir(t.dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    for _ in 0..300 {
+        if t.path("started").exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(t.path("started").exists(), "the step started");
+    // Follows while it runs, and ends when the step ends, with every line.
+    let log = t
+        .run(&["logs", "last", "slow", "--instance", "algo-1", "--follow"])
+        .ok();
+    let output = child.wait_with_output().expect("wait");
+    assert!(output.status.success());
+    for i in 1..=4 {
+        assert!(log.contains(&format!("line{i}")), "line{i} missing: {log}");
+    }
 }
