@@ -670,3 +670,49 @@ fn a_running_steps_instance_log_can_be_followed() {
         assert!(log.contains(&format!("line{i}")), "line{i} missing: {log}");
     }
 }
+
+#[test]
+fn on_s3_the_cache_follows_the_objects_etags() {
+    let mut t = TestDir::new();
+    let garage =
+        shardline_testkit::garage::LocalGarage::start(&t.path("garage"), "lake").expect("garage");
+    t.env = garage.env();
+    let source = garage.url("pets");
+    t.shapes(&source, 2, 6);
+    let text = format!(
+        r#"
+[steps.manifests]
+kind = "manifest"
+source = "{source}"
+out = "{out}"
+split = "train=0.5,validation=0.25,test=0.25"
+"#,
+        out = garage.url("manifests")
+    );
+    let file = definition(&t, "s3.toml", &text);
+    let stdout = t.run(&["pipeline", "run", &file]).ok();
+    assert!(stdout.contains("✓ manifests succeeded"), "{stdout}");
+    let stdout = t.run(&["pipeline", "run", &file]).ok();
+    assert!(stdout.contains("= manifests cached"), "{stdout}");
+    // The same keys with other bytes: new ETags, so the objects are digested again.
+    t.run(&[
+        "datagen",
+        "shapes",
+        "--out",
+        &source,
+        "--classes",
+        "2",
+        "--per-class",
+        "6",
+        "--size",
+        "16",
+        "--seed",
+        "9",
+    ])
+    .ok();
+    let stdout = t.run(&["pipeline", "run", &file]).ok();
+    assert!(
+        stdout.contains("miss: input source content changed"),
+        "{stdout}"
+    );
+}
