@@ -16,6 +16,7 @@ pub mod digest;
 pub mod exec;
 pub mod export;
 pub mod openlineage;
+pub mod report;
 pub mod run;
 pub mod spec;
 pub mod trace;

@@ -5,9 +5,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use shardline_pipeline::db::{Db, Execution, StepRow};
+use shardline_pipeline::db::{Db, Execution};
 use shardline_pipeline::def::parse_overrides;
-use shardline_pipeline::{Definition, Event, Options, Runner, Summary};
+use shardline_pipeline::{Definition, Event, Options, Runner, Summary, report};
 use shardline_process::launch::LocalProcesses;
 
 use crate::progress::Ui;
@@ -263,68 +263,10 @@ fn printer(ui: &Ui) -> impl Fn(&Event) + Send + Sync + '_ {
     }
 }
 
-fn seconds(row: &StepRow) -> String {
-    match (row.started, row.finished) {
-        (Some(a), Some(b)) if b >= a => format!("{:.1}s", b - a),
-        _ => "-".into(),
-    }
-}
-
-/// The summary table of an execution's steps.
-pub fn step_table(db: &Db, steps: &[StepRow]) -> Vec<String> {
-    let mut lines = vec![format!(
-        "  {:<14} {:<10} {:<10} {:>7} {:>8} {:>9}  {}",
-        "STEP", "KIND", "STATUS", "TIME", "ATTEMPTS", "INSTANCES", "CACHE / WHY"
-    )];
-    for row in steps {
-        let metrics = db
-            .metrics(&row.execution, &row.step)
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(k, v)| format!("{k} {v:.4}"))
-            .collect::<Vec<_>>();
-        let mut why = row.reason.clone().unwrap_or_default();
-        if !metrics.is_empty() {
-            why = format!("{why} [{}]", metrics.join(", "));
-        }
-        lines.push(format!(
-            "  {:<14} {:<10} {:<10} {:>7} {:>8} {:>9}  {}",
-            row.step,
-            row.kind,
-            row.status,
-            seconds(row),
-            row.attempts,
-            row.instances,
-            why
-        ));
-    }
-    lines
-}
-
 fn print_summary(ui: &Ui, db: &Db, summary: &Summary) {
-    let e = &summary.execution;
     ui.say("");
-    ui.say(format!(
-        "execution {} of pipeline {}: {} in {:.1} s",
-        e.id, e.pipeline, e.status, summary.seconds
-    ));
-    for line in step_table(db, &summary.steps) {
+    for line in report::summary(db, summary) {
         ui.say(line);
-    }
-    let not_run: Vec<&StepRow> = summary
-        .steps
-        .iter()
-        .filter(|s| matches!(s.status.as_str(), "not-run" | "skipped" | "stopped"))
-        .collect();
-    if !not_run.is_empty() {
-        ui.say("  did not run:");
-        for s in not_run {
-            ui.say(format!(
-                "    {} — {}",
-                s.step,
-                s.reason.as_deref().unwrap_or(&s.status)
-            ));
-        }
     }
 }
 
@@ -369,62 +311,13 @@ pub async fn run_definition(def: &Definition, args: &RunArgs, ui: &Ui) -> Result
 }
 
 fn show(db: &Db, e: &Execution, json: bool, ui: &Ui) -> Result<()> {
-    let steps = db.steps(&e.id)?;
     if json {
-        let steps: Vec<serde_json::Value> = steps
-            .iter()
-            .map(|s| {
-                let mut v = serde_json::to_value(s).unwrap_or_default();
-                v["attempt_errors"] = serde_json::json!(db
-                    .attempts(&e.id, &s.step)
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|(n, status, error)| serde_json::json!({"attempt": n, "status": status, "error": error}))
-                    .collect::<Vec<_>>());
-                v["metrics"] = serde_json::json!(db
-                    .metrics(&e.id, &s.step)
-                    .unwrap_or_default()
-                    .into_iter()
-                    .collect::<std::collections::BTreeMap<_, _>>());
-                v
-            })
-            .collect();
-        let mut execution = serde_json::to_value(e)?;
-        execution["status"] = serde_json::json!(e.shown_status());
-        crate::progress::out(&serde_json::to_string_pretty(
-            &serde_json::json!({"execution": execution, "steps": steps}),
-        )?);
+        crate::progress::out(&serde_json::to_string_pretty(&report::show_json(db, e)?)?);
         return Ok(());
     }
-    ui.say(format!(
-        "execution {} of pipeline {} ({}): {}{}",
-        e.id,
-        e.pipeline,
-        e.file,
-        e.shown_status(),
-        e.message
-            .as_deref()
-            .map(|m| format!(" — {m}"))
-            .unwrap_or_default()
-    ));
-    ui.say(format!("  parameters {}", e.params));
-    for line in step_table(db, &steps) {
+    for line in report::show(db, e)? {
         ui.say(line);
     }
-    for s in &steps {
-        let attempts = db.attempts(&e.id, &s.step)?;
-        for (n, status, error) in attempts.iter().filter(|(_, st, _)| st != "succeeded") {
-            ui.say(format!(
-                "  {} attempt {n} {status}: {}",
-                s.step,
-                error.as_deref().unwrap_or("")
-            ));
-        }
-    }
-    ui.say(format!(
-        "  logs: shardline logs {} STEP [--instance algo-N]; lineage: shardline lineage PATH",
-        e.id
-    ));
     Ok(())
 }
 
