@@ -42,14 +42,28 @@ pub struct LocalGarage {
     child: Child,
     dir: PathBuf,
     config: PathBuf,
-    /// `http://127.0.0.1:<port>` of the S3 API.
+    /// `http://ADDR:<port>` of the S3 API.
     pub endpoint: String,
     /// The bucket created for the caller.
     pub bucket: String,
+    /// The prefix its commands run through (empty: run directly).
+    enter: Vec<std::ffi::OsString>,
 }
 
 fn free_port() -> std::io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// The garage binary, run through `enter` when it is given.
+fn garage_command(enter: &[std::ffi::OsString]) -> Command {
+    match enter.split_first() {
+        Some((program, args)) => {
+            let mut command = Command::new(program);
+            command.args(args).arg(binary());
+            command
+        }
+        None => Command::new(binary()),
+    }
 }
 
 fn binary() -> String {
@@ -60,18 +74,36 @@ impl LocalGarage {
     /// Starts a server whose data lives under `dir` (created; reused content is wiped) and
     /// creates `bucket` with a read-write key.
     pub fn start(dir: &Path, bucket: &str) -> Result<LocalGarage, GarageError> {
+        LocalGarage::start_in(dir, bucket, "127.0.0.1", &[])
+    }
+
+    /// As [`LocalGarage::start`], but listening on `addr` and with the server and its admin
+    /// commands run through the `enter` prefix (a program and its arguments that end in `--`,
+    /// e.g. `nsenter --target PID --net ... --`): a server on one host of a
+    /// [`crate::hosts::Hosts`] harness, reached by the others over the namespace network.
+    pub fn start_in(
+        dir: &Path,
+        bucket: &str,
+        addr: &str,
+        enter: &[std::ffi::OsString],
+    ) -> Result<LocalGarage, GarageError> {
         // The ports are picked free and released before Garage binds them, so another process
         // can take one in between; a fresh pick on a failed start gets past that race.
         let mut attempt = 1;
         loop {
-            match LocalGarage::start_once(dir, bucket) {
+            match LocalGarage::start_once(dir, bucket, addr, enter) {
                 Err(GarageError::Setup { .. }) if attempt < 3 => attempt += 1,
                 result => return result,
             }
         }
     }
 
-    fn start_once(dir: &Path, bucket: &str) -> Result<LocalGarage, GarageError> {
+    fn start_once(
+        dir: &Path,
+        bucket: &str,
+        addr: &str,
+        enter: &[std::ffi::OsString],
+    ) -> Result<LocalGarage, GarageError> {
         if dir.exists() {
             std::fs::remove_dir_all(dir)?;
         }
@@ -85,13 +117,13 @@ impl LocalGarage {
 data_dir = "{d}/data"
 db_engine = "lmdb"
 replication_factor = 1
-rpc_bind_addr = "127.0.0.1:{rpc_port}"
-rpc_public_addr = "127.0.0.1:{rpc_port}"
+rpc_bind_addr = "{addr}:{rpc_port}"
+rpc_public_addr = "{addr}:{rpc_port}"
 rpc_secret = "{secret}"
 
 [s3_api]
 s3_region = "{REGION}"
-api_bind_addr = "127.0.0.1:{s3_port}"
+api_bind_addr = "{addr}:{s3_port}"
 root_domain = ".s3.garage.localhost"
 "#,
                 d = dir.display(),
@@ -99,7 +131,7 @@ root_domain = ".s3.garage.localhost"
             ),
         )?;
         let log = std::fs::File::create(dir.join("garage.log"))?;
-        let child = Command::new(binary())
+        let child = garage_command(enter)
             .arg("-c")
             .arg(&config)
             .arg("server")
@@ -112,15 +144,16 @@ root_domain = ".s3.garage.localhost"
             child,
             dir: dir.to_path_buf(),
             config,
-            endpoint: format!("http://127.0.0.1:{s3_port}"),
+            endpoint: format!("http://{addr}:{s3_port}"),
             bucket: bucket.to_string(),
+            enter: enter.to_vec(),
         };
         garage.setup()?;
         Ok(garage)
     }
 
     fn cli(&self, args: &[&str]) -> Result<String, GarageError> {
-        let output = Command::new(binary())
+        let output = garage_command(&self.enter)
             .arg("-c")
             .arg(&self.config)
             .args(args)

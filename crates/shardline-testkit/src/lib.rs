@@ -2,3 +2,4 @@
 //! when they fail. Never a dependency of a shipped crate.
 
 pub mod garage;
+pub mod hosts;
