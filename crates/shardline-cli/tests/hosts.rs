@@ -44,9 +44,8 @@ print(json.dumps(out))
     serde_json::from_str(&text).expect("json")
 }
 
-#[test]
-fn processing_across_three_hosts_equals_a_single_host_run() {
-    let t = common::TestDir::new();
+/// Three hosts, Garage on the first, and a small dataset with its manifests in it.
+fn cluster(t: &common::TestDir) -> (Hosts, LocalGarage, Vec<(&'static str, String)>) {
     let hosts = Hosts::start(3, &t.path("hosts")).expect("three hosts (run as root)");
     let garage = LocalGarage::start_in(
         &t.path("garage"),
@@ -85,40 +84,55 @@ fn processing_across_three_hosts_equals_a_single_host_run() {
             "s3://lake/m",
         ],
     );
-    let inputs = [
-        "--input",
-        "train=s3://lake/m/train.manifest",
-        "--input",
-        "validation=s3://lake/m/validation.manifest",
-        "--input",
-        "test=s3://lake/m/test.manifest",
-        "--instances",
-        "3",
-        "--size",
-        "16",
-    ];
+    (hosts, garage, env)
+}
+
+const INPUTS: [&str; 10] = [
+    "--input",
+    "train=s3://lake/m/train.manifest",
+    "--input",
+    "validation=s3://lake/m/validation.manifest",
+    "--input",
+    "test=s3://lake/m/test.manifest",
+    "--instances",
+    "3",
+    "--size",
+    "16",
+];
+
+/// `mpirun -np 3` across the hosts of `program args`, with the S3 settings passed on (-x).
+fn mpirun(hosts: &Hosts, env: &[(&str, String)], args: &[&str]) -> std::process::Output {
+    let mut mpi: Vec<String> = Vec::new();
+    for (k, _) in env {
+        mpi.push("-x".into());
+        mpi.push((*k).into());
+    }
+    mpi.push(SHARDLINE.into());
+    mpi.extend(args.iter().map(|a| a.to_string()));
+    let mut command = hosts.mpirun(3, &mpi);
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    command
+        .timeout(std::time::Duration::from_secs(300))
+        .output()
+        .expect("mpirun")
+}
+
+#[test]
+fn processing_across_three_hosts_equals_a_single_host_run() {
+    let t = common::TestDir::new();
+    let (hosts, garage, env) = cluster(&t);
+    let inputs = INPUTS;
     // One host, its local launcher: the reference.
     let mut args = vec!["process", "--out", "s3://lake/one"];
     args.extend(inputs);
     shardline(&hosts, 0, &env, &args);
 
     // One instance per host under mpirun, over TCP; the S3 settings travel with -x.
-    let mut mpi: Vec<String> = Vec::new();
-    for (k, _) in &env {
-        mpi.push("-x".into());
-        mpi.push((*k).into());
-    }
-    mpi.push(SHARDLINE.into());
-    mpi.extend(["process", "--out", "s3://lake/three"].map(String::from));
-    mpi.extend(inputs.map(String::from));
-    let mut command = hosts.mpirun(3, &mpi);
-    for (k, v) in &env {
-        command.env(k, v);
-    }
-    let output = command
-        .timeout(std::time::Duration::from_secs(300))
-        .output()
-        .expect("mpirun");
+    let mut args = vec!["process", "--out", "s3://lake/three"];
+    args.extend(inputs);
+    let output = mpirun(&hosts, &env, &args);
     assert!(
         output.status.success(),
         "mpirun across hosts failed:\n{}{}",
@@ -146,6 +160,75 @@ fn processing_across_three_hosts_equals_a_single_host_run() {
     assert_eq!(
         one, three,
         "the three-host output differs from the one-host output"
+    );
+    drop(garage);
+    hosts.stop().expect("the hosts are torn down completely");
+}
+
+/// Downloads `key` of the bucket into `path`, from host 1.
+fn download(hosts: &Hosts, env: &[(&str, String)], key: &str, path: &std::path::Path) {
+    let script = r#"
+import os, sys, boto3
+body = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"]).get_object(Bucket="lake", Key=sys.argv[1])["Body"].read()
+open(sys.argv[2], "wb").write(body)
+"#;
+    let mut command = hosts.command(0, "python3");
+    command.args(["-c", script, key]).arg(path);
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    command.run().expect("download with boto3");
+}
+
+#[test]
+fn training_across_three_hosts_reaches_the_in_process_weights() {
+    let t = common::TestDir::new();
+    let (hosts, garage, env) = cluster(&t);
+    let mut args = vec!["process", "--out", "s3://lake/p"];
+    args.extend(INPUTS);
+    shardline(&hosts, 0, &env, &args);
+    let schedule = ["--epochs", "2", "--batch", "8", "--seed", "3"];
+    // Three in-process workers on one host, then three ranks on three hosts over TCP.
+    let mut args = vec![
+        "train",
+        "--data",
+        "s3://lake/p",
+        "--out",
+        "s3://lake/inproc",
+        "--workers",
+        "3",
+    ];
+    args.extend(schedule);
+    shardline(&hosts, 0, &env, &args);
+    let mut args = vec!["train", "--data", "s3://lake/p", "--out", "s3://lake/mpi"];
+    args.extend(schedule);
+    let output = mpirun(&hosts, &env, &args);
+    assert!(
+        output.status.success(),
+        "training across hosts failed:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    download(&hosts, &env, "inproc/weights.bin", &t.path("inproc.bin"));
+    download(&hosts, &env, "mpi/weights.bin", &t.path("mpi.bin"));
+    let read = |name: &str| {
+        shardline_train::weights::decode_parameters(&std::fs::read(t.path(name)).expect("read"))
+            .expect("weights")
+    };
+    let (a, b) = (read("inproc.bin"), read("mpi.bin"));
+    assert_eq!(a.len(), b.len());
+    let mut worst = 0f32;
+    for ((sa, va), (sb, vb)) in a.iter().zip(&b) {
+        assert_eq!(sa, sb);
+        for (x, y) in va.iter().zip(vb) {
+            worst = worst.max((x - y).abs() / x.abs().max(1.0));
+        }
+    }
+    assert!(worst < 1e-3, "weights differ by up to {worst} (relative)");
+    assert!(
+        a.iter()
+            .zip(&b)
+            .any(|((_, va), _)| va.iter().any(|x| *x != 0.0))
     );
     drop(garage);
     hosts.stop().expect("the hosts are torn down completely");
