@@ -233,3 +233,111 @@ fn training_across_three_hosts_reaches_the_in_process_weights() {
     drop(garage);
     hosts.stop().expect("the hosts are torn down completely");
 }
+
+/// Processes the cluster's dataset on host 1 into `s3://lake/p`.
+fn processed(hosts: &Hosts, env: &[(&str, String)]) {
+    let mut args = vec!["process", "--out", "s3://lake/p"];
+    args.extend(INPUTS);
+    shardline(hosts, 0, env, &args);
+}
+
+fn text(output: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+#[test]
+fn a_rank_killed_on_another_host_ends_the_job_naming_it() {
+    let t = common::TestDir::new();
+    let (hosts, garage, mut env) = cluster(&t);
+    processed(&hosts, &env);
+    env.push(("SHARDLINE_FAULT", "rank-1:epoch-1-step-2".into()));
+    let output = mpirun(
+        &hosts,
+        &env,
+        &[
+            "train",
+            "--data",
+            "s3://lake/p",
+            "--out",
+            "s3://lake/killed",
+            "--epochs",
+            "3",
+            "--batch",
+            "4",
+        ],
+    );
+    let text = text(&output);
+    assert!(!output.status.success(), "{text}");
+    assert_ne!(output.status.code(), Some(124), "the job hung:\n{text}");
+    assert!(text.contains("aborting rank-1 at epoch-1-step-2"), "{text}");
+    assert!(text.contains("rank 1"), "the error names the rank:\n{text}");
+    drop(garage);
+    hosts.stop().expect("the hosts are torn down completely");
+}
+
+#[test]
+fn a_host_cut_off_for_good_ends_training_within_the_collective_timeout() {
+    let t = common::TestDir::new();
+    let (hosts, garage, env) = cluster(&t);
+    processed(&hosts, &env);
+    let mut mpi: Vec<String> = Vec::new();
+    for (k, _) in &env {
+        mpi.push("-x".into());
+        mpi.push((*k).into());
+    }
+    mpi.push(SHARDLINE.into());
+    mpi.extend(
+        [
+            "train",
+            "--data",
+            "s3://lake/p",
+            "--out",
+            "s3://lake/cut",
+            "--epochs",
+            "200",
+            "--batch",
+            "4",
+            "--collective-timeout",
+            "15",
+        ]
+        .map(String::from),
+    );
+    let mut command = hosts.mpirun(3, &mpi);
+    for (k, v) in &env {
+        command.env(k, v);
+    }
+    let child = command
+        .timeout(std::time::Duration::from_secs(240))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("mpirun");
+    // Let the ranks connect and train a while, then take host 3's link down for good.
+    std::thread::sleep(std::time::Duration::from_secs(20));
+    let veth = hosts.host(2).veth.clone();
+    let status = std::process::Command::new("ip")
+        .args(["link", "set", &veth, "down"])
+        .status()
+        .expect("ip link");
+    assert!(status.success());
+    let output = child.wait_with_output().expect("wait");
+    let text = text(&output);
+    assert!(!output.status.success(), "{text}");
+    assert_ne!(
+        output.status.code(),
+        Some(124),
+        "the job waited for Open MPI's keepalive instead of the collective timeout:\n{text}"
+    );
+    // Whichever notices first (Shardline's collective timeout on the ranks that wait, or
+    // mpirun's keepalive on the daemon it lost), the job ends naming the host that is gone.
+    assert!(
+        text.contains("on node h3"),
+        "the unreachable host is not named:\n{text}"
+    );
+    drop(garage);
+    hosts.stop().expect("the hosts are torn down completely");
+}

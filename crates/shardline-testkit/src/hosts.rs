@@ -671,6 +671,12 @@ exec nsenter --target "$pid" --uts --net --mount --wd=/ -- env TMPDIR="$tmp" /bi
             ("OMPI_MCA_btl_tcp_if_include", subnet.clone()),
             ("OMPI_MCA_oob_tcp_if_include", subnet),
             ("OMPI_MCA_mpi_yield_when_idle", "1".into()),
+            // mpirun notices a daemon whose host is cut off by the out-of-band keepalive: 300 s
+            // idle + 9 probes × 20 s by default (8 minutes), during which it cannot finish
+            // aborting a job Shardline's collective timeout already stopped. 5 + 3 × 2 s here.
+            ("OMPI_MCA_oob_tcp_keepalive_time", "5".into()),
+            ("OMPI_MCA_oob_tcp_keepalive_intvl", "2".into()),
+            ("OMPI_MCA_oob_tcp_keepalive_probes", "3".into()),
             ("OMPI_MCA_hwloc_base_binding_policy", "none".into()),
             ("OMPI_MCA_rmaps_base_oversubscribe", "1".into()),
             ("OMPI_ALLOW_RUN_AS_ROOT", "1".into()),

@@ -53,6 +53,11 @@ pub struct Args {
     /// feature (`--features cuda`).
     #[arg(long, default_value_t = TrainConfig::default().device)]
     pub device: String,
+    /// How long a collective (allreduce, broadcast) may wait for the other ranks, in seconds,
+    /// before this rank stops the job: a dead or unreachable rank ends the job in this time, not
+    /// in Open MPI's own keepalive (minutes).
+    #[arg(long, value_name = "SECONDS", default_value_t = TrainConfig::default().collective_timeout.as_secs_f64())]
+    pub collective_timeout: f64,
     /// Your own training program instead of Shardline's trainer.
     #[command(flatten)]
     pub script: super::train_script::ScriptArgs,
@@ -110,7 +115,6 @@ fn launcher_rank() -> Result<Option<(usize, Option<usize>)>> {
 /// Validates the flags into the stage's config (defaults from `TrainConfig::default`, flag
 /// defaults above being the same values).
 pub fn config(args: &Args) -> Result<TrainConfig> {
-    let defaults = TrainConfig::default();
     let model = match &args.model_config {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -156,10 +160,17 @@ pub fn config(args: &Args) -> Result<TrainConfig> {
         resume: args.resume,
         force: args.force,
         device: args.device.clone(),
-        ..defaults
+        collective_timeout: collective_timeout(args.collective_timeout)?,
     };
     config.validate()?;
     Ok(config)
+}
+
+fn collective_timeout(seconds: f64) -> Result<std::time::Duration> {
+    if !(seconds.is_finite() && seconds > 0.0) {
+        anyhow::bail!("train: --collective-timeout {seconds} must be a positive number of seconds");
+    }
+    Ok(std::time::Duration::from_secs_f64(seconds))
 }
 
 /// The library's default number of in-process workers.
@@ -269,5 +280,6 @@ mod tests {
             format!("{:?}", defaults.model)
         );
         assert_eq!(config.device, defaults.device);
+        assert_eq!(config.collective_timeout, defaults.collective_timeout);
     }
 }
