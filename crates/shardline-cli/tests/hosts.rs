@@ -341,3 +341,76 @@ fn a_host_cut_off_for_good_ends_training_within_the_collective_timeout() {
     drop(garage);
     hosts.stop().expect("the hosts are torn down completely");
 }
+
+#[test]
+fn the_s3_server_restarted_mid_training_loses_nothing() {
+    let t = common::TestDir::new();
+    let (hosts, mut garage, env) = cluster(&t);
+    processed(&hosts, &env);
+    let train = |out: &str| -> Vec<String> {
+        [
+            "train",
+            "--data",
+            "s3://lake/p",
+            "--out",
+            out,
+            "--epochs",
+            "12",
+            "--batch",
+            "4",
+            "--seed",
+            "5",
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    // The reference: the same job with the server up throughout.
+    let args = train("s3://lake/steady");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let output = mpirun(&hosts, &env, &args);
+    assert!(output.status.success(), "{}", text(&output));
+
+    let mut mpi: Vec<String> = Vec::new();
+    for (k, _) in &env {
+        mpi.push("-x".into());
+        mpi.push((*k).into());
+    }
+    mpi.push(SHARDLINE.into());
+    mpi.extend(train("s3://lake/restarted"));
+    let mut command = hosts.mpirun(3, &mpi);
+    for (k, v) in &env {
+        command.env(k, v);
+    }
+    let child = command
+        .timeout(std::time::Duration::from_secs(300))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("mpirun");
+    // Epoch checkpoints go to the server while it is down for a moment.
+    std::thread::sleep(std::time::Duration::from_secs(6));
+    garage
+        .restart(std::time::Duration::from_secs(2))
+        .expect("garage restarts");
+    let output = child.wait_with_output().expect("wait");
+    let log = text(&output);
+    assert!(output.status.success(), "{log}");
+    assert!(
+        log.contains("retry"),
+        "the restart was not felt (no request was retried):\n{log}"
+    );
+    download(&hosts, &env, "steady/weights.bin", &t.path("steady.bin"));
+    download(
+        &hosts,
+        &env,
+        "restarted/weights.bin",
+        &t.path("restarted.bin"),
+    );
+    assert_eq!(
+        std::fs::read(t.path("steady.bin")).expect("read"),
+        std::fs::read(t.path("restarted.bin")).expect("read"),
+        "the model trained through a server restart differs from the steady one"
+    );
+    drop(garage);
+    hosts.stop().expect("the hosts are torn down completely");
+}

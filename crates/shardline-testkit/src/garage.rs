@@ -152,6 +152,39 @@ root_domain = ".s3.garage.localhost"
         Ok(garage)
     }
 
+    /// Kills the server and starts it again on the same data, ports and address, waiting until
+    /// it answers: a restart in the middle of a client's work. `down` is how long it stays
+    /// down.
+    pub fn restart(&mut self, down: Duration) -> Result<(), GarageError> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::thread::sleep(down);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("garage.log"))?;
+        self.child = garage_command(&self.enter)
+            .arg("-c")
+            .arg(&self.config)
+            .arg("server")
+            .env("RUST_LOG", "warn")
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .map_err(GarageError::Missing)?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.cli(&["status"]).is_err() {
+            if Instant::now() > deadline {
+                return Err(GarageError::Setup {
+                    step: "restart".into(),
+                    detail: "the server did not answer within 60 s".into(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(())
+    }
+
     fn cli(&self, args: &[&str]) -> Result<String, GarageError> {
         let output = garage_command(&self.enter)
             .arg("-c")
