@@ -414,3 +414,52 @@ fn the_s3_server_restarted_mid_training_loses_nothing() {
     drop(garage);
     hosts.stop().expect("the hosts are torn down completely");
 }
+
+/// The text of one object, from host 1.
+fn read_text(hosts: &Hosts, env: &[(&str, String)], key: &str) -> String {
+    let path = hosts.dir().join(key.replace('/', "_"));
+    download(hosts, env, key, &path);
+    std::fs::read_to_string(&path).expect("read")
+}
+
+#[test]
+fn a_processing_instance_that_dies_on_its_host_is_redone_alone() {
+    let t = common::TestDir::new();
+    let (hosts, garage, mut env) = cluster(&t);
+    let mut args = vec!["process", "--out", "s3://lake/one"];
+    args.extend(INPUTS);
+    shardline(&hosts, 0, &env, &args);
+
+    let mut args = vec!["process", "--out", "s3://lake/three"];
+    args.extend(INPUTS);
+    env.push(("SHARDLINE_FAULT", "algo-3:after-2".into()));
+    let output = mpirun(&hosts, &env, &args);
+    let log = text(&output);
+    assert!(!output.status.success(), "{log}");
+    assert!(log.contains("aborting algo-3 at after-2"), "{log}");
+    env.pop();
+    // The launcher (a scheduler, a person) starts the job again: only algo-3 has work left.
+    let output = mpirun(&hosts, &env, &args);
+    assert!(output.status.success(), "{}", text(&output));
+    for host in ["algo-1", "algo-2"] {
+        let log = read_text(&hosts, &env, &format!("three/logs/{host}.log"));
+        assert!(
+            log.contains("already finished this job"),
+            "{host} was redone:\n{log}"
+        );
+    }
+    let log = read_text(&hosts, &env, "three/logs/algo-3.log");
+    assert!(!log.contains("already finished this job"), "{log}");
+    let data = |all: BTreeMap<String, String>| -> BTreeMap<String, String> {
+        all.into_iter()
+            .filter(|(k, _)| k.ends_with(".tar") || k.ends_with("index.json"))
+            .collect()
+    };
+    assert_eq!(
+        data(objects(&hosts, &env, "one")),
+        data(objects(&hosts, &env, "three")),
+        "the redone job's output differs from a one-host run's"
+    );
+    drop(garage);
+    hosts.stop().expect("the hosts are torn down completely");
+}
