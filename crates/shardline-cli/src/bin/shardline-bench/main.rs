@@ -6,6 +6,7 @@
 //! It runs the `shardline` binary beside it (`target/release/shardline` for
 //! `target/release/shardline-bench`), or the one named by `--shardline` / `SHARDLINE_BIN`.
 
+mod hosts;
 mod pipeline;
 mod serve;
 mod stages;

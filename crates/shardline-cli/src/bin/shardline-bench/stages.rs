@@ -34,6 +34,9 @@ pub enum Command {
     /// The pipeline executor: a fully cached quickstart rerun, the overhead per step, and
     /// validation plus planning of a 500-step definition, each beside its target.
     Pipeline(crate::pipeline::PipelineArgs),
+    /// The allreduce benchmark across network-namespace hosts (TCP) beside one host (shared
+    /// memory); needs root and the comm crate's example built with MPI.
+    AllreduceHosts(crate::hosts::HostsArgs),
 }
 
 /// Flags of `shardline-bench manifest`.
@@ -1193,5 +1196,6 @@ pub async fn run(command: Command, ui: &Ui) -> Result<()> {
         Command::Train(args) => train(args, ui).await,
         Command::Serve(args) => crate::serve::run(args, ui).await,
         Command::Pipeline(args) => crate::pipeline::run(args, ui).await,
+        Command::AllreduceHosts(args) => crate::hosts::run(args, ui),
     }
 }
