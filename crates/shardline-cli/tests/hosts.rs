@@ -355,7 +355,7 @@ fn the_s3_server_restarted_mid_training_loses_nothing() {
             "--out",
             out,
             "--epochs",
-            "12",
+            "6",
             "--batch",
             "4",
             "--seed",
