@@ -463,3 +463,59 @@ fn a_processing_instance_that_dies_on_its_host_is_redone_alone() {
     drop(garage);
     hosts.stop().expect("the hosts are torn down completely");
 }
+
+#[test]
+fn each_host_a_sagemaker_processing_instance_with_its_own_resourceconfig() {
+    let t = common::TestDir::new();
+    let (hosts, garage, env) = cluster(&t);
+    let mut args = vec!["process", "--out", "s3://lake/one"];
+    args.extend(INPUTS);
+    shardline(&hosts, 0, &env, &args);
+    // As SageMaker starts a processing job: every instance on its own host, started on its own
+    // (no mpirun), told who it is by /opt/ml/config/resourceconfig.json.
+    let mut children = Vec::new();
+    for i in 0..3 {
+        let config = t.path(&format!("resourceconfig-{i}.json"));
+        std::fs::write(
+            &config,
+            format!(
+                r#"{{"current_host": "algo-{}", "hosts": ["algo-1", "algo-2", "algo-3"]}}"#,
+                i + 1
+            ),
+        )
+        .expect("resourceconfig");
+        let mut command = hosts.command(i, SHARDLINE);
+        command.args(["process", "--out", "s3://lake/sagemaker"]);
+        command.args(INPUTS);
+        command.env("SHARDLINE_RESOURCE_CONFIG", &config);
+        for (k, v) in &env {
+            command.env(k, v);
+        }
+        command
+            .timeout(std::time::Duration::from_secs(300))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        children.push(command.spawn().expect("spawn an instance"));
+    }
+    for (i, child) in children.into_iter().enumerate() {
+        let output = child.wait_with_output().expect("wait");
+        assert!(
+            output.status.success(),
+            "instance algo-{} failed:\n{}",
+            i + 1,
+            text(&output)
+        );
+    }
+    let data = |all: BTreeMap<String, String>| -> BTreeMap<String, String> {
+        all.into_iter()
+            .filter(|(k, _)| k.ends_with(".tar") || k.ends_with("index.json") || k == "recipe.json")
+            .collect()
+    };
+    assert_eq!(
+        data(objects(&hosts, &env, "one")),
+        data(objects(&hosts, &env, "sagemaker")),
+        "the SageMaker-style job's output differs from a one-host run's"
+    );
+    drop(garage);
+    hosts.stop().expect("the hosts are torn down completely");
+}
