@@ -100,20 +100,29 @@ const INPUTS: [&str; 10] = [
     "16",
 ];
 
-/// `mpirun -np 3` across the hosts of `program args`, with the S3 settings passed on (-x).
-fn mpirun(hosts: &Hosts, env: &[(&str, String)], args: &[&str]) -> std::process::Output {
+/// `mpirun -np 3 shardline ARGS` across the hosts, with the S3 settings passed on (-x).
+fn mpirun_command<'h, S: AsRef<str>>(
+    hosts: &'h Hosts,
+    env: &[(&str, String)],
+    args: &[S],
+) -> shardline_testkit::hosts::HostCommand<'h> {
     let mut mpi: Vec<String> = Vec::new();
     for (k, _) in env {
         mpi.push("-x".into());
         mpi.push((*k).into());
     }
     mpi.push(SHARDLINE.into());
-    mpi.extend(args.iter().map(|a| a.to_string()));
+    mpi.extend(args.iter().map(|a| a.as_ref().to_string()));
     let mut command = hosts.mpirun(3, &mpi);
     for (k, v) in env {
         command.env(k, v);
     }
     command
+}
+
+/// Runs [`mpirun_command`] to its end (at most 5 minutes).
+fn mpirun(hosts: &Hosts, env: &[(&str, String)], args: &[&str]) -> std::process::Output {
+    mpirun_command(hosts, env, args)
         .timeout(std::time::Duration::from_secs(300))
         .output()
         .expect("mpirun")
@@ -284,14 +293,10 @@ fn a_host_cut_off_for_good_ends_training_within_the_collective_timeout() {
     let t = common::TestDir::new();
     let (hosts, garage, env) = cluster(&t);
     processed(&hosts, &env);
-    let mut mpi: Vec<String> = Vec::new();
-    for (k, _) in &env {
-        mpi.push("-x".into());
-        mpi.push((*k).into());
-    }
-    mpi.push(SHARDLINE.into());
-    mpi.extend(
-        [
+    let mut command = mpirun_command(
+        &hosts,
+        &env,
+        &[
             "train",
             "--data",
             "s3://lake/p",
@@ -303,13 +308,8 @@ fn a_host_cut_off_for_good_ends_training_within_the_collective_timeout() {
             "4",
             "--collective-timeout",
             "15",
-        ]
-        .map(String::from),
+        ],
     );
-    let mut command = hosts.mpirun(3, &mpi);
-    for (k, v) in &env {
-        command.env(k, v);
-    }
     let child = command
         .timeout(std::time::Duration::from_secs(240))
         .stdout(std::process::Stdio::piped())
@@ -370,18 +370,7 @@ fn the_s3_server_restarted_mid_training_loses_nothing() {
     let output = mpirun(&hosts, &env, &args);
     assert!(output.status.success(), "{}", text(&output));
 
-    let mut mpi: Vec<String> = Vec::new();
-    for (k, _) in &env {
-        mpi.push("-x".into());
-        mpi.push((*k).into());
-    }
-    mpi.push(SHARDLINE.into());
-    mpi.extend(train("s3://lake/restarted"));
-    let mut command = hosts.mpirun(3, &mpi);
-    for (k, v) in &env {
-        command.env(k, v);
-    }
-    let child = command
+    let child = mpirun_command(&hosts, &env, &train("s3://lake/restarted"))
         .timeout(std::time::Duration::from_secs(300))
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())

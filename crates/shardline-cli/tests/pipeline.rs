@@ -329,6 +329,26 @@ out = "out-{name}"
     )
 }
 
+/// Starts `pipeline run FILE` in the background and waits until `marker` exists (its step
+/// started).
+fn start_until(t: &TestDir, file: &str, marker: &str) -> std::process::Child {
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_shardline"))
+        .args(["pipeline", "run", file])
+        .current_dir(t.dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    for _ in 0..300 {
+        if t.path(marker).exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(t.path(marker).exists(), "the step started");
+    child
+}
+
 fn with_input(t: &TestDir) {
     // A store prefix whose first level is the class.
     std::fs::create_dir_all(t.path("input/x")).expect("input");
@@ -604,20 +624,7 @@ fn sigterm_stops_the_execution_and_leaves_it_resumable() {
     let dir = t.arg("");
     let slow = format!("sh -c 'touch {dir}/started; sleep 30; touch {dir}/finished'");
     let file = definition(&t, "s.toml", &command_step("slow", &slow, ""));
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_shardline"))
-        .args(["pipeline", "run", &file])
-        .current_dir(t.dir.path())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    for _ in 0..300 {
-        if t.path("started").exists() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    assert!(t.path("started").exists(), "the step started");
+    let child = start_until(&t, &file, "started");
     std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -646,20 +653,7 @@ fn a_running_steps_instance_log_can_be_followed() {
     let slow =
         format!("sh -c 'touch {dir}/started; for i in 1 2 3 4; do echo line$i; sleep 0.4; done'");
     let file = definition(&t, "f.toml", &command_step("slow", &slow, ""));
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_shardline"))
-        .args(["pipeline", "run", &file])
-        .current_dir(t.dir.path())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn");
-    for _ in 0..300 {
-        if t.path("started").exists() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    assert!(t.path("started").exists(), "the step started");
+    let child = start_until(&t, &file, "started");
     // Follows while it runs, and ends when the step ends, with every line.
     let log = t
         .run(&["logs", "last", "slow", "--instance", "algo-1", "--follow"])

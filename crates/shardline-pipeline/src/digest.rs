@@ -147,22 +147,20 @@ async fn digest_objects(
 
 /// The digest of a SageMaker manifest and of every object it names.
 pub async fn manifest(db: &Db, uri: &str) -> Result<Tree, String> {
-    let file = location(db, uri).await?;
-    if file.files.is_empty() {
-        return Err(format!("{uri} does not exist"));
-    }
+    // The manifest is read whole to be parsed, so its own digest comes from those bytes.
     let (parent, name) = split_parent(uri).ok_or_else(|| format!("{uri} is not a file"))?;
     let bytes = Store::open(&parent)
         .map_err(|e| e.to_string())?
-        .get(&name)
+        .get_opt(&name)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("{uri} does not exist"))?;
     let parsed =
         shardline_contract::sagemaker::parse_manifest(uri, &bytes).map_err(|e| e.to_string())?;
     let keys: BTreeSet<String> = parsed.keys.into_iter().collect();
     let objects = named(db, &parsed.prefix, &keys).await?;
     let mut files = BTreeMap::new();
-    files.insert(String::new(), file.digest());
+    files.insert(String::new(), Digest::of(&bytes).as_str().to_string());
     for (k, d) in objects.files {
         files.insert(format!("{}{k}", parsed.prefix), d);
     }

@@ -618,7 +618,8 @@ impl<'a> Run<'a> {
                         None,
                     );
                     row.instances = done.instances as i64;
-                    return match self.record(step, &prepared, done).await {
+                    let run_id = row.run_id.clone().unwrap_or_default();
+                    return match self.record(step, &prepared, done, &run_id).await {
                         Ok(state) => state,
                         Err(e) => fail(format!(
                             "the step ran, but its outputs could not be recorded: {e}"
@@ -690,16 +691,8 @@ impl<'a> Run<'a> {
         let run_id = uuid::Uuid::new_v4().to_string();
         row.run_id = Some(run_id.clone());
         let _ = self.db.put_step(row);
-        let ol = openlineage::Run {
-            run_id: &run_id,
-            job: format!("{}.{}", self.def.name, step.name),
-            parent: (&self.exec_run_id, &self.def.name),
-        };
-        let inputs: Vec<(&str, &str)> = p
-            .inputs
-            .iter()
-            .map(|(u, d)| (u.as_str(), d.as_str()))
-            .collect();
+        let ol = self.ol_run(step, &run_id);
+        let inputs = datasets(&p.inputs);
         if let Err(e) = self
             .sink
             .emit(&openlineage::event("START", &ol, &inputs, &[], None))
@@ -711,19 +704,12 @@ impl<'a> Run<'a> {
         // that `shardline logs --follow` follows them; replaced by this attempt's copies at its end.
         let processing = step.kind == Kind::Process
             || (step.kind == Kind::Command && step.literal_str("contract") == Some("processing"));
-        if processing
-            && let Some(Value::Str(out)) = p.settings.0.get("out")
-            && let Some(dir) = shardline_store::Store::open(out)
-                .ok()
-                .and_then(|s| s.location().local_path())
-        {
+        if processing && let Some(Value::Str(out)) = p.settings.0.get("out") {
             let instances = match p.settings.0.get("instances") {
                 Some(Value::Int(n)) => (*n).max(1) as usize,
                 _ => 1,
             };
-            for rank in 0..instances {
-                let host = shardline_process::identity::host(rank);
-                let live = dir.join("logs").join(format!("{host}.log"));
+            for (host, live) in run::live_instance_logs(out, instances) {
                 let _ = self
                     .db
                     .put_log(&self.exec_id, &step.name, attempt, &host, &live);
@@ -777,37 +763,24 @@ impl<'a> Run<'a> {
                 }
             }
         }
-        let event = match &result {
-            Ok(_) => {
-                let outputs: Vec<(String, String)> = self.output_digests(step, p).await;
-                let outs: Vec<(&str, &str)> = outputs
-                    .iter()
-                    .map(|(u, d)| (u.as_str(), d.as_str()))
-                    .collect();
-                openlineage::event("COMPLETE", &ol, &inputs, &outs, None)
-            }
-            Err(e) => openlineage::event("FAIL", &ol, &inputs, &[], Some(&e.message)),
-        };
-        if let Err(e) = self.sink.emit(&event).await {
-            log.line(&e);
-        }
+        // COMPLETE is emitted by `record`, once the outputs are digested.
         if let Err(e) = &result {
+            let event = openlineage::event("FAIL", &ol, &inputs, &[], Some(&e.message));
+            if let Err(why) = self.sink.emit(&event).await {
+                log.line(&why);
+            }
             log.line(&format!("error: {}", e.message));
         }
         result
     }
 
-    /// The output locations of a step (its `out`-like settings) with their digests.
-    async fn output_digests(&self, step: &Step, p: &Prepared) -> Vec<(String, String)> {
-        let mut out = Vec::new();
-        for field in step.kind.fields().iter().filter(|f| f.role == Role::Output) {
-            if let Some(Value::Str(uri)) = p.settings.0.get(field.name)
-                && let Ok(tree) = digest::location(&self.db, uri).await
-            {
-                out.push((crate::trace::normal(uri), tree.digest()));
-            }
+    /// The OpenLineage run of one step run.
+    fn ol_run<'r>(&'r self, step: &Step, run_id: &'r str) -> openlineage::Run<'r> {
+        openlineage::Run {
+            run_id,
+            job: format!("{}.{}", self.def.name, step.name),
+            parent: (&self.exec_run_id, &self.def.name),
         }
-        out
     }
 
     /// The locations a step writes (its `out`-like settings).
@@ -824,20 +797,42 @@ impl<'a> Run<'a> {
     }
 
     /// Records a successful run: output digests, the cache entry, lineage edges, metrics.
-    async fn record(&self, step: &Step, p: &Prepared, done: Done) -> Result<State, String> {
+    /// Its OpenLineage COMPLETE event carries the same output digests.
+    async fn record(
+        &self,
+        step: &Step,
+        p: &Prepared,
+        done: Done,
+        run_id: &str,
+    ) -> Result<State, String> {
         let mut files = BTreeMap::new();
-        let mut edges: Vec<(String, String, String)> = p
-            .inputs
-            .iter()
-            .map(|(u, d)| ("in".to_string(), u.clone(), d.clone()))
-            .collect();
+        let mut written = Vec::new();
         let mut locations = self.output_locations(step, p);
         locations.extend(done.outputs.values().cloned());
         for uri in locations {
             let tree = digest::location(&self.db, &uri).await?;
-            edges.push(("out".into(), crate::trace::normal(&uri), tree.digest()));
+            written.push((crate::trace::normal(&uri), tree.digest()));
             files.insert(uri, tree.files);
         }
+        let event = openlineage::event(
+            "COMPLETE",
+            &self.ol_run(step, run_id),
+            &datasets(&p.inputs),
+            &datasets(&written),
+            None,
+        );
+        if let Err(e) = self.sink.emit(&event).await {
+            self.emit(Event::Line {
+                step: step.name.clone(),
+                text: e,
+            });
+        }
+        let edges: Vec<(String, String, String)> = p
+            .inputs
+            .iter()
+            .map(|(u, d)| ("in".to_string(), u.clone(), d.clone()))
+            .chain(written.into_iter().map(|(u, d)| ("out".to_string(), u, d)))
+            .collect();
         let mut outputs = p.outputs.clone();
         outputs.extend(done.outputs.clone());
         let report_file = self
@@ -1121,6 +1116,14 @@ impl<'a> Run<'a> {
             .set_execution_status(&self.exec_id, status, message.as_deref())?;
         Ok(status.into())
     }
+}
+
+/// (URI, digest) pairs as OpenLineage datasets.
+fn datasets(items: &[(String, String)]) -> Vec<(&str, &str)> {
+    items
+        .iter()
+        .map(|(u, d)| (u.as_str(), d.as_str()))
+        .collect()
 }
 
 fn write_report(path: &Path, report: &serde_json::Value) -> Result<(), String> {

@@ -278,7 +278,9 @@ fn classify_train(e: shardline_train::Error) -> StepError {
 }
 
 /// Copies the instances' logs under `logs/` of a local output into the attempt's folder.
-fn keep_instance_logs(out: &str, attempt_dir: &Path, instances: usize) -> Vec<(String, PathBuf)> {
+/// Where a processing job's instances write their logs while they run (`<out>/logs/algo-<i>.log`,
+/// local outputs only): (instance, file).
+pub fn live_instance_logs(out: &str, instances: usize) -> Vec<(String, PathBuf)> {
     let Some(dir) = Store::open(out)
         .ok()
         .and_then(|s| s.location().local_path())
@@ -286,16 +288,24 @@ fn keep_instance_logs(out: &str, attempt_dir: &Path, instances: usize) -> Vec<(S
     else {
         return Vec::new();
     };
-    let mut kept = Vec::new();
-    for rank in 0..instances {
-        let host = shardline_process::identity::host(rank);
-        let from = dir.join(format!("{host}.log"));
-        let to = attempt_dir.join(format!("{host}.log"));
-        if std::fs::copy(&from, &to).is_ok() {
-            kept.push((host, to));
-        }
-    }
-    kept
+    (0..instances)
+        .map(|rank| {
+            (
+                shardline_process::identity::host(rank),
+                shardline_process::launch::log_path(&dir, rank),
+            )
+        })
+        .collect()
+}
+
+fn keep_instance_logs(out: &str, attempt_dir: &Path, instances: usize) -> Vec<(String, PathBuf)> {
+    live_instance_logs(out, instances)
+        .into_iter()
+        .filter_map(|(host, from)| {
+            let to = attempt_dir.join(format!("{host}.log"));
+            std::fs::copy(&from, &to).is_ok().then_some((host, to))
+        })
+        .collect()
 }
 
 /// Runs one step.

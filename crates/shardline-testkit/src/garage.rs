@@ -54,6 +54,27 @@ fn free_port() -> std::io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+/// Starts `garage server` on `config`, its output appended to `dir/garage.log`.
+fn spawn_server(
+    dir: &Path,
+    config: &Path,
+    enter: &[std::ffi::OsString],
+) -> Result<Child, GarageError> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("garage.log"))?;
+    garage_command(enter)
+        .arg("-c")
+        .arg(config)
+        .arg("server")
+        .env("RUST_LOG", "warn")
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .map_err(GarageError::Missing)
+}
+
 /// The garage binary, run through `enter` when it is given.
 fn garage_command(enter: &[std::ffi::OsString]) -> Command {
     match enter.split_first() {
@@ -130,16 +151,7 @@ root_domain = ".s3.garage.localhost"
                 secret = "5ba1d1e000000000000000000000000000000000000000000000000000000000",
             ),
         )?;
-        let log = std::fs::File::create(dir.join("garage.log"))?;
-        let child = garage_command(enter)
-            .arg("-c")
-            .arg(&config)
-            .arg("server")
-            .env("RUST_LOG", "warn")
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .map_err(GarageError::Missing)?;
+        let child = spawn_server(dir, &config, enter)?;
         let mut garage = LocalGarage {
             child,
             dir: dir.to_path_buf(),
@@ -159,19 +171,7 @@ root_domain = ".s3.garage.localhost"
         let _ = self.child.kill();
         let _ = self.child.wait();
         std::thread::sleep(down);
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("garage.log"))?;
-        self.child = garage_command(&self.enter)
-            .arg("-c")
-            .arg(&self.config)
-            .arg("server")
-            .env("RUST_LOG", "warn")
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .map_err(GarageError::Missing)?;
+        self.child = spawn_server(&self.dir, &self.config, &self.enter)?;
         let deadline = Instant::now() + Duration::from_secs(60);
         while self.cli(&["status"]).is_err() {
             if Instant::now() > deadline {
