@@ -3,3 +3,4 @@
 
 pub mod garage;
 pub mod hosts;
+pub mod slurm;
