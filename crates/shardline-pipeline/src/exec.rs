@@ -55,6 +55,10 @@ pub struct Options {
     pub registry: String,
     /// Also post OpenLineage events here.
     pub openlineage_url: Option<String>,
+    /// Where the steps run: this process (the default) or a cluster scheduler.
+    pub engine: crate::slurm::Engine,
+    /// Inside a scheduler's job: how a training step's ranks are started as processes.
+    pub ranks: Option<run::RankLauncher>,
 }
 
 impl Options {
@@ -66,6 +70,8 @@ impl Options {
             max_parallel: None,
             registry: registry.into(),
             openlineage_url: None,
+            engine: crate::slurm::Engine::Local,
+            ranks: None,
         }
     }
 }
@@ -104,15 +110,15 @@ pub enum Event {
 
 /// A step's state during a run.
 #[derive(Debug, Clone)]
-struct State {
-    status: String,
-    reason: Option<String>,
-    report: serde_json::Value,
-    outputs: BTreeMap<String, String>,
+pub(crate) struct State {
+    pub(crate) status: String,
+    pub(crate) reason: Option<String>,
+    pub(crate) report: serde_json::Value,
+    pub(crate) outputs: BTreeMap<String, String>,
 }
 
 impl State {
-    fn pending() -> State {
+    pub(crate) fn pending() -> State {
         State {
             status: "pending".into(),
             reason: None,
@@ -120,10 +126,10 @@ impl State {
             outputs: BTreeMap::new(),
         }
     }
-    fn ok(&self) -> bool {
+    pub(crate) fn ok(&self) -> bool {
         matches!(self.status.as_str(), "succeeded" | "cached")
     }
-    fn done(&self) -> bool {
+    pub(crate) fn done(&self) -> bool {
         self.status != "pending" && self.status != "running"
     }
 }
@@ -284,24 +290,34 @@ pub fn definition_digest(text: &str) -> String {
         .to_string()
 }
 
-struct Run<'a> {
-    db: Arc<Db>,
-    def: &'a Definition,
-    opts: &'a Options,
-    params: BTreeMap<String, Value>,
-    launcher: &'a dyn Launcher,
-    on_event: &'a (dyn Fn(&Event) + Send + Sync),
-    exec_id: String,
-    exec_run_id: String,
+pub(crate) struct Run<'a> {
+    pub(crate) db: Arc<Db>,
+    pub(crate) def: &'a Definition,
+    pub(crate) opts: &'a Options,
+    pub(crate) params: BTreeMap<String, Value>,
+    pub(crate) launcher: &'a dyn Launcher,
+    pub(crate) on_event: &'a (dyn Fn(&Event) + Send + Sync),
+    pub(crate) exec_id: String,
+    pub(crate) exec_run_id: String,
     /// On resume: the steps of the execution as they were.
-    earlier: BTreeMap<String, StepRow>,
-    sink: Sink,
+    pub(crate) earlier: BTreeMap<String, StepRow>,
+    pub(crate) sink: Sink,
+}
+
+/// What the executor can do with a pending step now.
+pub(crate) enum Decision {
+    /// Its dependencies have not all finished.
+    Wait,
+    /// Decided without running: skipped, not run, a condition's outcome, a fail step.
+    Settle(State),
+    /// Ready to run.
+    Run,
 }
 
 type StepFuture<'a> = Pin<Box<dyn Future<Output = (String, State, f64)> + 'a>>;
 
 impl<'a> Run<'a> {
-    fn emit(&self, e: Event) {
+    pub(crate) fn emit(&self, e: Event) {
         (self.on_event)(&e);
     }
 
@@ -504,7 +520,7 @@ impl<'a> Run<'a> {
         };
     }
 
-    fn row(&self, step: &Step, position: usize, state: &State) -> StepRow {
+    pub(crate) fn row(&self, step: &Step, position: usize, state: &State) -> StepRow {
         StepRow {
             execution: self.exec_id.clone(),
             step: step.name.clone(),
@@ -526,7 +542,7 @@ impl<'a> Run<'a> {
     }
 
     /// Runs one step to its end: cache, attempts, records.
-    async fn step(
+    pub(crate) async fn step(
         &self,
         step: &Step,
         position: usize,
@@ -720,6 +736,7 @@ impl<'a> Run<'a> {
             registry: &self.opts.registry,
             log: &log,
             attempt_dir: &dir,
+            ranks: self.opts.ranks.as_ref(),
         };
         let mut settings = p.settings.clone();
         if step.kind.field("force").is_some() && !settings.0.contains_key("force") {
@@ -937,7 +954,7 @@ impl<'a> Run<'a> {
 
     /// Records a step that was decided without running (skipped, not run, a condition, a
     /// fail step).
-    fn settle(
+    pub(crate) fn settle(
         &self,
         step: &Step,
         position: usize,
@@ -958,8 +975,78 @@ impl<'a> Run<'a> {
         Ok(())
     }
 
+    /// What can be done with a pending step given the states of the others.
+    pub(crate) fn decide(&self, step: &Step, states: &BTreeMap<String, State>) -> Decision {
+        let blocked = step.deps.iter().find_map(|d| {
+            let s = &states[d];
+            (s.done() && !s.ok()).then(|| (d.clone(), s.status.clone()))
+        });
+        let gated = step.gate.as_ref().and_then(|(cond, branch)| {
+            let s = &states[cond];
+            (s.ok() && s.report.get("outcome").and_then(|o| o.as_bool()) != Some(*branch))
+                .then(|| cond.clone())
+        });
+        if let Some(cond) = gated {
+            return Decision::Settle(State {
+                status: "skipped".into(),
+                reason: Some(format!("condition `{cond}` chose the other branch")),
+                ..State::pending()
+            });
+        }
+        if let Some((dep, status)) = blocked {
+            let (status, reason) = match status.as_str() {
+                "skipped" => ("skipped", format!("`{dep}` was skipped")),
+                _ => ("not-run", format!("`{dep}` {status}")),
+            };
+            return Decision::Settle(State {
+                status: status.into(),
+                reason: Some(reason),
+                ..State::pending()
+            });
+        }
+        if !step.deps.iter().all(|d| states[d].ok()) {
+            return Decision::Wait;
+        }
+        match step.kind {
+            Kind::Condition => Decision::Settle(match self.condition(step, states) {
+                Ok(outcome) => State {
+                    status: "succeeded".into(),
+                    reason: Some(format!(
+                        "{} → {}",
+                        self.describe_condition(step, states),
+                        if outcome { "if_steps" } else { "else_steps" }
+                    )),
+                    report: json!({"outcome": outcome}),
+                    outputs: BTreeMap::new(),
+                },
+                Err(e) => State {
+                    status: "failed".into(),
+                    reason: Some(e),
+                    ..State::pending()
+                },
+            }),
+            Kind::Fail => {
+                let message = step
+                    .settings
+                    .get("message")
+                    .map(|s| s.template.resolve(&|r| self.lookup(states, r)))
+                    .unwrap_or(Ok(Value::Str("failed".into())))
+                    .unwrap_or_else(Value::Str);
+                Decision::Settle(State {
+                    status: "failed".into(),
+                    reason: Some(message.to_string()),
+                    ..State::pending()
+                })
+            }
+            _ => Decision::Run,
+        }
+    }
+
     /// The main loop.
     async fn go(&self, stop: Pin<&mut (dyn Future<Output = ()> + Send)>) -> Result<String, Error> {
+        if let crate::slurm::Engine::Slurm(engine) = &self.opts.engine {
+            return self.go_slurm(engine, stop).await;
+        }
         let mut stop = stop;
         let def = self.def;
         let mut states: BTreeMap<String, State> = def
@@ -982,78 +1069,10 @@ impl<'a> Run<'a> {
                     if states[&step.name].status != "pending" {
                         continue;
                     }
-                    let blocked = step.deps.iter().find_map(|d| {
-                        let s = &states[d];
-                        (s.done() && !s.ok()).then(|| (d.clone(), s.status.clone()))
-                    });
-                    let gated = step.gate.as_ref().and_then(|(cond, branch)| {
-                        let s = &states[cond];
-                        (s.ok()
-                            && s.report.get("outcome").and_then(|o| o.as_bool()) != Some(*branch))
-                        .then(|| cond.clone())
-                    });
-                    let settled = if let Some(cond) = gated {
-                        Some(State {
-                            status: "skipped".into(),
-                            reason: Some(format!("condition `{cond}` chose the other branch")),
-                            ..State::pending()
-                        })
-                    } else if let Some((dep, status)) = blocked {
-                        let (status, reason) = match status.as_str() {
-                            "skipped" => ("skipped", format!("`{dep}` was skipped")),
-                            _ => ("not-run", format!("`{dep}` {status}")),
-                        };
-                        Some(State {
-                            status: status.into(),
-                            reason: Some(reason),
-                            ..State::pending()
-                        })
-                    } else {
-                        None
-                    };
-                    if let Some(state) = settled {
-                        self.settle(step, i, state, &mut states)?;
-                        changed = true;
-                        continue;
-                    }
-                    if !step.deps.iter().all(|d| states[d].ok()) {
-                        continue;
-                    }
-                    if matches!(step.kind, Kind::Condition | Kind::Fail) {
-                        let state = match step.kind {
-                            Kind::Condition => match self.condition(step, &states) {
-                                Ok(outcome) => State {
-                                    status: "succeeded".into(),
-                                    reason: Some(format!(
-                                        "{} → {}",
-                                        self.describe_condition(step, &states),
-                                        if outcome { "if_steps" } else { "else_steps" }
-                                    )),
-                                    report: json!({"outcome": outcome}),
-                                    outputs: BTreeMap::new(),
-                                },
-                                Err(e) => State {
-                                    status: "failed".into(),
-                                    reason: Some(e),
-                                    ..State::pending()
-                                },
-                            },
-                            _ => {
-                                let message = step
-                                    .settings
-                                    .get("message")
-                                    .map(|s| s.template.resolve(&|r| self.lookup(&states, r)))
-                                    .unwrap_or(Ok(Value::Str("failed".into())))
-                                    .unwrap_or_else(Value::Str);
-                                failed
-                                    .get_or_insert(format!("fail step `{}`: {message}", step.name));
-                                State {
-                                    status: "failed".into(),
-                                    reason: Some(message.to_string()),
-                                    ..State::pending()
-                                }
-                            }
-                        };
+                    if let Decision::Settle(state) = self.decide(step, &states) {
+                        if state.status == "failed" {
+                            failed.get_or_insert(settled_failure(step, &state));
+                        }
                         self.settle(step, i, state, &mut states)?;
                         changed = true;
                     }
@@ -1115,6 +1134,16 @@ impl<'a> Run<'a> {
         self.db
             .set_execution_status(&self.exec_id, status, message.as_deref())?;
         Ok(status.into())
+    }
+}
+
+/// Why an execution failed when a step decided without running failed (a fail step, a
+/// condition that could not be decided).
+pub(crate) fn settled_failure(step: &Step, state: &State) -> String {
+    let reason = state.reason.clone().unwrap_or_default();
+    match step.kind {
+        Kind::Fail => format!("fail step `{}`: {reason}", step.name),
+        _ => format!("step `{}` failed: {reason}", step.name),
     }
 }
 

@@ -8,7 +8,8 @@
 //! ([`digest`]) that checks its outputs before it trusts them, and records everything in an
 //! embedded SQLite store ([`db`]): executions, steps, attempts, per-instance logs, cache keys
 //! with their components, metrics and lineage edges ([`trace`]), with OpenLineage run events
-//! ([`openlineage`]).
+//! ([`openlineage`]). The steps run in this process or, with the [`slurm`] engine, as Slurm
+//! jobs that run the same code.
 
 pub mod db;
 pub mod def;
@@ -18,6 +19,7 @@ pub mod export;
 pub mod openlineage;
 pub mod report;
 pub mod run;
+pub mod slurm;
 pub mod spec;
 pub mod trace;
 pub mod value;

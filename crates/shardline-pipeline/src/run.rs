@@ -52,7 +52,7 @@ impl StepError {
 }
 
 /// What a successful step run produced.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct Done {
     /// Its JSON report.
     pub report: serde_json::Value,
@@ -231,6 +231,22 @@ pub struct Context<'a> {
     pub log: &'a StepLog<'a>,
     /// A folder of this attempt's own (instances' logs are kept here).
     pub attempt_dir: &'a Path,
+    /// Starts a training step's ranks as processes of their own (Slurm tasks) instead of
+    /// in-process workers; `None` trains in this process.
+    pub ranks: Option<&'a RankLauncher>,
+}
+
+/// How a training step's ranks are started as processes: `program args... --ntasks N` followed by
+/// `rank_args... --settings FILE --done FILE --logs DIR`, which runs [`train_rank`] in each (for
+/// Slurm: `srun --mpi=pmix ... shardline pipeline rank`).
+#[derive(Debug, Clone)]
+pub struct RankLauncher {
+    /// The launcher (`srun`).
+    pub program: PathBuf,
+    /// Its arguments before the task count.
+    pub args: Vec<String>,
+    /// The program every rank runs and its arguments (`shardline pipeline rank`).
+    pub rank_args: Vec<String>,
 }
 
 /// The output locations a step writes, by output name, from its settings.
@@ -509,13 +525,11 @@ async fn process(
     })
 }
 
-async fn train(s: &Resolved, cx: &Context<'_>) -> Result<Done, StepError> {
+fn train_config(
+    s: &Resolved,
+    ranks: shardline_train::Ranks,
+) -> Result<shardline_train::TrainConfig, StepError> {
     let d = shardline_train::TrainConfig::default();
-    let default_workers = match d.ranks {
-        shardline_train::Ranks::InProcess { workers } => workers,
-        shardline_train::Ranks::Mpi { .. } => 1,
-    };
-    let workers = s.usize_or("workers", default_workers)?;
     let model = match s.str("model").as_deref() {
         None => d.model.clone(),
         Some("cnn") => shardline_train::ModelChoice::Cnn,
@@ -527,10 +541,10 @@ async fn train(s: &Resolved, cx: &Context<'_>) -> Result<Done, StepError> {
             )));
         }
     };
-    let config = shardline_train::TrainConfig {
+    Ok(shardline_train::TrainConfig {
         data: s.need_str("data")?,
         out: s.need_str("out")?,
-        ranks: shardline_train::Ranks::InProcess { workers },
+        ranks,
         schedule: shardline_train::Schedule {
             epochs: s.usize_or("epochs", d.schedule.epochs)?,
             batch: s.usize_or("batch", d.schedule.batch)?,
@@ -545,26 +559,30 @@ async fn train(s: &Resolved, cx: &Context<'_>) -> Result<Done, StepError> {
         force: s.bool_or("force", d.force),
         device: s.str("device").unwrap_or(d.device.clone()),
         ..d
+    })
+}
+
+/// The data-parallel workers a training step asks for.
+pub fn train_workers(s: &Resolved) -> Result<usize, StepError> {
+    let default_workers = match shardline_train::TrainConfig::default().ranks {
+        shardline_train::Ranks::InProcess { workers } => workers,
+        shardline_train::Ranks::Mpi { .. } => 1,
     };
-    cx.log.line(&format!(
-        "train: {workers} data-parallel worker(s), {} epochs, batch {}, lr {}",
-        config.schedule.epochs, config.schedule.batch, config.schedule.lr
-    ));
-    let report = shardline_train::run(&config, cx.log)
-        .await
-        .map_err(classify_train)?;
+    s.usize_or("workers", default_workers)
+}
+
+fn train_done(report: shardline_train::TrainReport, workers: usize, log: &StepLog<'_>) -> Done {
     let last = report.metrics.last();
     let mut metrics = Vec::new();
     if let Some(a) = report.test_accuracy {
         metrics.push(("test_accuracy".to_string(), a));
-        cx.log
-            .line(&format!("train: test accuracy {:.2}%", 100.0 * a));
+        log.line(&format!("train: test accuracy {:.2}%", 100.0 * a));
     }
     if let Some(m) = last {
         metrics.push(("validation_accuracy".to_string(), m.validation_accuracy));
         metrics.push(("train_loss".to_string(), m.train_loss));
     }
-    Ok(Done {
+    Done {
         report: json!({
             "outcome": format!("{:?}", report.outcome),
             "test_accuracy": report.test_accuracy,
@@ -578,7 +596,135 @@ async fn train(s: &Resolved, cx: &Context<'_>) -> Result<Done, StepError> {
         instances: workers,
         metrics,
         ..Done::default()
-    })
+    }
+}
+
+async fn train(s: &Resolved, cx: &Context<'_>) -> Result<Done, StepError> {
+    let workers = train_workers(s)?;
+    let config = train_config(s, shardline_train::Ranks::InProcess { workers })?;
+    if let Some(ranks) = cx.ranks.filter(|_| workers > 1) {
+        cx.log.line(&format!(
+            "train: {workers} data-parallel ranks as processes of their own, {} epochs, batch {}, lr {}",
+            config.schedule.epochs, config.schedule.batch, config.schedule.lr
+        ));
+        return train_as_ranks(s, cx, ranks, workers).await;
+    }
+    cx.log.line(&format!(
+        "train: {workers} data-parallel worker(s), {} epochs, batch {}, lr {}",
+        config.schedule.epochs, config.schedule.batch, config.schedule.lr
+    ));
+    let report = shardline_train::run(&config, cx.log)
+        .await
+        .map_err(classify_train)?;
+    Ok(train_done(report, workers, cx.log))
+}
+
+/// Starts the ranks with `ranks`, waits for them, and reads what rank 0 wrote.
+async fn train_as_ranks(
+    s: &Resolved,
+    cx: &Context<'_>,
+    ranks: &RankLauncher,
+    workers: usize,
+) -> Result<Done, StepError> {
+    let settings = cx.attempt_dir.join("settings.json");
+    let done_file = cx.attempt_dir.join("done.json");
+    let _ = std::fs::remove_file(&done_file);
+    let text = serde_json::to_vec_pretty(&Value::Table(s.0.clone()).to_json())
+        .map_err(StepError::infra)?;
+    std::fs::write(&settings, text).map_err(StepError::infra)?;
+    let mut command = tokio::process::Command::new(&ranks.program);
+    command
+        .args(&ranks.args)
+        .arg(format!("--ntasks={workers}"))
+        .args(&ranks.rank_args)
+        .arg("--settings")
+        .arg(&settings)
+        .arg("--done")
+        .arg(&done_file)
+        .arg("--logs")
+        .arg(cx.attempt_dir)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    let shown = format!(
+        "{} {} --ntasks={workers} {}",
+        ranks.program.display(),
+        ranks.args.join(" "),
+        ranks.rank_args.join(" ")
+    );
+    cx.log.line(&format!("train: {shown}"));
+    let output = command.output().await.map_err(|e| StepError {
+        class: Class::Infrastructure,
+        message: format!("cannot start the ranks ({shown}): {e}"),
+    })?;
+    for line in String::from_utf8_lossy(&output.stderr).lines() {
+        cx.log.line(line);
+    }
+    let instance_logs: Vec<(String, PathBuf)> = (0..workers)
+        .map(|r| {
+            let name = shardline_contract::instance::host(r);
+            let path = cx.attempt_dir.join(format!("{name}.log"));
+            (name, path)
+        })
+        .filter(|(_, p)| p.exists())
+        .collect();
+    if !output.status.success() {
+        let errors: Vec<String> = instance_logs
+            .iter()
+            .filter_map(|(name, p)| {
+                let text = std::fs::read_to_string(p).ok()?;
+                let line = text.lines().rev().find(|l| l.starts_with("error: "))?;
+                Some(format!("{name}: {}", line.trim_start_matches("error: ")))
+            })
+            .collect();
+        return Err(StepError {
+            class: Class::Infrastructure,
+            message: format!(
+                "the ranks failed ({}){}",
+                output.status,
+                if errors.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", errors.join("; "))
+                }
+            ),
+        });
+    }
+    let bytes = std::fs::read(&done_file).map_err(|e| {
+        StepError::infra(format!(
+            "the ranks exited, but rank 0 wrote no {} ({e})",
+            done_file.display()
+        ))
+    })?;
+    let mut done: Done = serde_json::from_slice(&bytes).map_err(StepError::infra)?;
+    done.instance_logs = instance_logs;
+    Ok(done)
+}
+
+/// One rank of a training step started by a [`RankLauncher`]: trains as rank `rank` of an MPI
+/// job with the step's resolved `settings`; rank 0 writes its [`Done`] to `done` (atomically).
+pub async fn train_rank(
+    settings: &Resolved,
+    rank: usize,
+    size: Option<usize>,
+    done: &Path,
+    log: &StepLog<'_>,
+) -> Result<(), StepError> {
+    let workers = size.unwrap_or(train_workers(settings)?);
+    let config = train_config(settings, shardline_train::Ranks::Mpi { rank, size })?;
+    let report = shardline_train::run(&config, log)
+        .await
+        .map_err(classify_train)?;
+    if rank == 0 {
+        let d = train_done(report, workers, log);
+        let tmp = done.with_extension("json.tmp");
+        std::fs::write(
+            &tmp,
+            serde_json::to_vec_pretty(&d).map_err(StepError::infra)?,
+        )
+        .and_then(|()| std::fs::rename(&tmp, done))
+        .map_err(|e| StepError::infra(format!("{}: {e}", done.display())))?;
+    }
+    Ok(())
 }
 
 async fn evaluate(s: &Resolved, cx: &Context<'_>) -> Result<Done, StepError> {

@@ -43,7 +43,52 @@ pub struct RunArgs {
     #[arg(long, env = "SHARDLINE_OPENLINEAGE_URL", value_name = "URL")]
     pub openlineage_url: Option<String>,
     #[command(flatten)]
+    pub engine: EngineArgs,
+    #[command(flatten)]
     pub state: State,
+}
+
+/// Where the steps run.
+#[derive(Debug, Clone, clap::Args)]
+pub struct EngineArgs {
+    /// local: in this process; slurm: each step a Slurm job (sbatch, with afterok dependencies on
+    /// its inputs' jobs); the state directory, this binary and local data must be on a file
+    /// system every node shares.
+    #[arg(long, value_enum, default_value = "local")]
+    pub engine: EngineArg,
+    /// One more sbatch argument for every step's job (repeat): --sbatch-arg=--partition=cpu.
+    #[arg(long = "sbatch-arg", value_name = "ARG", allow_hyphen_values = true)]
+    pub sbatch_args: Vec<String>,
+}
+
+/// The engines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum EngineArg {
+    /// This process.
+    Local,
+    /// Slurm jobs.
+    Slurm,
+}
+
+impl EngineArgs {
+    fn engine(&self) -> Result<shardline_pipeline::slurm::Engine> {
+        use shardline_pipeline::slurm::{Engine, SlurmEngine};
+        Ok(match self.engine {
+            EngineArg::Local => {
+                if !self.sbatch_args.is_empty() {
+                    bail!("pipeline: --sbatch-arg needs --engine slurm");
+                }
+                Engine::Local
+            }
+            EngineArg::Slurm => Engine::Slurm(SlurmEngine {
+                program: std::env::current_exe()
+                    .context("pipeline: cannot find this executable")?,
+                sbatch_args: self.sbatch_args.clone(),
+                mpi: cfg!(feature = "mpi"),
+                poll: Duration::from_millis(500),
+            }),
+        })
+    }
 }
 
 /// The `pipeline` subcommands.
@@ -63,7 +108,35 @@ pub enum Command {
         #[arg(long, env = "SHARDLINE_OPENLINEAGE_URL", value_name = "URL")]
         openlineage_url: Option<String>,
         #[command(flatten)]
+        engine: EngineArgs,
+        #[command(flatten)]
         state: State,
+    },
+    /// (Inside a Slurm job.) Runs one step of an execution, as the Slurm engine submitted it.
+    #[command(hide = true)]
+    Step {
+        /// The execution.
+        execution: String,
+        /// The step.
+        step: String,
+        /// The coordinator's run file.
+        #[arg(long, value_name = "FILE")]
+        run: PathBuf,
+        #[command(flatten)]
+        state: State,
+    },
+    /// (Started by `srun --mpi=pmix` inside a step's job.) One rank of a training step.
+    #[command(hide = true)]
+    Rank {
+        /// The step's resolved settings (JSON).
+        #[arg(long, value_name = "FILE")]
+        settings: PathBuf,
+        /// Where rank 0 writes what the step produced.
+        #[arg(long, value_name = "FILE")]
+        done: PathBuf,
+        /// Where each rank writes its log (algo-1.log, ...).
+        #[arg(long, value_name = "DIR")]
+        logs: PathBuf,
     },
     /// Show, before anything runs, which steps would run, which come from the cache, and why.
     Plan {
@@ -200,6 +273,88 @@ fn launcher() -> Result<LocalProcesses> {
     })
 }
 
+/// `pipeline step`: one step inside its Slurm job. Processing instances are job steps of their
+/// own (`srun --ntasks=1 --exact`); a training step's ranks one job step (`srun --mpi=pmix`).
+async fn step_job(execution: &str, step: &str, run: &Path, state: &State) -> Result<()> {
+    let exe = std::env::current_exe().context("pipeline: cannot find this executable")?;
+    let mut options = Options::new(&state.state, super::model::default_registry());
+    if cfg!(feature = "mpi") {
+        options.ranks = Some(shardline_pipeline::run::RankLauncher {
+            program: "srun".into(),
+            args: vec!["--mpi=pmix".into(), "--kill-on-bad-exit=1".into()],
+            rank_args: vec![exe.display().to_string(), "pipeline".into(), "rank".into()],
+        });
+    }
+    let launcher = LocalProcesses {
+        program: "srun".into(),
+        args: ["--nodes=1", "--ntasks=1", "--exact", "--kill-on-bad-exit=1"]
+            .iter()
+            .map(Into::into)
+            .chain([exe.into_os_string(), "instance".into()])
+            .collect(),
+        env: Vec::new(),
+    };
+    let print = |event: &Event| match event {
+        Event::Line { text, .. } => println!("{text}"),
+        Event::Started { step, attempt, .. } => println!("step {step}: attempt {attempt}"),
+        Event::Finished {
+            step,
+            status,
+            reason,
+            ..
+        } => println!(
+            "step {step}: {status}{}",
+            reason
+                .as_deref()
+                .map(|r| format!(" ({r})"))
+                .unwrap_or_default()
+        ),
+    };
+    let runner = Runner {
+        options: &options,
+        launcher: &launcher,
+        on_event: &print,
+    };
+    let status = runner.step_job(execution, step, run).await?;
+    match status.as_str() {
+        "succeeded" | "cached" | "skipped" => Ok(()),
+        other => bail!("pipeline: step {step} of execution {execution} {other}"),
+    }
+}
+
+/// `pipeline rank`: one rank of a training step (rank and world size from the launcher).
+async fn rank(settings: &Path, done: &Path, logs: &Path) -> Result<()> {
+    let (rank, size) = super::train::launcher_rank()?.context(
+        "pipeline rank: no launcher's rank in the environment; it is started by srun --mpi=pmix (or mpirun)",
+    )?;
+    let text = std::fs::read(settings)
+        .with_context(|| format!("pipeline rank: {}", settings.display()))?;
+    let json: serde_json::Value = serde_json::from_slice(&text)
+        .with_context(|| format!("pipeline rank: {} is not JSON", settings.display()))?;
+    let resolved =
+        shardline_pipeline::run::Resolved(serde_json::from_value(json).with_context(|| {
+            format!(
+                "pipeline rank: {} is not a step's settings",
+                settings.display()
+            )
+        })?);
+    let name = shardline_contract::instance::host(rank);
+    let log_path = logs.join(format!("{name}.log"));
+    let log = shardline_pipeline::run::StepLog::create(&log_path, Box::new(|_: &str| {}))
+        .with_context(|| format!("pipeline rank: {}", log_path.display()))?;
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    log.line(&format!(
+        "pipeline rank: rank {rank} of {} on host {}",
+        size.map_or_else(|| "?".to_string(), |n| n.to_string()),
+        host.trim()
+    ));
+    if let Err(e) = shardline_pipeline::run::train_rank(&resolved, rank, size, done, &log).await {
+        log.line(&format!("error: {}", e.message));
+        bail!("pipeline rank {rank}: {}", e.message);
+    }
+    Ok(())
+}
+
 /// Resolves `last` to the newest execution.
 fn execution_id(db: &Db, id: &str) -> Result<String> {
     if id != "last" {
@@ -297,6 +452,7 @@ pub async fn run_definition(def: &Definition, args: &RunArgs, ui: &Ui) -> Result
     options.no_cache = args.no_cache;
     options.max_parallel = args.max_parallel;
     options.openlineage_url = args.openlineage_url.clone();
+    options.engine = args.engine.engine()?;
     let launcher = launcher()?;
     let print = printer(ui);
     let runner = Runner {
@@ -333,6 +489,7 @@ pub async fn run(command: Command, ui: &Ui) -> Result<()> {
             execution,
             params,
             openlineage_url,
+            engine,
             state,
         } => {
             let db = Db::open(&state.state)?;
@@ -340,6 +497,7 @@ pub async fn run(command: Command, ui: &Ui) -> Result<()> {
             let overrides = parse_overrides(&params).map_err(anyhow::Error::msg)?;
             let mut options = Options::new(&state.state, super::model::default_registry());
             options.openlineage_url = openlineage_url;
+            options.engine = engine.engine()?;
             let launcher = launcher()?;
             let print = printer(ui);
             let runner = Runner {
@@ -423,6 +581,17 @@ pub async fn run(command: Command, ui: &Ui) -> Result<()> {
             }
             Ok(())
         }
+        Command::Step {
+            execution,
+            step,
+            run,
+            state,
+        } => step_job(&execution, &step, &run, &state).await,
+        Command::Rank {
+            settings,
+            done,
+            logs,
+        } => rank(&settings, &done, &logs).await,
         Command::Validate { file } => {
             let def = load(&file)?;
             ui.say(format!(
@@ -481,7 +650,7 @@ pub async fn logs(args: LogsArgs) -> Result<()> {
     let mut logs = db.logs(&id, &args.step)?;
     let rows = db.steps(&id)?;
     let row = rows.iter().find(|s| s.step == args.step);
-    if logs.is_empty()
+    if !logs.iter().any(|(_, i, _)| i == "main")
         && let Some(row) = row
         && row.status == "cached"
         && let Some(key) = &row.cache_key
@@ -508,10 +677,14 @@ pub async fn logs(args: LogsArgs) -> Result<()> {
             args.step
         );
     }
-    let attempt = args
-        .attempt
-        .unwrap_or_else(|| logs.iter().map(|(a, _, _)| *a).max().unwrap_or(1));
     let instance = args.instance.as_deref().unwrap_or("main");
+    let attempt = args.attempt.unwrap_or_else(|| {
+        logs.iter()
+            .filter(|(_, i, _)| i == instance)
+            .map(|(a, _, _)| *a)
+            .max()
+            .unwrap_or(1)
+    });
     let Some((_, _, path)) = logs.iter().find(|(a, i, _)| *a == attempt && i == instance) else {
         let have: Vec<String> = logs
             .iter()

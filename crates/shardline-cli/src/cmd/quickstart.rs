@@ -28,6 +28,8 @@ pub struct Args {
     #[arg(long)]
     pub no_cache: bool,
     #[command(flatten)]
+    pub engine: pipeline::EngineArgs,
+    #[command(flatten)]
     pub state: State,
 }
 
@@ -56,6 +58,7 @@ pub async fn run(args: Args, ui: &Ui) -> Result<()> {
         no_cache: args.no_cache,
         max_parallel: None,
         openlineage_url: None,
+        engine: args.engine.clone(),
         state: args.state.clone(),
     };
     ui.say(format!(

@@ -88,7 +88,7 @@ pub enum ModelArg {
 /// `mpirun` (`OMPI_COMM_WORLD_RANK`), a PMIx launcher (`PMIX_RANK`, e.g. Slurm's `srun
 /// --mpi=pmix`), or a Slurm job step of several tasks (`SLURM_PROCID` with `SLURM_STEP_NUM_TASKS`
 /// > 1).
-fn launcher_rank() -> Result<Option<(usize, Option<usize>)>> {
+pub(crate) fn launcher_rank() -> Result<Option<(usize, Option<usize>)>> {
     let var = |name: &str| std::env::var(name).ok();
     let number = |name: &str, text: String| -> Result<usize> {
         text.trim()
