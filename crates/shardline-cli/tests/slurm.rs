@@ -124,6 +124,9 @@ fn the_quickstart_pipeline_runs_as_slurm_jobs_and_caches_as_locally() {
         slurm.logs()
     );
     assert!(out.contains("submitted as Slurm job"), "{out}");
+    // Jobs on every node open the store: it left WAL for the rollback journal.
+    assert!(t.path("state/state.db.shared").exists());
+    assert!(!t.path("state/state.db-wal").exists());
 
     // Every step was a job, and every job completed; steps after others waited on them.
     let names = [

@@ -202,7 +202,29 @@ fn json(text: Option<String>) -> Option<serde_json::Value> {
     text.and_then(|t| serde_json::from_str(&t).ok())
 }
 
+/// The file whose presence in a state directory makes its store use SQLite's rollback journal
+/// instead of WAL: WAL's shared memory only works for processes on one machine, and the Slurm
+/// engine's jobs open the store from every node (over a shared file system).
+pub const SHARED_MARKER: &str = "state.db.shared";
+
 impl Db {
+    /// Marks `state_dir`'s store as opened from several machines (see [`SHARED_MARKER`]); from
+    /// then on every open uses the rollback journal.
+    pub fn share(state_dir: &Path) -> Result<()> {
+        let marker = state_dir.join(SHARED_MARKER);
+        std::fs::create_dir_all(state_dir)
+            .and_then(|()| {
+                std::fs::write(
+                    &marker,
+                    "Jobs on several machines open this store (shardline pipeline run --engine slurm): it uses SQLite's rollback journal, not WAL.\n",
+                )
+            })
+            .map_err(|e| DbError {
+                path: marker.display().to_string(),
+                message: format!("cannot mark the store as shared: {e}"),
+            })
+    }
+
     /// Opens (or creates) the store in `state_dir`.
     pub fn open(state_dir: &Path) -> Result<Db> {
         let path = state_dir.join("state.db");
@@ -221,10 +243,15 @@ impl Db {
         // Switching a new database to WAL and creating its tables take locks that SQLite does
         // not wait for (it answers "database is locked" at once when two processes open a new
         // state directory together): try again for as long as the busy timeout would wait.
+        let journal = if state_dir.join(SHARED_MARKER).exists() {
+            "DELETE"
+        } else {
+            "WAL"
+        };
         let started = std::time::Instant::now();
         loop {
             let init = conn
-                .pragma_update(None, "journal_mode", "WAL")
+                .pragma_update(None, "journal_mode", journal)
                 .and_then(|()| conn.pragma_update(None, "synchronous", "NORMAL"))
                 .and_then(|()| conn.execute_batch(SCHEMA));
             match init {

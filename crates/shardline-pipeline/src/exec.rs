@@ -1190,6 +1190,7 @@ impl Runner<'_> {
         stop: impl Future<Output = ()> + Send,
     ) -> Result<Summary, Error> {
         let params = def.param_values(overrides).map_err(Error::Usage)?;
+        self.share_store()?;
         let db = Arc::new(Db::open(&self.options.state_dir)?);
         let digest = definition_digest(&def.text);
         db.put_pipeline(&def.name, &digest, &def.text, &def.file)?;
@@ -1219,6 +1220,7 @@ impl Runner<'_> {
         overrides: &[(String, String)],
         stop: impl Future<Output = ()> + Send,
     ) -> Result<Summary, Error> {
+        self.share_store()?;
         let db = Arc::new(Db::open(&self.options.state_dir)?);
         let (def, mut execution) = load(&db, id)?;
         if execution.shown_status() == "running" {
@@ -1251,6 +1253,14 @@ impl Runner<'_> {
         execution.runs += 1;
         db.put_execution(&execution)?;
         self.go(db, &def, params, execution, earlier, stop).await
+    }
+
+    /// With a cluster engine, the store is opened from several machines: rollback journal.
+    fn share_store(&self) -> Result<(), Error> {
+        if matches!(self.options.engine, crate::slurm::Engine::Slurm(_)) {
+            Db::share(&self.options.state_dir)?;
+        }
+        Ok(())
     }
 
     async fn go(
