@@ -70,6 +70,10 @@ enum Command {
     /// per-instance logs and lineage (run, resume, plan, validate, list, show).
     #[command(subcommand)]
     Pipeline(cmd::pipeline::Command),
+    /// Write the launch files of a stage for a cluster scheduler (Kubernetes: an Indexed Job for
+    /// processing, a Kubeflow MPIJob for training).
+    #[command(subcommand)]
+    Launch(cmd::launch::Command),
     /// A pipeline step's log, per instance and attempt; --follow while it runs.
     Logs(cmd::pipeline::LogsArgs),
     /// Where an artifact came from (up to the raw listing) and what used it (down to models and
@@ -217,6 +221,7 @@ fn main() -> ExitCode {
             Command::Transform(args) => cmd::transform::run(*args, &ui).await,
             Command::Model(command) => cmd::model::run(command, &ui).await,
             Command::Pipeline(command) => cmd::pipeline::run(command, &ui).await,
+            Command::Launch(command) => cmd::launch::run(command, &ui).await,
             Command::Logs(args) => cmd::pipeline::logs(args).await,
             Command::Lineage(args) => cmd::pipeline::lineage(args, &ui).await,
             Command::Instance => cmd::process::instance().await,

@@ -35,12 +35,7 @@ for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=p
         out[o["Key"][len(prefix):]] = o["ETag"]
 print(json.dumps(out))
 "#;
-    let mut command = hosts.command(0, "python3");
-    command.args(["-c", script, "lake", prefix]);
-    for (k, v) in env {
-        command.env(k, v);
-    }
-    let text = command.run().expect("list with boto3");
+    let text = boto3(hosts, env, script, &["lake".as_ref(), prefix.as_ref()]);
     serde_json::from_str(&text).expect("json")
 }
 
@@ -181,12 +176,19 @@ import os, sys, boto3
 body = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"]).get_object(Bucket="lake", Key=sys.argv[1])["Body"].read()
 open(sys.argv[2], "wb").write(body)
 "#;
+    boto3(hosts, env, script, &[key.as_ref(), path.as_os_str()]);
+}
+
+/// Runs a boto3 `script` with `args` on host 1 with the S3 environment.
+fn boto3(hosts: &Hosts, env: &[(&str, String)], script: &str, args: &[&std::ffi::OsStr]) -> String {
     let mut command = hosts.command(0, "python3");
-    command.args(["-c", script, key]).arg(path);
+    command.args(["-c", script]).args(args);
     for (k, v) in env {
         command.env(k, v);
     }
-    command.run().expect("download with boto3");
+    command
+        .run()
+        .unwrap_or_else(|e| panic!("boto3 on host 1: {e}"))
 }
 
 #[test]
@@ -220,11 +222,19 @@ fn training_across_three_hosts_reaches_the_in_process_weights() {
     );
     download(&hosts, &env, "inproc/weights.bin", &t.path("inproc.bin"));
     download(&hosts, &env, "mpi/weights.bin", &t.path("mpi.bin"));
-    let read = |name: &str| {
-        shardline_train::weights::decode_parameters(&std::fs::read(t.path(name)).expect("read"))
+    assert_same_weights(&t.path("inproc.bin"), &t.path("mpi.bin"));
+    drop(garage);
+    hosts.stop().expect("the hosts are torn down completely");
+}
+
+/// Asserts that two models' weights agree within float tolerance (1e-3 relative), and are not
+/// all zero.
+fn assert_same_weights(a: &std::path::Path, b: &std::path::Path) {
+    let read = |path: &std::path::Path| {
+        shardline_train::weights::decode_parameters(&std::fs::read(path).expect("read weights"))
             .expect("weights")
     };
-    let (a, b) = (read("inproc.bin"), read("mpi.bin"));
+    let (a, b) = (read(a), read(b));
     assert_eq!(a.len(), b.len());
     let mut worst = 0f32;
     for ((sa, va), (sb, vb)) in a.iter().zip(&b) {
@@ -239,8 +249,6 @@ fn training_across_three_hosts_reaches_the_in_process_weights() {
             .zip(&b)
             .any(|((_, va), _)| va.iter().any(|x| *x != 0.0))
     );
-    drop(garage);
-    hosts.stop().expect("the hosts are torn down completely");
 }
 
 /// Processes the cluster's dataset on host 1 into `s3://lake/p`.
@@ -449,6 +457,121 @@ fn a_processing_instance_that_dies_on_its_host_is_redone_alone() {
         data(objects(&hosts, &env, "three")),
         "the redone job's output differs from a one-host run's"
     );
+    drop(garage);
+    hosts.stop().expect("the hosts are torn down completely");
+}
+
+/// Copies every object below `prefix` into `dir`, as SageMaker fills a FullyReplicated channel.
+fn download_prefix(hosts: &Hosts, env: &[(&str, String)], prefix: &str, dir: &std::path::Path) {
+    let script = r#"
+import os, sys, boto3
+s3 = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
+prefix, out = sys.argv[1].rstrip("/") + "/", sys.argv[2]
+for page in s3.get_paginator("list_objects_v2").paginate(Bucket="lake", Prefix=prefix):
+    for o in page.get("Contents", []):
+        path = os.path.join(out, o["Key"][len(prefix):])
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        s3.download_file("lake", o["Key"], path)
+"#;
+    boto3(hosts, env, script, &[prefix.as_ref(), dir.as_os_str()]);
+}
+
+#[test]
+fn each_host_a_sagemaker_training_instance_with_its_own_opt_ml() {
+    let t = common::TestDir::new();
+    let (hosts, garage, env) = cluster(&t);
+    processed(&hosts, &env);
+    let schedule = ["--epochs", "2", "--batch", "8", "--seed", "3"];
+    let mut args = vec![
+        "train",
+        "--data",
+        "s3://lake/p",
+        "--out",
+        "s3://lake/inproc",
+        "--workers",
+        "3",
+    ];
+    args.extend(schedule);
+    shardline(&hosts, 0, &env, &args);
+    // As SageMaker starts a training job of three instances: the same container and arguments
+    // on each host, its own /opt/ml (the channel copied in, its resourceconfig.json), no
+    // launcher. The first host starts the ranks with mpirun (the rsh agent standing in for
+    // SageMaker's ssh); the others wait for their MPI daemon to come and go.
+    let mut children = Vec::new();
+    for i in 0..3 {
+        let root = t.path(&format!("opt-ml-{i}"));
+        std::fs::create_dir_all(root.join("input/config")).unwrap();
+        std::fs::create_dir_all(root.join("model")).unwrap();
+        std::fs::write(
+            root.join("input/config/resourceconfig.json"),
+            format!(
+                r#"{{"current_host": "algo-{}", "hosts": ["algo-1", "algo-2", "algo-3"], "network_interface_name": "eth0"}}"#,
+                i + 1
+            ),
+        )
+        .unwrap();
+        download_prefix(&hosts, &env, "p", &root.join("input/data/data"));
+        assert!(root.join("input/data/data/recipe.json").exists());
+        hosts
+            .bind(i, &root, std::path::Path::new("/opt/ml"))
+            .expect("a per-host /opt/ml");
+        let seen = hosts
+            .exec(i, &["cat", "/opt/ml/input/config/resourceconfig.json"])
+            .expect("its /opt/ml");
+        assert!(seen.contains(&format!("\"algo-{}\"", i + 1)), "{seen}");
+    }
+    for i in 0..3 {
+        let mut command = hosts.command(i, SHARDLINE);
+        command.args([
+            "train",
+            "--data",
+            "/opt/ml/input/data/data",
+            "--out",
+            "/opt/ml/model",
+        ]);
+        command.args(schedule);
+        command.envs(hosts.mpirun_env());
+        for (k, v) in &env {
+            command.env(k, v);
+        }
+        command
+            .timeout(std::time::Duration::from_secs(300))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        children.push(command.spawn().expect("spawn an instance"));
+    }
+    let mut outputs = Vec::new();
+    for (i, child) in children.into_iter().enumerate() {
+        let output = child.wait_with_output().expect("wait");
+        assert!(
+            output.status.success(),
+            "instance algo-{} failed:\n{}",
+            i + 1,
+            text(&output)
+        );
+        outputs.push(text(&output));
+    }
+    assert!(
+        outputs[0].contains("leading a SageMaker job of 3 hosts"),
+        "{}",
+        outputs[0]
+    );
+    assert!(
+        outputs[1].contains("its rank is started by algo-1"),
+        "{}",
+        outputs[1]
+    );
+    // The model is on the first host only, and it is the in-process run's.
+    download(&hosts, &env, "inproc/weights.bin", &t.path("inproc.bin"));
+    assert_same_weights(&t.path("inproc.bin"), &t.path("opt-ml-0/model/weights.bin"));
+    for i in 1..3 {
+        let model = t.path(&format!("opt-ml-{i}/model"));
+        assert!(
+            std::fs::read_dir(&model).unwrap().next().is_none(),
+            "a follower wrote into its model directory {}",
+            model.display()
+        );
+    }
     drop(garage);
     hosts.stop().expect("the hosts are torn down completely");
 }

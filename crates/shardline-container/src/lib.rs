@@ -5,9 +5,14 @@
 //!
 //! [`files`] materialises inputs, writes the config files and collects the outputs; [`program`]
 //! runs the user's command (its output relayed and logged, its failure file read, the program
-//! dying with its parent); [`training`] is the training stage's script mode as one call.
+//! dying with its parent); [`training`] is the training stage's script mode as one call;
+//! [`hosts`] is Shardline itself as a training container on several SageMaker instances (the
+//! first starts `mpirun` over them, the others wait for it); [`kubernetes`] writes the launch
+//! files that run Shardline's stages on Kubernetes.
 
 pub mod files;
+pub mod hosts;
+pub mod kubernetes;
 pub mod program;
 pub mod training;
 

@@ -52,8 +52,7 @@ pub fn share(
     instances: usize,
     distribution: Distribution,
 ) -> Vec<usize> {
-    let mut order: Vec<usize> = (0..uris.len()).collect();
-    order.sort_by(|&a, &b| uris[a].cmp(&uris[b]));
+    let order = sorted(uris);
     match distribution {
         Distribution::FullyReplicated => order,
         Distribution::ShardedByKey => order
@@ -65,9 +64,44 @@ pub fn share(
     }
 }
 
+/// Every instance's [`share`] at once (one sort instead of one per instance): element `r` is
+/// rank `r`'s.
+pub fn shares(uris: &[String], instances: usize, distribution: Distribution) -> Vec<Vec<usize>> {
+    let n = instances.max(1);
+    let order = sorted(uris);
+    match distribution {
+        Distribution::FullyReplicated => vec![order; n],
+        Distribution::ShardedByKey => {
+            let mut all = vec![Vec::with_capacity(uris.len() / n + 1); n];
+            for (i, position) in order.into_iter().enumerate() {
+                all[i % n].push(position);
+            }
+            all
+        }
+    }
+}
+
+fn sorted(uris: &[String]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..uris.len()).collect();
+    order.sort_by(|&a, &b| uris[a].cmp(&uris[b]));
+    order
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn all_shares_at_once_are_each_instances_share() {
+        let u = uris(103);
+        for distribution in [Distribution::ShardedByKey, Distribution::FullyReplicated] {
+            let all = shares(&u, 7, distribution);
+            assert_eq!(all.len(), 7);
+            for (rank, s) in all.iter().enumerate() {
+                assert_eq!(*s, share(&u, rank, 7, distribution));
+            }
+        }
+    }
 
     fn uris(n: usize) -> Vec<String> {
         // Deliberately unsorted input.

@@ -9,7 +9,8 @@
 //! - a long-lived "init" process, started as
 //!   `ip netns exec NS unshare --uts --mount --propagation private sh -c '...'`, which sets the
 //!   host name (`h1`, `h2`, ...; a network namespace alone has no UTS namespace of its own),
-//!   bind-mounts the harness's hosts file over `/etc/hosts` (so every short host name resolves in
+//!   bind-mounts the harness's hosts file over `/etc/hosts` (so every short host name, and its
+//!   SageMaker name `algo-<i+1>`, resolves in
 //!   every host, as Open MPI needs) and then waits on a pipe from the harness, so it also ends when
 //!   the test process dies.
 //!
@@ -400,7 +401,8 @@ impl Hosts {
                 self.subnet,
                 (i + 1) as u8,
             );
-            let _ = writeln!(hosts_file, "{addr}\t{name}");
+            // Each host also answers to its SageMaker name, `algo-<i+1>`.
+            let _ = writeln!(hosts_file, "{addr}\t{name}\talgo-{}", i + 1);
             planned.push((name, addr));
         }
         let hosts_path = self.dir.join("hosts");
@@ -492,11 +494,12 @@ impl Hosts {
 
     fn write_agent(&self) -> Result<(), HostsError> {
         let mut cases = String::new();
-        for host in &self.hosts {
+        for (i, host) in self.hosts.iter().enumerate() {
             let _ = writeln!(
                 cases,
-                "  {}) pid={}; tmp={} ;;",
+                "  {}|algo-{}) pid={}; tmp={} ;;",
                 host.name,
+                i + 1,
                 host.init_pid,
                 shell_quote(&self.dir.join(&host.name).join("tmp").to_string_lossy()),
             );
@@ -652,6 +655,23 @@ exec nsenter --target "$pid" --uts --net --mount --wd=/ -- env TMPDIR="$tmp" /bi
         }
         argv.push("--".into());
         argv
+    }
+
+    /// Mounts `source` over `target` inside host `i` only (its own mount namespace), as a
+    /// machine's own directory: each host can have its own `/opt/ml`. `target` is created on the
+    /// shared file system if missing (an empty directory, left in place).
+    pub fn bind(&self, i: usize, source: &Path, target: &Path) -> Result<(), HostsError> {
+        std::fs::create_dir_all(target)?;
+        let host = &self.hosts[i];
+        run_checked(
+            Command::new("nsenter")
+                .args(["--target", &host.init_pid.to_string(), "--mount", "--"])
+                .arg("mount")
+                .arg("--bind")
+                .arg(source)
+                .arg(target),
+        )?;
+        Ok(())
     }
 
     /// The environment `mpirun` needs to launch ranks into these hosts: the `OMPI_MCA_*` settings

@@ -2,6 +2,7 @@
 
 pub mod datagen;
 pub mod evaluate;
+pub mod launch;
 pub mod manifest;
 pub mod model;
 pub mod pipeline;

@@ -204,18 +204,18 @@ pub enum ExportTarget {
 }
 
 /// Writes `text` to `path` through a temporary file in the same folder, renamed into place.
-fn write_atomically(path: &Path, text: &str) -> Result<()> {
+pub(crate) fn write_atomically(path: &Path, text: &str) -> Result<()> {
     use std::io::Write;
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
     let mut tmp = tempfile::NamedTempFile::new_in(dir)
-        .with_context(|| format!("export: cannot write in {}", dir.display()))?;
+        .with_context(|| format!("cannot write in {}", dir.display()))?;
     tmp.write_all(text.as_bytes())
-        .with_context(|| format!("export: cannot write {}", path.display()))?;
+        .with_context(|| format!("cannot write {}", path.display()))?;
     tmp.persist(path)
-        .with_context(|| format!("export: cannot rename into {}", path.display()))?;
+        .with_context(|| format!("cannot rename into {}", path.display()))?;
     Ok(())
 }
 

@@ -1,6 +1,8 @@
 //! `shardline train`: flags → [`TrainConfig`] → [`shardline_train::run`] → the summary.
 
-use anyhow::{Context, Result};
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
 use indicatif::ProgressBar;
 use shardline_train::{EpochMetrics, LrScaling, ModelChoice, Outcome, Ranks, TrainConfig};
 
@@ -233,7 +235,63 @@ pub async fn run(args: Args, ui: &Ui) -> Result<Option<f64>> {
         .await?;
         return Ok(None);
     }
+    let var = |name: &str| std::env::var(name).ok();
+    if launcher_rank()?.is_none()
+        && let Some(hosts) =
+            shardline_container::hosts::detect(Path::new(shardline_container::hosts::ROOT), &var)?
+        && hosts.hosts.len() > 1
+    {
+        across_sagemaker_hosts(&hosts, ui)?;
+        return Ok(None);
+    }
     run_config(&config(&args)?, ui).await
+}
+
+/// One instance of a SageMaker training job of several: the first host runs this same command
+/// as one MPI rank per host (`mpirun`), the others wait for it.
+fn across_sagemaker_hosts(
+    hosts: &shardline_container::hosts::TrainingHosts,
+    ui: &Ui,
+) -> Result<()> {
+    let n = hosts.hosts.len();
+    if !hosts.leads() {
+        ui.say(format!(
+            "train: host {} of a SageMaker job of {n} ({}); its rank is started by {}",
+            hosts.current, hosts.source, hosts.hosts[0]
+        ));
+        hosts.follow(std::time::Duration::from_secs(600))?;
+        return Ok(());
+    }
+    if !cfg!(feature = "mpi") {
+        bail!(
+            "train: this is the first of {n} SageMaker hosts ({}), and training across hosts runs over MPI, but this binary was built without it; build the image with `--features mpi`",
+            hosts.source
+        );
+    }
+    let program = std::env::current_exe().context("train: cannot find this executable")?;
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    ui.say(format!(
+        "train: leading a SageMaker job of {n} hosts ({}): one rank per host with mpirun",
+        hosts.hosts.join(", ")
+    ));
+    let status = hosts
+        .mpirun(&program, &args)
+        .status()
+        .context("train: cannot start mpirun (is Open MPI installed in the image?)")?;
+    if !status.success() {
+        let message = format!(
+            "train: the MPI job over the SageMaker hosts {} failed ({status})",
+            hosts.hosts.join(", ")
+        );
+        let failure = Path::new(shardline_container::hosts::ROOT).join("output/failure");
+        if let Some(dir) = failure.parent()
+            && std::fs::create_dir_all(dir).is_ok()
+        {
+            let _ = std::fs::write(&failure, &message);
+        }
+        bail!("{message}");
+    }
+    Ok(())
 }
 
 /// Runs the stage with a resolved config and prints its summary.

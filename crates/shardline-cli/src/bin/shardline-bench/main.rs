@@ -9,6 +9,7 @@
 mod hosts;
 mod pipeline;
 mod serve;
+mod simulate;
 mod stages;
 
 use std::io::IsTerminal;

@@ -37,6 +37,9 @@ pub enum Command {
     /// The allreduce benchmark across network-namespace hosts (TCP) beside one host (shared
     /// memory); needs root and the comm crate's example built with MPI.
     AllreduceHosts(crate::hosts::HostsArgs),
+    /// The processing stage's sharding and retry logic at 1,000 instances with stragglers and
+    /// failures injected (the real supervisor, simulated instances), checked and tabulated.
+    Simulate(crate::simulate::SimulateArgs),
 }
 
 /// Flags of `shardline-bench manifest`.
@@ -1197,5 +1200,6 @@ pub async fn run(command: Command, ui: &Ui) -> Result<()> {
         Command::Serve(args) => crate::serve::run(args, ui).await,
         Command::Pipeline(args) => crate::pipeline::run(args, ui).await,
         Command::AllreduceHosts(args) => crate::hosts::run(args, ui),
+        Command::Simulate(args) => crate::simulate::run(args, ui).await,
     }
 }

@@ -1,0 +1,192 @@
+//! `shardline launch kubernetes STAGE ... -- ARGS`: flags → the container crate's launch files
+//! ([`shardline_container::kubernetes`]) → YAML on stdout or in a file.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use shardline_container::kubernetes::{self, Workload};
+
+use crate::progress::Ui;
+
+/// The schedulers `launch` writes files for.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Kubernetes: an Indexed Job and a headless Service (process), a Kubeflow MPIJob (train).
+    Kubernetes(KubernetesArgs),
+}
+
+/// The stages a launch file runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Stage {
+    /// `shardline process`: one pod per instance (rank = JOB_COMPLETION_INDEX).
+    Process,
+    /// `shardline train`: one MPI rank per worker pod, started by the MPIJob's launcher.
+    Train,
+}
+
+/// Flags of `launch kubernetes`.
+#[derive(Debug, clap::Args)]
+pub struct KubernetesArgs {
+    /// The stage the pods run.
+    #[arg(value_enum)]
+    pub stage: Stage,
+    /// The Job's name (lowercase letters, digits and '-').
+    #[arg(long)]
+    pub name: String,
+    /// The container image with the `shardline` binary (for train also Open MPI and sshd).
+    #[arg(long, value_name = "IMAGE")]
+    pub image: String,
+    /// Processing instances: pods of the Indexed Job.
+    #[arg(long, default_value_t = 2)]
+    pub instances: usize,
+    /// More tries of a failed instance, on its own share (backoffLimitPerIndex).
+    #[arg(long, default_value_t = 2)]
+    pub retries: u32,
+    /// Training worker pods.
+    #[arg(long, default_value_t = 2)]
+    pub workers: usize,
+    /// MPI ranks per worker pod.
+    #[arg(long, default_value_t = 1)]
+    pub slots_per_worker: usize,
+    /// The namespace.
+    #[arg(long)]
+    pub namespace: Option<String>,
+    /// An environment variable of the containers, KEY=VALUE (repeat): AWS_ENDPOINT_URL=...
+    #[arg(long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// A Secret whose keys become the containers' environment (AWS credentials).
+    #[arg(long, value_name = "SECRET")]
+    pub env_secret: Option<String>,
+    /// CPU request per pod (2, 500m).
+    #[arg(long)]
+    pub cpu: Option<String>,
+    /// Memory request and limit per pod (4Gi).
+    #[arg(long)]
+    pub memory: Option<String>,
+    /// The service account of the pods.
+    #[arg(long)]
+    pub service_account: Option<String>,
+    /// Allow local paths in the stage's arguments (the pods mount a shared volume there).
+    #[arg(long)]
+    pub allow_local_paths: bool,
+    /// Write the YAML here (atomically) instead of to stdout.
+    #[arg(long = "out", id = "launch_file", value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// The stage's own flags, after `--`: `-- --train s3://... --out s3://...`.
+    #[arg(last = true, value_name = "ARGS")]
+    pub args: Vec<String>,
+}
+
+/// The value of `--flag VALUE` or `--flag=VALUE` in `args`.
+fn flag_values<'a>(args: &'a [String], flag: &str) -> Vec<&'a str> {
+    let mut found = Vec::new();
+    let mut it = args.iter().peekable();
+    while let Some(a) = it.next() {
+        if a == flag {
+            if let Some(v) = it.peek() {
+                found.push(v.as_str());
+            }
+        } else if let Some(v) = a.strip_prefix(flag).and_then(|r| r.strip_prefix('=')) {
+            found.push(v);
+        }
+    }
+    found
+}
+
+fn check_args(args: &KubernetesArgs) -> Result<()> {
+    let (stage, paths): (&str, &[&str]) = match args.stage {
+        Stage::Process => (
+            "process",
+            &["--out", "--train", "--validation", "--test", "--input"],
+        ),
+        Stage::Train => ("train", &["--out", "--data"]),
+    };
+    if !flag_values(&args.args, "--out").iter().any(|_| true) {
+        bail!(
+            "launch: the stage's flags after `--` name no --out; e.g. `-- --out s3://bucket/{stage}-out ...`"
+        );
+    }
+    if args.stage == Stage::Train && !flag_values(&args.args, "--workers").is_empty() {
+        bail!(
+            "launch: --workers after `--` trains in-process inside one pod; the MPIJob's ranks are its worker pods: give --workers before `--`"
+        );
+    }
+    if !args.allow_local_paths {
+        for flag in paths {
+            for value in flag_values(&args.args, flag) {
+                if !value.contains("://") {
+                    bail!(
+                        "launch: {flag} {value} is a local path, and pods share no file system; use s3:// locations, or mount a shared volume and pass --allow-local-paths"
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Runs `launch`.
+pub async fn run(command: Command, ui: &Ui) -> Result<()> {
+    let Command::Kubernetes(args) = command;
+    check_args(&args)?;
+    let env = args
+        .env
+        .iter()
+        .map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .with_context(|| format!("launch: --env {kv:?} is not KEY=VALUE"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let stage = match args.stage {
+        Stage::Process => "process",
+        Stage::Train => "train",
+    };
+    let workload = Workload {
+        name: args.name.clone(),
+        namespace: args.namespace.clone(),
+        image: args.image.clone(),
+        args: std::iter::once(stage.to_string())
+            .chain(args.args.iter().cloned())
+            .collect(),
+        env,
+        env_secret: args.env_secret.clone(),
+        cpu: args.cpu.clone(),
+        memory: args.memory.clone(),
+        service_account: args.service_account.clone(),
+    };
+    let (docs, what) = match args.stage {
+        Stage::Process => (
+            kubernetes::indexed_job(&workload, args.instances, args.retries)?,
+            format!(
+                "an Indexed Job of {} pods and its headless Service",
+                args.instances
+            ),
+        ),
+        Stage::Train => (
+            vec![kubernetes::mpijob(
+                &workload,
+                args.workers,
+                args.slots_per_worker,
+            )?],
+            format!(
+                "an MPIJob of {} worker pods ({} ranks)",
+                args.workers,
+                args.workers * args.slots_per_worker
+            ),
+        ),
+    };
+    let text = kubernetes::to_yaml(&docs);
+    match &args.out {
+        Some(path) => {
+            super::pipeline::write_atomically(path, &text)?;
+            ui.say(format!(
+                "launch: {what} written to {}; `kubectl apply -f {}`",
+                path.display(),
+                path.display()
+            ));
+        }
+        None => print!("{text}"),
+    }
+    Ok(())
+}

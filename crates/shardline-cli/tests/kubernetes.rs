@@ -1,0 +1,253 @@
+//! `shardline launch kubernetes`: the files it writes pass the vendored Kubernetes and Kubeflow
+//! MPIJob schemas in their strict form (an unknown field is an error; `schemas/kubernetes/`),
+//! and carry the world size, the command and the environment the stage needs.
+
+mod common;
+
+use std::path::Path;
+
+const VALIDATE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../schemas/kubernetes/validate.py"
+);
+
+/// Validates `file` with the vendored schemas; `Err` with the validator's report.
+fn validate(file: &Path) -> Result<String, String> {
+    let out = std::process::Command::new("python3")
+        .arg(VALIDATE)
+        .arg(file)
+        .output()
+        .expect("python3");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    if out.status.success() {
+        Ok(text)
+    } else {
+        Err(text)
+    }
+}
+
+/// The YAML documents of `file` as JSON (PyYAML reads them).
+fn documents(file: &Path) -> Vec<serde_json::Value> {
+    let out = std::process::Command::new("python3")
+        .args(["-c", "import json, sys, yaml; print(json.dumps([d for d in yaml.safe_load_all(open(sys.argv[1])) if d]))"])
+        .arg(file)
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("json")
+}
+
+fn strings(v: &serde_json::Value) -> Vec<String> {
+    v.as_array()
+        .expect("a list")
+        .iter()
+        .map(|s| s.as_str().expect("a string").to_string())
+        .collect()
+}
+
+#[test]
+fn processing_is_an_indexed_job_that_passes_the_strict_schemas() {
+    let t = common::TestDir::new();
+    let file = t.arg("process.yaml");
+    t.run(&[
+        "launch",
+        "kubernetes",
+        "process",
+        "--name",
+        "shapes-process",
+        "--image",
+        "registry.example/shardline:0.1",
+        "--instances",
+        "4",
+        "--env",
+        "AWS_ENDPOINT_URL=http://garage:3900",
+        "--env-secret",
+        "s3-credentials",
+        "--cpu",
+        "2",
+        "--memory",
+        "4Gi",
+        "--out",
+        &file,
+        "--",
+        "--train",
+        "s3://lake/manifests/train.manifest",
+        "--out",
+        "s3://lake/processed",
+    ])
+    .ok();
+    let report = validate(Path::new(&file)).unwrap_or_else(|e| panic!("invalid: {e}"));
+    assert!(
+        report.contains("ok") && report.contains("Job shapes-process"),
+        "{report}"
+    );
+    let docs = documents(Path::new(&file));
+    assert_eq!(docs[0]["kind"], "Service");
+    assert_eq!(docs[0]["spec"]["clusterIP"], "None");
+    let job = &docs[1];
+    assert_eq!(job["spec"]["completionMode"], "Indexed");
+    assert_eq!(job["spec"]["completions"], 4);
+    assert_eq!(job["spec"]["parallelism"], 4);
+    assert_eq!(job["spec"]["backoffLimitPerIndex"], 2);
+    let pod = &job["spec"]["template"]["spec"];
+    assert_eq!(pod["subdomain"], "shapes-process");
+    let c = &pod["containers"][0];
+    assert_eq!(
+        strings(&c["command"]),
+        [
+            "shardline",
+            "process",
+            "--train",
+            "s3://lake/manifests/train.manifest",
+            "--out",
+            "s3://lake/processed"
+        ]
+    );
+    let env: Vec<(String, String)> = c["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["name"].as_str().unwrap().into(),
+                e["value"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert!(
+        env.contains(&("SHARDLINE_WORLD_SIZE".into(), "4".into())),
+        "{env:?}"
+    );
+    assert!(
+        env.contains(&("AWS_ENDPOINT_URL".into(), "http://garage:3900".into())),
+        "{env:?}"
+    );
+    assert_eq!(c["envFrom"][0]["secretRef"]["name"], "s3-credentials");
+
+    // The schemas are strict: the same file with one unknown field fails.
+    let text = std::fs::read_to_string(&file).unwrap();
+    let bad = text.replacen(
+        "completionMode: Indexed",
+        "completionMode: Indexed\n  bogus: 1",
+        1,
+    );
+    assert_ne!(bad, text);
+    std::fs::write(t.path("bad.yaml"), bad).unwrap();
+    let err = validate(&t.path("bad.yaml")).expect_err("an unknown field must fail");
+    assert!(err.contains("bogus"), "{err}");
+}
+
+#[test]
+fn training_is_an_mpijob_with_a_rank_per_slot() {
+    let t = common::TestDir::new();
+    let file = t.arg("train.yaml");
+    t.run(&[
+        "launch",
+        "kubernetes",
+        "train",
+        "--name",
+        "shapes-train",
+        "--image",
+        "registry.example/shardline:0.1",
+        "--workers",
+        "3",
+        "--slots-per-worker",
+        "2",
+        "--env",
+        "AWS_ENDPOINT_URL=http://garage:3900",
+        "--out",
+        &file,
+        "--",
+        "--data",
+        "s3://lake/processed",
+        "--out",
+        "s3://lake/model",
+        "--epochs",
+        "10",
+    ])
+    .ok();
+    validate(Path::new(&file)).unwrap_or_else(|e| panic!("invalid: {e}"));
+    let docs = documents(Path::new(&file));
+    assert_eq!(docs.len(), 1);
+    let spec = &docs[0]["spec"];
+    assert_eq!(docs[0]["apiVersion"], "kubeflow.org/v2beta1");
+    assert_eq!(spec["slotsPerWorker"], 2);
+    assert_eq!(spec["mpiReplicaSpecs"]["Worker"]["replicas"], 3);
+    let launcher = &spec["mpiReplicaSpecs"]["Launcher"]["template"]["spec"]["containers"][0];
+    let command = strings(&launcher["command"]).join(" ");
+    assert_eq!(
+        command,
+        "mpirun --allow-run-as-root --bind-to none -np 6 -x AWS_ENDPOINT_URL shardline train --data s3://lake/processed --out s3://lake/model --epochs 10"
+    );
+    let worker = &spec["mpiReplicaSpecs"]["Worker"]["template"]["spec"]["containers"][0];
+    assert_eq!(strings(&worker["command"]), ["/usr/sbin/sshd", "-De"]);
+}
+
+#[test]
+fn launch_files_refuse_what_pods_cannot_run() {
+    let t = common::TestDir::new();
+    let err = t
+        .run(&[
+            "launch",
+            "kubernetes",
+            "process",
+            "--name",
+            "p",
+            "--image",
+            "i",
+            "--",
+            "--train",
+            "s3://l/t.manifest",
+            "--out",
+            "processed",
+        ])
+        .fails();
+    assert!(
+        err.contains("--out processed is a local path, and pods share no file system"),
+        "{err}"
+    );
+    let err = t
+        .run(&[
+            "launch",
+            "kubernetes",
+            "process",
+            "--name",
+            "Shapes_1",
+            "--image",
+            "i",
+            "--",
+            "--out",
+            "s3://l/o",
+        ])
+        .fails();
+    assert!(
+        err.contains("\"Shapes_1\" is not a Kubernetes name"),
+        "{err}"
+    );
+    let err = t
+        .run(&[
+            "launch",
+            "kubernetes",
+            "train",
+            "--name",
+            "t",
+            "--image",
+            "i",
+            "--",
+            "--data",
+            "s3://l/p",
+            "--out",
+            "s3://l/m",
+            "--workers",
+            "4",
+        ])
+        .fails();
+    assert!(err.contains("give --workers before `--`"), "{err}");
+    // Nothing was written on refusal.
+    assert!(std::fs::read_dir(t.dir.path()).unwrap().next().is_none());
+}
