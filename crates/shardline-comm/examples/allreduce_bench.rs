@@ -61,4 +61,52 @@ fn main() {
             );
         }
     }
+    // The α-β model of these links: a ring allreduce of m bytes over N ranks costs 2(N-1) steps
+    // of latency α plus 2(N-1)/N·m bytes at 1/β. α is read off the latency-bound sizes (at most
+    // 1 KiB: the mean time over 2(N-1) steps), β off the bandwidth-bound ones (the slope from
+    // 256 KiB to 1 MiB, over 2(N-1)/N of the bytes).
+    let sizes = [4usize, 64, 1024, 16 << 10, 64 << 10, 256 << 10, 1 << 20];
+    let mut points = Vec::new();
+    if rank == 0 {
+        println!("\nsmall messages (plain MPI allreduce):\n");
+        println!("| bytes | µs |");
+        println!("|---:|---:|");
+    }
+    for bytes in sizes {
+        let len = (bytes / 4).max(1);
+        let buffer: Vec<f32> = vec![1.0; len];
+        let mut out = vec![0f32; len];
+        let iterations = (4_000_000 / bytes.max(4096)).clamp(20, 2000);
+        for _ in 0..10 {
+            world.all_reduce_into(&buffer[..], &mut out[..], SystemOperation::sum());
+        }
+        world.barrier();
+        let started = Instant::now();
+        for _ in 0..iterations {
+            world.all_reduce_into(&buffer[..], &mut out[..], SystemOperation::sum());
+        }
+        world.barrier();
+        let seconds = started.elapsed().as_secs_f64() / iterations as f64;
+        points.push(((len * 4) as f64, seconds));
+        if rank == 0 {
+            println!("| {} | {:.1} |", len * 4, seconds * 1e6);
+        }
+    }
+    if rank == 0 {
+        let steps = 2.0 * (n - 1.0);
+        let small: Vec<f64> = points
+            .iter()
+            .filter(|(m, _)| *m <= 1024.0)
+            .map(|(_, t)| *t)
+            .collect();
+        let alpha = small.iter().sum::<f64>() / small.len() as f64 / steps;
+        let (m1, t1) = points[points.len() - 2];
+        let (m2, t2) = points[points.len() - 1];
+        let seconds_per_byte = (t2 - t1) / (m2 - m1) / (steps / n);
+        println!(
+            "\nalpha-beta: alpha = {:.1} µs per ring step, beta = 1 / {:.3} GB/s (t = 2(N-1)·alpha + 2(N-1)/N·m·beta)",
+            alpha * 1e6,
+            1.0 / seconds_per_byte / 1e9
+        );
+    }
 }
