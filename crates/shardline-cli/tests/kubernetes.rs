@@ -189,6 +189,40 @@ fn training_is_an_mpijob_with_a_rank_per_slot() {
 }
 
 #[test]
+fn a_transform_is_an_indexed_job_too() {
+    let t = common::TestDir::new();
+    let file = t.arg("transform.yaml");
+    t.run(&[
+        "launch",
+        "kubernetes",
+        "transform",
+        "--name",
+        "shapes-predict",
+        "--image",
+        "registry.example/shardline:0.1",
+        "--instances",
+        "3",
+        "--out",
+        &file,
+        "--",
+        "--model",
+        "shapes:2",
+        "--registry",
+        "s3://lake/registry",
+        "--manifest",
+        "s3://lake/manifests/test.manifest",
+        "--out",
+        "s3://lake/predictions",
+    ])
+    .ok();
+    validate(Path::new(&file)).unwrap_or_else(|e| panic!("invalid: {e}"));
+    let docs = documents(Path::new(&file));
+    let c = &docs[1]["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(strings(&c["command"])[..2], ["shardline", "transform"]);
+    assert_eq!(docs[1]["spec"]["completions"], 3);
+}
+
+#[test]
 fn launch_files_refuse_what_pods_cannot_run() {
     let t = common::TestDir::new();
     let err = t

@@ -485,3 +485,73 @@ fn batch_transform_and_the_endpoint_agree() {
     let again = transform();
     assert_eq!(again.matches("already done").count(), 2, "{again}");
 }
+
+/// A transform whose instances are processes of an external launcher (a Kubernetes Indexed Job's
+/// pods: `JOB_COMPLETION_INDEX`, `SHARDLINE_WORLD_SIZE`) writes what one process with threads
+/// writes: the same predictions per instance, and a summary from instance 0.
+#[test]
+fn a_transform_run_as_one_process_per_instance_equals_the_threaded_one() {
+    let t = TestDir::new();
+    model(&t);
+    let args = |out: &str| -> Vec<String> {
+        [
+            "transform",
+            "--model",
+            "model",
+            "--manifest",
+            "m/validation.manifest",
+            "--out",
+            out,
+            "-k",
+            "3",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let mut threaded = args("threads");
+    threaded.extend(["--instances".to_string(), "3".to_string()]);
+    let threaded: Vec<&str> = threaded.iter().map(String::as_str).collect();
+    t.run(&threaded).ok();
+    // Instance 0 first: it waits for the others' records before it writes the summary.
+    let mut pods = Vec::new();
+    for index in 0..3 {
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_shardline"))
+            .args(args("pods"))
+            .current_dir(t.dir.path())
+            .env("JOB_COMPLETION_INDEX", index.to_string())
+            .env("SHARDLINE_WORLD_SIZE", "3")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("a pod");
+        pods.push(child);
+        if index == 0 {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+        }
+    }
+    for (index, pod) in pods.into_iter().enumerate() {
+        let out = pod.wait_with_output().expect("wait");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "instance {index}: {text}");
+        assert!(
+            text.contains(&format!("instance algo-{} of 3", index + 1)),
+            "{text}"
+        );
+    }
+    for host in ["algo-1", "algo-2", "algo-3"] {
+        let read = |dir: &str| {
+            std::fs::read(t.path(&format!("{dir}/predictions/{host}.jsonl"))).expect("jsonl")
+        };
+        assert_eq!(read("threads"), read("pods"), "{host}");
+    }
+    let summary = |dir: &str| {
+        json(&std::fs::read_to_string(t.path(&format!("{dir}/summary.json"))).expect("summary"))
+    };
+    let (a, b) = (summary("threads"), summary("pods"));
+    for field in ["job", "objects", "predicted", "failed"] {
+        assert_eq!(a[field], b[field], "{field}");
+    }
+    assert_eq!(b["instances"].as_array().map(Vec::len), Some(3));
+}

@@ -124,6 +124,11 @@ fn the_quickstart_pipeline_runs_as_slurm_jobs_and_caches_as_locally() {
         slurm.logs()
     );
     assert!(out.contains("submitted as Slurm job"), "{out}");
+    // The steps' log lines come back to the coordinator's terminal as they are written.
+    assert!(
+        out.contains("data │ datagen: 4 classes × 40 images into"),
+        "{out}"
+    );
     // Jobs on every node open the store: it left WAL for the rollback journal.
     assert!(t.path("state/state.db.shared").exists());
     assert!(!t.path("state/state.db-wal").exists());

@@ -797,6 +797,7 @@ async fn transform(s: &Resolved, cx: &Context<'_>) -> Result<Done, StepError> {
         batch: s.usize_or("batch", d.batch)?,
         force: s.bool_or("force", d.force),
         classifier,
+        ..d
     };
     let report = shardline_serve::transform::run(&config, cx.log)
         .await

@@ -308,6 +308,8 @@ impl Run<'_> {
 
         // Follow the jobs.
         let mut announced: BTreeMap<String, i64> = BTreeMap::new();
+        // How far each step's current attempt log has been relayed: (attempt, bytes).
+        let mut relayed: BTreeMap<String, (i64, u64)> = BTreeMap::new();
         let mut ended: BTreeMap<String, State> = BTreeMap::new();
         let mut failed: Option<String> = None;
         let mut gone_polls: BTreeMap<String, u32> = BTreeMap::new();
@@ -344,6 +346,9 @@ impl Run<'_> {
                         kind: step.kind,
                         attempt: row.attempts,
                     });
+                }
+                if row.attempts > 0 {
+                    self.relay(step, row.attempts, &mut relayed);
                 }
                 let job = &jobs[&step.name];
                 let job_state = known.get(job);
@@ -451,6 +456,37 @@ impl Run<'_> {
         self.db
             .set_execution_status(&self.exec_id, status, message.as_deref())?;
         Ok(status.into())
+    }
+
+    /// Relays the new complete lines of a step's attempt log (the job writes it on the shared file
+    /// system) as events, as the local engine echoes them.
+    fn relay(&self, step: &Step, attempt: i64, relayed: &mut BTreeMap<String, (i64, u64)>) {
+        let path = self
+            .opts
+            .state_dir
+            .join("logs")
+            .join(&self.exec_id)
+            .join(&step.name)
+            .join(format!("attempt-{attempt}"))
+            .join("main.log");
+        let entry = relayed.entry(step.name.clone()).or_insert((attempt, 0));
+        if entry.0 != attempt {
+            *entry = (attempt, 0);
+        }
+        let Ok(bytes) = std::fs::read(&path) else {
+            return;
+        };
+        let start = (entry.1 as usize).min(bytes.len());
+        let Some(end) = bytes[start..].iter().rposition(|&b| b == b'\n') else {
+            return;
+        };
+        for line in String::from_utf8_lossy(&bytes[start..start + end]).lines() {
+            self.emit(Event::Line {
+                step: step.name.clone(),
+                text: line.to_string(),
+            });
+        }
+        entry.1 = (start + end + 1) as u64;
     }
 
     /// The execution's steps as stored, by name.

@@ -8,6 +8,10 @@
 //! count) is not redone; each instance's file is written in one atomic put, its record after it,
 //! and the owner record and `summary.json` last. Another job in the same `out` needs `force`,
 //! and replaces the old one only when it has succeeded.
+//!
+//! The instances are threads of this process, or, with [`TransformConfig::rank`], processes of
+//! an external launcher (one pod of a Kubernetes Indexed Job each): every one predicts its own
+//! share and writes its record; rank 0 waits for the others' records and writes the summary.
 
 use std::time::Instant;
 
@@ -44,6 +48,13 @@ pub struct TransformConfig {
     pub force: bool,
     /// The model's options (the device among them).
     pub classifier: ClassifierOptions,
+    /// When an external launcher started this process as one instance (a pod of a Kubernetes
+    /// Indexed Job, one `srun` task): its 0-based rank. It predicts its own share only; rank 0
+    /// then waits for every other instance's record (at most `wait_s`) and writes the summary.
+    /// `None`: this process runs every instance, each on a thread.
+    pub rank: Option<usize>,
+    /// How long rank 0 waits for the other instances.
+    pub wait_s: u64,
 }
 
 impl Default for TransformConfig {
@@ -57,6 +68,8 @@ impl Default for TransformConfig {
             batch: 32,
             force: false,
             classifier: ClassifierOptions::default(),
+            rank: None,
+            wait_s: 3600,
         }
     }
 }
@@ -157,6 +170,64 @@ async fn instance(
     Ok((lines, ok, failed))
 }
 
+/// Rank 0 of an externally launched job: the records of instances 1.. once each has written its
+/// own for this job.
+async fn wait_for_others(
+    out: &Store,
+    config: &TransformConfig,
+    identity: &serde_json::Value,
+    progress: &dyn Progress,
+) -> Result<Vec<TransformInstance>, Error> {
+    let deadline = Instant::now() + std::time::Duration::from_secs(config.wait_s);
+    let mut found = Vec::new();
+    let mut waiting: Vec<usize> = (1..config.instances).collect();
+    let mut told = false;
+    while !waiting.is_empty() {
+        let mut still = Vec::new();
+        for rank in waiting {
+            let host = host(rank);
+            let record = out
+                .get_opt(&format!(".shardline/transform/{host}.json"))
+                .await?
+                .and_then(|b| serde_json::from_slice::<TransformInstance>(&b).ok())
+                .filter(|r| r.identity == *identity);
+            match record {
+                Some(r) => found.push(r),
+                None => still.push(rank),
+            }
+        }
+        waiting = still;
+        if waiting.is_empty() {
+            break;
+        }
+        if !told {
+            progress.message(&format!(
+                "waiting for {} other instance(s) to finish: {}",
+                waiting.len(),
+                waiting
+                    .iter()
+                    .map(|&r| host(r))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+            told = true;
+        }
+        if Instant::now() > deadline {
+            return Err(Error::Transform(format!(
+                "instances {} did not finish within {} s; rerun them (the finished ones are kept), then this one",
+                waiting
+                    .iter()
+                    .map(|&r| host(r))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                config.wait_s
+            )));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    Ok(found)
+}
+
 /// Runs the transform; see the module documentation.
 pub async fn run(
     config: &TransformConfig,
@@ -170,6 +241,18 @@ pub async fn run(
     }
     if config.batch == 0 {
         return Err(setting("batch", "must be at least 1"));
+    }
+    if let Some(rank) = config.rank
+        && rank >= config.instances
+    {
+        return Err(setting(
+            "instances",
+            &format!(
+                "is {}, but this process is instance {} (rank {rank}); the launcher's world size and `instances` must agree",
+                config.instances,
+                host(rank)
+            ),
+        ));
     }
     let files = ModelFiles::load(&config.model).await?;
     let model_digest = Digest::of(&files.weights);
@@ -222,7 +305,11 @@ pub async fn run(
     // Which instances have work: those without a finished output for this job.
     let mut instances = Vec::new();
     let mut todo = Vec::new();
-    for rank in 0..config.instances {
+    let ranks: Vec<usize> = match config.rank {
+        Some(rank) => vec![rank],
+        None => (0..config.instances).collect(),
+    };
+    for rank in ranks {
         let host = host(rank);
         let positions = share(
             &manifest.keys,
@@ -305,9 +392,19 @@ pub async fn run(
         ));
         instances.push(record);
     }
+    let others_wrote = matches!(config.rank, Some(rank) if rank > 0);
+    if config.rank == Some(0) {
+        instances.extend(wait_for_others(&out, config, &identity, progress).await?);
+    }
     instances.sort_by(|a, b| a.host.cmp(&b.host));
     let predicted: u64 = instances.iter().map(|i| i.predicted).sum();
     let failed: u64 = instances.iter().map(|i| i.failed).sum();
+    // An instance other than 0 reports its own share; instance 0 (or this process) the job's.
+    let objects = if others_wrote {
+        instances.iter().map(|i| i.objects).sum()
+    } else {
+        manifest.keys.len()
+    };
     let summary = TransformSummary {
         schema: SCHEMA,
         producer: PRODUCER.into(),
@@ -316,12 +413,22 @@ pub async fn run(
         model: config.model.clone(),
         manifest: config.manifest.clone(),
         identity,
-        objects: manifest.keys.len(),
+        objects,
         predicted,
         failed,
         instances,
         seconds: started.elapsed().as_secs_f64(),
     };
+    if others_wrote {
+        // Instance 0 writes the summary.
+        return Ok(TransformReport {
+            objects,
+            predicted,
+            failed,
+            predictions: out.uri_of("predictions/"),
+            summary,
+        });
+    }
     // What an earlier job with more instances left goes, then the owner record, summary last.
     for rank in config.instances.. {
         let host = host(rank);

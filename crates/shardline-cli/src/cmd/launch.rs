@@ -11,7 +11,8 @@ use crate::progress::Ui;
 /// The schedulers `launch` writes files for.
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
-    /// Kubernetes: an Indexed Job and a headless Service (process), a Kubeflow MPIJob (train).
+    /// Kubernetes: an Indexed Job and a headless Service (process, transform), a Kubeflow MPIJob
+    /// (train).
     Kubernetes(KubernetesArgs),
 }
 
@@ -22,6 +23,8 @@ pub enum Stage {
     Process,
     /// `shardline train`: one MPI rank per worker pod, started by the MPIJob's launcher.
     Train,
+    /// `shardline transform`: one pod per instance; instance 0 writes the summary.
+    Transform,
 }
 
 /// Flags of `launch kubernetes`.
@@ -36,7 +39,7 @@ pub struct KubernetesArgs {
     /// The container image with the `shardline` binary (for train also Open MPI and sshd).
     #[arg(long, value_name = "IMAGE")]
     pub image: String,
-    /// Processing instances: pods of the Indexed Job.
+    /// Processing or transform instances: pods of the Indexed Job.
     #[arg(long, default_value_t = 2)]
     pub instances: usize,
     /// More tries of a failed instance, on its own share (backoffLimitPerIndex).
@@ -100,6 +103,8 @@ fn check_args(args: &KubernetesArgs) -> Result<()> {
             &["--out", "--train", "--validation", "--test", "--input"],
         ),
         Stage::Train => ("train", &["--out", "--data"]),
+        // A transform's --model may be a registered NAME:VERSION.
+        Stage::Transform => ("transform", &["--out", "--manifest"]),
     };
     if !flag_values(&args.args, "--out").iter().any(|_| true) {
         bail!(
@@ -141,6 +146,7 @@ pub async fn run(command: Command, ui: &Ui) -> Result<()> {
     let stage = match args.stage {
         Stage::Process => "process",
         Stage::Train => "train",
+        Stage::Transform => "transform",
     };
     let workload = Workload {
         name: args.name.clone(),
@@ -156,7 +162,7 @@ pub async fn run(command: Command, ui: &Ui) -> Result<()> {
         service_account: args.service_account.clone(),
     };
     let (docs, what) = match args.stage {
-        Stage::Process => (
+        Stage::Process | Stage::Transform => (
             kubernetes::indexed_job(&workload, args.instances, args.retries)?,
             format!(
                 "an Indexed Job of {} pods and its headless Service",

@@ -24,9 +24,10 @@ pub struct Args {
     /// Where predictions/algo-<i>.jsonl and summary.json go.
     #[arg(long, value_name = "URL")]
     pub out: String,
-    /// Instances; each takes its share of the objects (sharded by key) with its own model.
-    #[arg(long, default_value_t = TransformConfig::default().instances)]
-    pub instances: usize,
+    /// Instances; each takes its share of the objects (sharded by key) with its own model
+    /// [default: 1, or the launcher's world size].
+    #[arg(long)]
+    pub instances: Option<usize>,
     /// Labels per object.
     #[arg(short, long, default_value_t = TransformConfig::default().k)]
     pub k: usize,
@@ -47,11 +48,28 @@ pub async fn run(args: Args, ui: &Ui) -> Result<()> {
     shardline_train::device::by_name(&args.device).map_err(|e| {
         anyhow::anyhow!("transform: {}", e.to_string().trim_start_matches("train: "))
     })?;
+    // One instance of an external launcher's job (a pod of an Indexed Job, an srun task)?
+    let identity =
+        shardline_process::identity::detect(&|name| std::env::var(name).ok(), None, args.instances)
+            .map_err(|e| anyhow::anyhow!("transform: instance identity: {e}"))?;
+    if let Some(id) = &identity {
+        ui.say(format!(
+            "transform: instance {} of {} ({}): this instance's share only",
+            id.host(),
+            id.size,
+            id.source
+        ));
+    }
     let config = TransformConfig {
         model,
         manifest: args.manifest,
         out: args.out,
-        instances: args.instances,
+        instances: identity.as_ref().map_or(
+            args.instances
+                .unwrap_or(TransformConfig::default().instances),
+            |id| id.size,
+        ),
+        rank: identity.as_ref().map(|id| id.rank),
         k: args.k,
         batch: args.batch,
         force: args.force,
@@ -59,6 +77,7 @@ pub async fn run(args: Args, ui: &Ui) -> Result<()> {
             device: args.device,
             ..ClassifierOptions::default()
         },
+        ..TransformConfig::default()
     };
     let report = transform::run(&config, &Lines { ui }).await?;
     ui.say(format!(
