@@ -4,7 +4,7 @@ mod common;
 
 use std::collections::{HashMap, HashSet};
 
-use common::{TestDir, files, manifest};
+use common::{TestDir, files, json_file, manifest};
 use parquet::file::reader::{FileReader, SerializedFileReader};
 use shardline_lineage::Digest;
 
@@ -432,4 +432,81 @@ fn a_reader_that_goes_away_does_not_break_the_step() {
     assert!(output.status.success(), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_eq!(files(&t.path("out")), LISTED);
+}
+
+/// A channel larger than `--part-keys` is written as parts behind an index at the manifest's own
+/// path; processing takes the index as it takes a manifest (transform and the pipeline's digests
+/// read it through the same `read_manifest`) and writes the same shards as from one file; a rerun
+/// keeps the assignment.
+#[test]
+fn large_channels_are_written_in_parts_that_every_command_takes() {
+    let t = TestDir::new();
+    t.shapes("data", 3, 20);
+    let manifest = |out: &str, extra: &[&str]| {
+        let mut args = vec![
+            "manifest",
+            "--source",
+            "data",
+            "--out",
+            out,
+            "--split",
+            "train=0.5,validation=0.25,test=0.25",
+        ];
+        args.extend_from_slice(extra);
+        t.run(&args).ok()
+    };
+    manifest("whole", &[]);
+    manifest("parts", &["--part-keys", "7"]);
+    let index = json_file(t.path("parts/train.manifest"));
+    assert_eq!(index["shardline_manifest_index"], 1);
+    let whole = std::fs::read_to_string(t.path("whole/train.manifest")).unwrap();
+    let keys = whole.matches(",\n").count() as u64;
+    assert_eq!(index["keys"], keys);
+    let parts = index["parts"].as_array().unwrap();
+    assert_eq!(parts.len() as u64, keys.div_ceil(7));
+    for part in parts {
+        let name = part["manifest"].as_str().unwrap();
+        assert!(name.starts_with("train.manifest.part-"), "{name}");
+        // Each part is a SageMaker manifest of its own.
+        let text = std::fs::read_to_string(t.path(&format!("parts/{name}"))).unwrap();
+        assert!(text.starts_with("[{\"prefix\":"), "{text}");
+    }
+    // The same objects processed from the index as from the single file.
+    let process = |m: &str, out: &str| {
+        let mut args = vec!["process".to_string()];
+        for c in ["train", "validation", "test"] {
+            args.push("--input".into());
+            args.push(format!("{c}={}/{c}.manifest", t.arg(m)));
+        }
+        args.extend([
+            "--out".to_string(),
+            out.to_string(),
+            "--instances".into(),
+            "2".into(),
+        ]);
+        t.run(&args.iter().map(String::as_str).collect::<Vec<_>>())
+            .ok()
+    };
+    process("whole", "p-whole");
+    process("parts", "p-parts");
+    for channel in ["train", "validation", "test"] {
+        assert_eq!(
+            t.samples(&format!("p-whole/{channel}/index.json")),
+            t.samples(&format!("p-parts/{channel}/index.json")),
+            "{channel}"
+        );
+    }
+    let shards = |p: &str| -> Vec<String> {
+        json_file(t.path(&format!("{p}/train/index.json")))["shardlist"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["sha256"].to_string())
+            .collect()
+    };
+    assert_eq!(shards("p-whole"), shards("p-parts"));
+    // A rerun reads its parts back and keeps every object's channel.
+    let again = manifest("parts", &["--part-keys", "7"]);
+    assert!(!again.contains("error"), "{again}");
+    assert_eq!(json_file(t.path("parts/train.manifest")), index);
 }

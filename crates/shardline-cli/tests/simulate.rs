@@ -26,3 +26,34 @@ fn the_simulator_checks_sharding_and_retries_at_a_thousand_instances() {
     assert!(worst.contains("failed: algo-"), "{worst}");
     assert!(text.contains("every invariant held"), "{text}");
 }
+
+/// The manifest-stream benchmark writes a manifest in parts, shards it as a stream and checks
+/// that the share is byte for byte the in-memory one (it exits non-zero otherwise).
+#[test]
+fn a_streamed_share_of_a_manifest_in_parts_is_the_in_memory_share() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(env!("CARGO_BIN_EXE_shardline-bench"))
+        .args([
+            "manifest-stream",
+            "--keys",
+            "20000",
+            "--part-keys",
+            "3000",
+            "--instances",
+            "7",
+            "--rank",
+            "5",
+        ])
+        .arg("--dir")
+        .arg(dir.path())
+        .output()
+        .expect("run shardline-bench manifest-stream");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("| 20000 |") && text.contains("python json.load"),
+        "{text}"
+    );
+    assert!(text.contains("byte for byte the in-memory one"), "{text}");
+}

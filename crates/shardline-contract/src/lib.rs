@@ -11,6 +11,7 @@ mod error;
 pub mod fault;
 pub mod instance;
 pub mod lineage;
+pub mod manifest_stream;
 pub mod model;
 pub mod owner;
 pub mod recipe;

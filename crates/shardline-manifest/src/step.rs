@@ -41,6 +41,10 @@ pub struct Config {
     pub augmented: bool,
     /// How many class prefixes are listed at once.
     pub concurrency: usize,
+    /// A channel of more keys is written as parts of this many keys each (`NAME.part-00000`, ...,
+    /// each a SageMaker manifest) with an index at `NAME.manifest` that every Shardline command
+    /// taking a manifest reads.
+    pub part_keys: usize,
 }
 
 impl Default for Config {
@@ -52,6 +56,7 @@ impl Default for Config {
             force: false,
             augmented: false,
             concurrency: 32,
+            part_keys: 10_000_000,
         }
     }
 }
@@ -382,7 +387,7 @@ async fn read_existing(
                 file: name,
             });
         }
-        let manifest = sagemaker::parse_manifest(&out.uri_of(&name), &content)?;
+        let (manifest, _) = shardline_contract::manifest_stream::read_manifest(out, &name).await?;
         channels.extend(manifest.keys.into_iter().map(|key| (key, channel)));
     }
     Ok(Some(Existing {
@@ -469,6 +474,44 @@ fn settings(config: &Config) -> Settings {
     }
 }
 
+/// A channel's manifest: one file, or parts of `part_keys` keys and their index (the index last,
+/// at `name`).
+fn channel_manifest(
+    name: &str,
+    prefix: &str,
+    keys: &[&str],
+    part_keys: usize,
+) -> Vec<(String, Vec<u8>)> {
+    use shardline_contract::manifest_stream::{ManifestIndex, Part, index_bytes, part_name};
+    if keys.len() <= part_keys.max(1) {
+        return vec![(
+            name.to_string(),
+            sagemaker::write_manifest(prefix, keys.iter().copied()),
+        )];
+    }
+    let mut files = Vec::new();
+    let mut parts = Vec::new();
+    for (i, chunk) in keys.chunks(part_keys.max(1)).enumerate() {
+        let bytes = sagemaker::write_manifest(prefix, chunk.iter().copied());
+        let file = part_name(name, i);
+        parts.push(Part {
+            manifest: file.clone(),
+            keys: chunk.len() as u64,
+            bytes: bytes.len() as u64,
+            digest: shardline_lineage::Digest::of(&bytes).as_str().to_string(),
+        });
+        files.push((file, bytes));
+    }
+    let index = ManifestIndex {
+        shardline_manifest_index: 1,
+        prefix: prefix.to_string(),
+        keys: keys.len() as u64,
+        parts,
+    };
+    files.push((name.to_string(), index_bytes(&index)));
+    files
+}
+
 /// Renders every output file but the lineage record, in commit order.
 fn render(
     source: &Store,
@@ -482,13 +525,16 @@ fn render(
         let parquet = scope.spawn(|| table::to_parquet(rows, &labels.classes));
         let mut files = Vec::new();
         for channel in config.split.channels() {
-            let keys = rows
+            let keys: Vec<&str> = rows
                 .iter()
                 .filter(|r| r.channel == channel)
-                .map(|r| r.key.as_str());
-            files.push((
-                format!("{channel}.manifest"),
-                sagemaker::write_manifest(&prefix, keys),
+                .map(|r| r.key.as_str())
+                .collect();
+            files.extend(channel_manifest(
+                &format!("{channel}.manifest"),
+                &prefix,
+                &keys,
+                config.part_keys,
             ));
             if config.augmented {
                 let uris: Vec<(String, &Row)> = rows

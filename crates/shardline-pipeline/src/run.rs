@@ -395,6 +395,7 @@ async fn manifest(s: &Resolved, cx: &Context<'_>) -> Result<Done, StepError> {
         force: s.bool_or("force", d.force),
         augmented: s.bool_or("augmented", d.augmented),
         concurrency: s.usize_or("concurrency", d.concurrency)?.max(1),
+        part_keys: s.usize_or("part_keys", d.part_keys)?.max(1),
     };
     let open = |name: &str| -> Result<Store, StepError> {
         let url = s.need_str(name)?;

@@ -241,6 +241,7 @@ const MANIFEST: &[Field] = &[
     f("augmented", Ty::Bool),
     runtime("force", Ty::Bool),
     runtime("concurrency", Ty::Int),
+    f("part_keys", Ty::Int),
 ];
 
 const PROCESS: &[Field] = &[

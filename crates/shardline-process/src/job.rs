@@ -209,8 +209,17 @@ async fn read_input(channel: &str, url: &str) -> Result<Raw, Error> {
             .iter()
             .position(|b| !b.is_ascii_whitespace())
             .map(|i| bytes[i]);
-        if trimmed == Some(b'[') {
-            let manifest = sagemaker::parse_manifest(&store.uri_of(name), &bytes)?;
+        // A manifest written in parts: its index names them (its digest covers theirs).
+        let index = shardline_contract::manifest_stream::index_of(&store.uri_of(name), &bytes)?;
+        if trimmed == Some(b'[') || index.is_some() {
+            let manifest = match index {
+                Some(_) => {
+                    shardline_contract::manifest_stream::read_manifest(&store, name)
+                        .await?
+                        .0
+                }
+                None => sagemaker::parse_manifest(&store.uri_of(name), &bytes)?,
+            };
             let entries = manifest
                 .keys
                 .into_iter()

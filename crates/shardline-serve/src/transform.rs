@@ -264,9 +264,8 @@ pub async fn run(
         .manifest
         .rsplit_once('/')
         .unwrap_or((".", config.manifest.as_str()));
-    let manifest_bytes = Store::open(dir)?.get(name).await?;
-    let manifest =
-        shardline_contract::sagemaker::parse_manifest(&config.manifest, &manifest_bytes)?;
+    let (manifest, manifest_bytes) =
+        shardline_contract::manifest_stream::read_manifest(&Store::open(dir)?, name).await?;
     if manifest.keys.is_empty() {
         return Err(bad_manifest(
             "lists no objects; give a manifest of the objects to predict".into(),

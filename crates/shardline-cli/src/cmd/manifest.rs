@@ -39,6 +39,10 @@ pub struct Args {
     /// How many class prefixes to list at once.
     #[arg(long, default_value_t = Config::default().concurrency, value_name = "N")]
     pub concurrency: usize,
+    /// Write a channel of more keys as parts of this many keys, behind an index at
+    /// <channel>.manifest (each part a SageMaker manifest; every shardline command reads the index).
+    #[arg(long, default_value_t = Config::default().part_keys, value_name = "N")]
+    pub part_keys: usize,
     /// Benchmarks only: add this much latency to every listing request, to model a remote store.
     #[arg(long, default_value_t = 0, value_name = "MS", hide = true)]
     pub simulate_latency_ms: u64,
@@ -66,6 +70,9 @@ pub fn config(args: &Args) -> Result<Config> {
     if args.concurrency == 0 {
         anyhow::bail!("manifest: --concurrency must be at least 1");
     }
+    if args.part_keys == 0 {
+        anyhow::bail!("manifest: --part-keys must be at least 1");
+    }
     Ok(Config {
         split,
         seed: args.seed,
@@ -73,6 +80,7 @@ pub fn config(args: &Args) -> Result<Config> {
         force: args.force,
         augmented: args.augmented,
         concurrency: args.concurrency,
+        part_keys: args.part_keys,
     })
 }
 

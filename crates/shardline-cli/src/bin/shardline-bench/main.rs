@@ -7,6 +7,7 @@
 //! `target/release/shardline-bench`), or the one named by `--shardline` / `SHARDLINE_BIN`.
 
 mod hosts;
+mod manifest_stream;
 mod pipeline;
 mod serve;
 mod simulate;

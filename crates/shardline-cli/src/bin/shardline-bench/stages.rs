@@ -40,6 +40,9 @@ pub enum Command {
     /// The processing stage's sharding and retry logic at 1,000 instances with stragglers and
     /// failures injected (the real supervisor, simulated instances), checked and tabulated.
     Simulate(crate::simulate::SimulateArgs),
+    /// Manifests of 1, 10 and 100 million keys written in parts, read, sharded and written as
+    /// streams (flat memory), beside the in-memory path and Python's json.load.
+    ManifestStream(crate::manifest_stream::StreamArgs),
 }
 
 /// Flags of `shardline-bench manifest`.
@@ -76,9 +79,16 @@ pub struct ManifestArgs {
 
 /// One measured run.
 #[derive(Debug, Clone, Copy)]
-struct Sample {
-    seconds: f64,
-    peak_mib: f64,
+pub struct Sample {
+    /// Wall time.
+    pub seconds: f64,
+    /// Peak resident memory.
+    pub peak_mib: f64,
+}
+
+/// [`measure`] for the other benchmark modules.
+pub fn measure_command(command: &mut std::process::Command, log: &Path) -> Result<Sample> {
+    measure(command, log)
 }
 
 /// Runs a command to completion and measures its wall time and peak resident memory.
@@ -1201,5 +1211,6 @@ pub async fn run(command: Command, ui: &Ui) -> Result<()> {
         Command::Pipeline(args) => crate::pipeline::run(args, ui).await,
         Command::AllreduceHosts(args) => crate::hosts::run(args, ui),
         Command::Simulate(args) => crate::simulate::run(args, ui).await,
+        Command::ManifestStream(args) => crate::manifest_stream::run(args, ui).await,
     }
 }
