@@ -461,6 +461,87 @@ fn a_processing_instance_that_dies_on_its_host_is_redone_alone() {
     hosts.stop().expect("the hosts are torn down completely");
 }
 
+#[test]
+fn a_processing_host_cut_off_ends_the_job_and_only_its_share_is_redone() {
+    let t = common::TestDir::new();
+    let (hosts, garage, mut env) = cluster(&t);
+    let mut args = vec!["process", "--out", "s3://lake/one"];
+    args.extend(INPUTS);
+    shardline(&hosts, 0, &env, &args);
+
+    let mut args = vec!["process", "--out", "s3://lake/cut"];
+    args.extend(INPUTS);
+    // algo-3 stops after two objects, as a host does whose link is about to go.
+    env.push(("SHARDLINE_FAULT", "algo-3:stall-after-2".into()));
+    let child = mpirun_command(&hosts, &env, &args)
+        .timeout(std::time::Duration::from_secs(240))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("mpirun");
+    env.pop();
+    // The other instances finish their shares (their records are in the store); then host 3's
+    // link goes down for good.
+    let started = std::time::Instant::now();
+    while !{
+        let done = objects(&hosts, &env, "cut/.shardline/instances");
+        done.contains_key("algo-1.json") && done.contains_key("algo-2.json")
+    } {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(120),
+            "algo-1 and algo-2 did not finish"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let veth = hosts.host(2).veth.clone();
+    let link = |state: &str| {
+        let status = std::process::Command::new("ip")
+            .args(["link", "set", &veth, state])
+            .status()
+            .expect("ip link");
+        assert!(status.success());
+    };
+    link("down");
+    let output = child.wait_with_output().expect("wait");
+    let log = text(&output);
+    assert!(!output.status.success(), "{log}");
+    assert_ne!(
+        output.status.code(),
+        Some(124),
+        "mpirun did not notice the lost host:\n{log}"
+    );
+    assert!(
+        log.contains("h3"),
+        "the unreachable host is not named:\n{log}"
+    );
+    // The link comes back; the job is started again: only algo-3 has work left.
+    link("up");
+    let output = mpirun(&hosts, &env, &args);
+    assert!(output.status.success(), "{}", text(&output));
+    for host in ["algo-1", "algo-2"] {
+        let log = read_text(&hosts, &env, &format!("cut/logs/{host}.log"));
+        assert!(
+            log.contains("already finished this job"),
+            "{host} was redone:\n{log}"
+        );
+    }
+    let log = read_text(&hosts, &env, "cut/logs/algo-3.log");
+    assert!(!log.contains("already finished this job"), "{log}");
+    let data = |all: BTreeMap<String, String>| -> BTreeMap<String, String> {
+        all.into_iter()
+            .filter(|(k, _)| k.ends_with(".tar") || k.ends_with("index.json"))
+            .collect()
+    };
+    assert_eq!(
+        data(objects(&hosts, &env, "one")),
+        data(objects(&hosts, &env, "cut")),
+        "the redone job's output differs from a one-host run's"
+    );
+    drop(garage);
+    hosts.stop().expect("the hosts are torn down completely");
+}
+
 /// Copies every object below `prefix` into `dir`, as SageMaker fills a FullyReplicated channel.
 fn download_prefix(hosts: &Hosts, env: &[(&str, String)], prefix: &str, dir: &std::path::Path) {
     let script = r#"
