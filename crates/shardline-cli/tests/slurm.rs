@@ -205,6 +205,23 @@ fn the_quickstart_pipeline_runs_as_slurm_jobs_and_caches_as_locally() {
         )
         .ok();
         assert!(log.contains("rank 2 of 3 on host h"), "{log}");
+        // The transform's instances are tasks too: instance 3 predicted its own share.
+        let log = shardline(
+            &slurm,
+            &t,
+            &[
+                "logs",
+                "last",
+                "predict",
+                "--instance",
+                "algo-3",
+                "--state",
+                &state,
+            ],
+        )
+        .ok();
+        assert!(log.contains("rank 2 of 3 on host h"), "{log}");
+        assert!(log.contains("algo-3: "), "{log}");
         let train = known
             .iter()
             .find(|(n, _, _)| n == "shardline.quickstart.train")

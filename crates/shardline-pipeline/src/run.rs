@@ -236,9 +236,10 @@ pub struct Context<'a> {
     pub ranks: Option<&'a RankLauncher>,
 }
 
-/// How a training step's ranks are started as processes: `program args... --ntasks N` followed by
-/// `rank_args... --settings FILE --done FILE --logs DIR`, which runs [`train_rank`] in each (for
-/// Slurm: `srun --mpi=pmix ... shardline pipeline rank`).
+/// How a training or transform step's ranks are started as processes: `program args... --ntasks
+/// N` followed by `rank_args... --kind KIND --settings FILE --done FILE --logs DIR`, which runs
+/// [`train_rank`] or [`transform_rank`] in each (for Slurm: `srun --mpi=pmix ... shardline
+/// pipeline rank`).
 #[derive(Debug, Clone)]
 pub struct RankLauncher {
     /// The launcher (`srun`).
@@ -608,7 +609,7 @@ async fn train(s: &Resolved, cx: &Context<'_>) -> Result<Done, StepError> {
             "train: {workers} data-parallel ranks as processes of their own, {} epochs, batch {}, lr {}",
             config.schedule.epochs, config.schedule.batch, config.schedule.lr
         ));
-        return train_as_ranks(s, cx, ranks, workers).await;
+        return as_ranks(Kind::Train, s, cx, ranks, workers).await;
     }
     cx.log.line(&format!(
         "train: {workers} data-parallel worker(s), {} epochs, batch {}, lr {}",
@@ -620,8 +621,10 @@ async fn train(s: &Resolved, cx: &Context<'_>) -> Result<Done, StepError> {
     Ok(train_done(report, workers, cx.log))
 }
 
-/// Starts the ranks with `ranks`, waits for them, and reads what rank 0 wrote.
-async fn train_as_ranks(
+/// Starts the ranks of a `kind` step (train, transform) with `ranks`, waits for them, and reads
+/// what rank 0 wrote.
+async fn as_ranks(
+    kind: Kind,
     s: &Resolved,
     cx: &Context<'_>,
     ranks: &RankLauncher,
@@ -638,6 +641,8 @@ async fn train_as_ranks(
         .args(&ranks.args)
         .arg(format!("--ntasks={workers}"))
         .args(&ranks.rank_args)
+        .arg("--kind")
+        .arg(kind.name())
         .arg("--settings")
         .arg(&settings)
         .arg("--done")
@@ -652,7 +657,7 @@ async fn train_as_ranks(
         ranks.args.join(" "),
         ranks.rank_args.join(" ")
     );
-    cx.log.line(&format!("train: {shown}"));
+    cx.log.line(&format!("{kind}: {shown}"));
     let output = command.output().await.map_err(|e| StepError {
         class: Class::Infrastructure,
         message: format!("cannot start the ranks ({shown}): {e}"),
@@ -716,14 +721,7 @@ pub async fn train_rank(
         .await
         .map_err(classify_train)?;
     if rank == 0 {
-        let d = train_done(report, workers, log);
-        let tmp = done.with_extension("json.tmp");
-        std::fs::write(
-            &tmp,
-            serde_json::to_vec_pretty(&d).map_err(StepError::infra)?,
-        )
-        .and_then(|()| std::fs::rename(&tmp, done))
-        .map_err(|e| StepError::infra(format!("{}: {e}", done.display())))?;
+        write_done(done, &train_done(report, workers, log))?;
     }
     Ok(())
 }
@@ -783,13 +781,15 @@ async fn register(s: &Resolved, cx: &Context<'_>) -> Result<Done, StepError> {
     })
 }
 
-async fn transform(s: &Resolved, cx: &Context<'_>) -> Result<Done, StepError> {
+fn transform_config(
+    s: &Resolved,
+) -> Result<shardline_serve::transform::TransformConfig, StepError> {
     let d = shardline_serve::transform::TransformConfig::default();
     let mut classifier = d.classifier.clone();
     if let Some(device) = s.str("device") {
         classifier.device = device;
     }
-    let config = shardline_serve::transform::TransformConfig {
+    Ok(shardline_serve::transform::TransformConfig {
         model: s.need_str("model")?,
         manifest: s.need_str("manifest")?,
         out: s.need_str("out")?,
@@ -799,14 +799,20 @@ async fn transform(s: &Resolved, cx: &Context<'_>) -> Result<Done, StepError> {
         force: s.bool_or("force", d.force),
         classifier,
         ..d
-    };
-    let report = shardline_serve::transform::run(&config, cx.log)
+    })
+}
+
+async fn transform_run(
+    config: &shardline_serve::transform::TransformConfig,
+    log: &StepLog<'_>,
+) -> Result<Done, StepError> {
+    let report = shardline_serve::transform::run(config, log)
         .await
         .map_err(|e| match e {
             shardline_serve::Error::Transform(m) => StepError::invalid(m),
             other => StepError::infra(other),
         })?;
-    cx.log.line(&format!(
+    log.line(&format!(
         "transform: {} of {} objects predicted ({} unreadable) into {}",
         report.predicted, report.objects, report.failed, report.predictions
     ));
@@ -820,6 +826,47 @@ async fn transform(s: &Resolved, cx: &Context<'_>) -> Result<Done, StepError> {
         instances: config.instances,
         ..Done::default()
     })
+}
+
+async fn transform(s: &Resolved, cx: &Context<'_>) -> Result<Done, StepError> {
+    let config = transform_config(s)?;
+    if let Some(ranks) = cx.ranks.filter(|_| config.instances > 1) {
+        cx.log.line(&format!(
+            "transform: {} instances as processes of their own",
+            config.instances
+        ));
+        return as_ranks(Kind::Transform, s, cx, ranks, config.instances).await;
+    }
+    transform_run(&config, cx.log).await
+}
+
+/// One instance of a transform step started by a [`RankLauncher`]: predicts its own share;
+/// instance 0 waits for the others and writes the summary and its [`Done`] to `done`.
+pub async fn transform_rank(
+    settings: &Resolved,
+    rank: usize,
+    size: Option<usize>,
+    done: &Path,
+    log: &StepLog<'_>,
+) -> Result<(), StepError> {
+    let mut config = transform_config(settings)?;
+    config.instances = size.unwrap_or(config.instances);
+    config.rank = Some(rank);
+    let d = transform_run(&config, log).await?;
+    if rank == 0 {
+        write_done(done, &d)?;
+    }
+    Ok(())
+}
+
+fn write_done(done: &Path, d: &Done) -> Result<(), StepError> {
+    let tmp = done.with_extension("json.tmp");
+    std::fs::write(
+        &tmp,
+        serde_json::to_vec_pretty(d).map_err(StepError::infra)?,
+    )
+    .and_then(|()| std::fs::rename(&tmp, done))
+    .map_err(|e| StepError::infra(format!("{}: {e}", done.display())))
 }
 
 async fn command(s: &Resolved, cx: &Context<'_>) -> Result<Done, StepError> {

@@ -179,6 +179,9 @@ impl Run<'_> {
             Kind::Process => "instances",
             Kind::Command if step.literal_str("contract") == Some("processing") => "instances",
             Kind::Train if engine.mpi => "workers",
+            // The same rank launcher starts a transform's instances (it comes with the binary's
+            // MPI feature).
+            Kind::Transform if engine.mpi => "instances",
             _ => return 1,
         };
         let params_only = |r: &Ref| match r {
@@ -196,6 +199,7 @@ impl Run<'_> {
         match given {
             Some(Value::Int(n)) if n > 0 => n as usize,
             Some(_) => 1,
+            None if step.kind == Kind::Transform => 1,
             None if step.kind == Kind::Train => {
                 crate::run::train_workers(&crate::run::Resolved::default()).unwrap_or(1)
             }

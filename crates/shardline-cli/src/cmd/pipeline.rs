@@ -128,6 +128,9 @@ pub enum Command {
     /// (Started by `srun --mpi=pmix` inside a step's job.) One rank of a training step.
     #[command(hide = true)]
     Rank {
+        /// The step's kind: train or transform.
+        #[arg(long, default_value = "train")]
+        kind: String,
         /// The step's resolved settings (JSON).
         #[arg(long, value_name = "FILE")]
         settings: PathBuf,
@@ -322,8 +325,9 @@ async fn step_job(execution: &str, step: &str, run: &Path, state: &State) -> Res
     }
 }
 
-/// `pipeline rank`: one rank of a training step (rank and world size from the launcher).
-async fn rank(settings: &Path, done: &Path, logs: &Path) -> Result<()> {
+/// `pipeline rank`: one rank of a training or transform step (rank and world size from the
+/// launcher).
+async fn rank(kind: &str, settings: &Path, done: &Path, logs: &Path) -> Result<()> {
     let (rank, size) = super::train::launcher_rank()?.context(
         "pipeline rank: no launcher's rank in the environment; it is started by srun --mpi=pmix (or mpirun)",
     )?;
@@ -348,7 +352,14 @@ async fn rank(settings: &Path, done: &Path, logs: &Path) -> Result<()> {
         size.map_or_else(|| "?".to_string(), |n| n.to_string()),
         host.trim()
     ));
-    if let Err(e) = shardline_pipeline::run::train_rank(&resolved, rank, size, done, &log).await {
+    let result = match kind {
+        "train" => shardline_pipeline::run::train_rank(&resolved, rank, size, done, &log).await,
+        "transform" => {
+            shardline_pipeline::run::transform_rank(&resolved, rank, size, done, &log).await
+        }
+        other => bail!("pipeline rank: --kind {other} is not train or transform"),
+    };
+    if let Err(e) = result {
         log.line(&format!("error: {}", e.message));
         bail!("pipeline rank {rank}: {}", e.message);
     }
@@ -588,10 +599,11 @@ pub async fn run(command: Command, ui: &Ui) -> Result<()> {
             state,
         } => step_job(&execution, &step, &run, &state).await,
         Command::Rank {
+            kind,
             settings,
             done,
             logs,
-        } => rank(&settings, &done, &logs).await,
+        } => rank(&kind, &settings, &done, &logs).await,
         Command::Validate { file } => {
             let def = load(&file)?;
             ui.say(format!(
