@@ -50,6 +50,30 @@ fn statuses(show: &serde_json::Value) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The log of one instance of a step of the last execution.
+fn step_log(
+    slurm: &Slurm<'_>,
+    t: &common::TestDir,
+    state: &str,
+    step: &str,
+    instance: &str,
+) -> String {
+    shardline(
+        slurm,
+        t,
+        &[
+            "logs",
+            "last",
+            step,
+            "--instance",
+            instance,
+            "--state",
+            state,
+        ],
+    )
+    .ok()
+}
+
 /// The jobs Slurm knows, in the order they were submitted, as (name, state, nodes).
 fn jobs(slurm: &Slurm<'_>) -> Vec<(String, String, String)> {
     let mut jobs: Vec<(u64, (String, String, String))> = slurm
@@ -172,54 +196,15 @@ fn the_quickstart_pipeline_runs_as_slurm_jobs_and_caches_as_locally() {
         .clone();
     assert_eq!(process["instances"], 3, "{process}");
     for instance in ["algo-1", "algo-2", "algo-3", "slurm"] {
-        let log = shardline(
-            &slurm,
-            &t,
-            &[
-                "logs",
-                "last",
-                "process",
-                "--instance",
-                instance,
-                "--state",
-                &state,
-            ],
-        )
-        .ok();
+        let log = step_log(&slurm, &t, &state, "process", instance);
         assert!(!log.is_empty(), "{instance}'s log is empty");
     }
     if cfg!(feature = "mpi") {
         // One rank per task, started by srun --mpi=pmix; three tasks do not fit on one node.
-        let log = shardline(
-            &slurm,
-            &t,
-            &[
-                "logs",
-                "last",
-                "train",
-                "--instance",
-                "algo-3",
-                "--state",
-                &state,
-            ],
-        )
-        .ok();
+        let log = step_log(&slurm, &t, &state, "train", "algo-3");
         assert!(log.contains("rank 2 of 3 on host h"), "{log}");
         // The transform's instances are tasks too: instance 3 predicted its own share.
-        let log = shardline(
-            &slurm,
-            &t,
-            &[
-                "logs",
-                "last",
-                "predict",
-                "--instance",
-                "algo-3",
-                "--state",
-                &state,
-            ],
-        )
-        .ok();
+        let log = step_log(&slurm, &t, &state, "predict", "algo-3");
         assert!(log.contains("rank 2 of 3 on host h"), "{log}");
         assert!(log.contains("algo-3: "), "{log}");
         let train = known
