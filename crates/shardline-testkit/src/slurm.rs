@@ -13,8 +13,8 @@
 //!
 //! and waits until every node is idle. Every program and client reads the configuration from
 //! `SLURM_CONF` ([`Slurm::env`]). Processes are tracked by pid (`proctrack/linuxproc`, no task
-//! plugin), so nothing needs cgroups beyond the plugin slurmd initialises at start: cgroup v2
-//! when the machine's hierarchy is unified, v1 otherwise.
+//! plugin), so nothing needs cgroups beyond the plugin slurmd initialises at start: cgroup v1,
+//! pointed at an empty folder of the harness's (whatever the machine's own hierarchy is).
 //!
 //! Teardown ([`Slurm::stop`] or `Drop`, which also runs while a failing test unwinds) cancels
 //! every job, stops the daemons (SIGTERM, then SIGKILL) and kills any step daemon left in the
@@ -166,13 +166,19 @@ KillWait=5
             "PartitionName=main Nodes=ALL Default=YES MaxTime=INFINITE State=UP"
         );
         std::fs::write(&self.conf, conf)?;
-        let unified = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
-        let cgroup = if unified {
-            "CgroupPlugin=cgroup/v2\nIgnoreSystemd=yes\n"
-        } else {
-            "CgroupPlugin=cgroup/v1\nCgroupMountpoint=/sys/fs/cgroup\n"
-        };
-        std::fs::write(self.dir.join("cgroup.conf"), cgroup)?;
+        // slurmd loads a cgroup plugin at start even when no plugin uses cgroups (process
+        // tracking by pid, no task plugin). Slurm 22.05 has no "disabled" plugin; v1's start
+        // touches nothing, so it is pointed at an empty folder of the harness's own: the
+        // machine's cgroup version (v1, hybrid or unified; writable or not) does not matter.
+        let cgroup_dir = self.dir.join("cgroup");
+        std::fs::create_dir_all(&cgroup_dir)?;
+        std::fs::write(
+            self.dir.join("cgroup.conf"),
+            format!(
+                "CgroupPlugin=cgroup/v1\nCgroupMountpoint={}\nCgroupAutomount=no\n",
+                cgroup_dir.display()
+            ),
+        )?;
         Ok(())
     }
 
