@@ -239,3 +239,95 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every container command of the exported SageMaker definition (the pipeline crate checks
+    /// that the export equals this golden file) is a command this binary accepts, with the
+    /// parameters at their defaults.
+    #[test]
+    fn the_exported_sagemaker_steps_are_commands_this_binary_accepts() {
+        let text = include_str!("../../shardline-pipeline/tests/data/quickstart.sagemaker.json");
+        let definition: serde_json::Value = serde_json::from_str(text).expect("json");
+        let defaults: std::collections::BTreeMap<String, String> = definition["Parameters"]
+            .as_array()
+            .expect("parameters")
+            .iter()
+            .map(|p| {
+                let value = match &p["DefaultValue"] {
+                    serde_json::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                (p["Name"].as_str().expect("name").to_string(), value)
+            })
+            .collect();
+        // A value as the container receives it: parameters and joins resolved.
+        fn resolve(
+            v: &serde_json::Value,
+            defaults: &std::collections::BTreeMap<String, String>,
+        ) -> String {
+            match v {
+                serde_json::Value::String(s) => s.clone(),
+                serde_json::Value::Object(o) if o.contains_key("Get") => {
+                    let name = o["Get"]
+                        .as_str()
+                        .unwrap_or("")
+                        .trim_start_matches("Parameters.");
+                    defaults
+                        .get(name)
+                        .cloned()
+                        .unwrap_or_else(|| panic!("no parameter {name}"))
+                }
+                serde_json::Value::Object(o) if o.contains_key("Std:Join") => {
+                    let join = &o["Std:Join"];
+                    join["Values"]
+                        .as_array()
+                        .expect("values")
+                        .iter()
+                        .map(|x| resolve(x, defaults))
+                        .collect::<Vec<_>>()
+                        .join(join["On"].as_str().unwrap_or(""))
+                }
+                other => panic!("an argument SageMaker cannot pass: {other}"),
+            }
+        }
+        let mut checked = 0;
+        let mut steps: Vec<serde_json::Value> =
+            definition["Steps"].as_array().expect("steps").clone();
+        while let Some(step) = steps.pop() {
+            let arguments = &step["Arguments"];
+            for branch in ["IfSteps", "ElseSteps"] {
+                if let Some(nested) = arguments[branch].as_array() {
+                    steps.extend(nested.iter().cloned());
+                }
+            }
+            let spec = if arguments["AppSpecification"].is_object() {
+                &arguments["AppSpecification"]
+            } else {
+                &arguments["AlgorithmSpecification"]
+            };
+            let Some(entry) = spec["ContainerEntrypoint"].as_array() else {
+                continue;
+            };
+            let mut argv: Vec<String> = entry.iter().map(|v| resolve(v, &defaults)).collect();
+            argv.extend(
+                spec["ContainerArguments"]
+                    .as_array()
+                    .map(|a| a.iter().map(|v| resolve(v, &defaults)).collect::<Vec<_>>())
+                    .unwrap_or_default(),
+            );
+            assert_eq!(argv[0], "shardline", "{argv:?}");
+            if let Err(e) = Cli::try_parse_from(&argv) {
+                panic!(
+                    "step {}: `{}` is refused:\n{e}",
+                    step["Name"],
+                    argv.join(" ")
+                );
+            }
+            checked += 1;
+        }
+        assert!(checked >= 4, "only {checked} container steps");
+    }
+}
