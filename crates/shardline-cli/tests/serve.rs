@@ -555,3 +555,25 @@ fn a_transform_run_as_one_process_per_instance_equals_the_threaded_one() {
     }
     assert_eq!(b["instances"].as_array().map(Vec::len), Some(3));
 }
+
+/// A transform whose model cannot be used says so as the transform, naming the model.
+#[test]
+fn a_transform_of_a_missing_model_names_it_as_the_transform() {
+    let t = TestDir::new();
+    let err = t
+        .run(&[
+            "transform",
+            "--model",
+            "nomodel",
+            "--manifest",
+            "x.manifest",
+            "--out",
+            "o",
+        ])
+        .fails();
+    assert!(
+        err.contains("transform: input model nomodel: holds neither model.json nor model.tar.gz"),
+        "{err}"
+    );
+    assert!(!err.contains("serve:"), "{err}");
+}

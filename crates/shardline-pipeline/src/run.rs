@@ -810,6 +810,7 @@ async fn transform_run(
         .await
         .map_err(|e| match e {
             shardline_serve::Error::Transform(m) => StepError::invalid(m),
+            e @ shardline_serve::Error::BadInput { .. } => StepError::invalid(e.to_string()),
             other => StepError::infra(other),
         })?;
     log.line(&format!(

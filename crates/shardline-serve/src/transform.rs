@@ -233,6 +233,27 @@ pub async fn run(
     config: &TransformConfig,
     progress: &dyn Progress,
 ) -> Result<TransformReport, Error> {
+    run_job(config, progress).await.map_err(as_transform)
+}
+
+/// The errors the transform shares with the endpoint (loading the model) said as the
+/// transform's: `transform: input model URL: ...`, not `serve: ...`.
+fn as_transform(e: Error) -> Error {
+    match e {
+        Error::BadModel { url, reason } => Error::BadInput {
+            input: format!("model {url}"),
+            reason,
+        },
+        Error::Load(message) => Error::Transform(format!("the model failed to load: {message}")),
+        Error::BadConfig(message) => Error::Transform(message),
+        other => other,
+    }
+}
+
+async fn run_job(
+    config: &TransformConfig,
+    progress: &dyn Progress,
+) -> Result<TransformReport, Error> {
     if config.instances == 0 {
         return Err(setting("instances", "must be at least 1"));
     }
