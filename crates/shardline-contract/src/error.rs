@@ -20,7 +20,7 @@ pub enum Error {
         reason: String,
     },
     /// An output location cannot be used by this stage.
-    #[error("{stage}: --out {uri} {reason}")]
+    #[error("{stage}: `out` {uri} {reason}")]
     Refused {
         /// The stage that was asked to write there.
         stage: &'static str,
