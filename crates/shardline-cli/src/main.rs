@@ -27,7 +27,7 @@ use tracing_subscriber::EnvFilter;
     propagate_version = true,
     max_term_width = 100
 )]
-struct Cli {
+pub(crate) struct Cli {
     /// Print nothing but errors (no progress bars, no summary).
     #[arg(short, long, global = true)]
     quiet: bool,

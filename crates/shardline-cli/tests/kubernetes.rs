@@ -75,8 +75,8 @@ fn processing_is_an_indexed_job_that_passes_the_strict_schemas() {
         "--out",
         &file,
         "--",
-        "--train",
-        "s3://lake/manifests/train.manifest",
+        "--input",
+        "train=s3://lake/manifests/train.manifest",
         "--out",
         "s3://lake/processed",
     ])
@@ -102,8 +102,8 @@ fn processing_is_an_indexed_job_that_passes_the_strict_schemas() {
         [
             "shardline",
             "process",
-            "--train",
-            "s3://lake/manifests/train.manifest",
+            "--input",
+            "train=s3://lake/manifests/train.manifest",
             "--out",
             "s3://lake/processed"
         ]
@@ -225,8 +225,114 @@ fn a_transform_is_an_indexed_job_too() {
 #[test]
 fn launch_files_refuse_what_pods_cannot_run() {
     let t = common::TestDir::new();
-    let err = t
-        .run(&[
+    let refused = |args: &[&str], needle: &str| {
+        let mut argv = vec!["launch", "kubernetes"];
+        argv.extend_from_slice(args);
+        let err = t.run(&argv).fails();
+        assert!(err.contains(needle), "{args:?}: {err}");
+    };
+    let process = |extra: &[&str], stage: &[&str], needle: &str| {
+        let mut args = vec!["process", "--name", "p", "--image", "i"];
+        args.extend_from_slice(extra);
+        args.push("--");
+        args.extend_from_slice(stage);
+        refused(&args, needle);
+    };
+    let input = ["--input", "train=s3://l/t.manifest"];
+    process(
+        &[],
+        &["--input", "train=s3://l/t.manifest", "--out", "processed"],
+        "--out processed is not an s3:// location, and pods share no file system",
+    );
+    process(
+        &[],
+        &[
+            "--input",
+            "train=file:///data/t.manifest",
+            "--out",
+            "s3://l/o",
+        ],
+        "--input train=file:///data/t.manifest is not an s3:// location",
+    );
+    process(
+        &[],
+        &["--input", "train=s3://l/t.manifest", "--out", "memory://x"],
+        "--out memory://x is not an s3:// location",
+    );
+    // Flags `shardline process` does not take would fail every pod.
+    process(
+        &[],
+        &["--train", "s3://l/t.manifest", "--out", "s3://l/o"],
+        "are not ones `shardline process` takes",
+    );
+    let mut with_instances = input.to_vec();
+    with_instances.extend(["--out", "s3://l/o", "--instances", "3"]);
+    process(
+        &["--instances", "4"],
+        &with_instances,
+        "give --instances before `--`",
+    );
+    let mut ok = input.to_vec();
+    ok.extend(["--out", "s3://l/o"]);
+    process(
+        &["--workers", "3"],
+        &ok,
+        "--workers and --slots-per-worker are for train",
+    );
+    process(
+        &["--env", "SHARDLINE_WORLD_SIZE=7"],
+        &ok,
+        "is set by the launch file",
+    );
+    process(
+        &["--env", "1ABC=x"],
+        &ok,
+        "is not an environment variable name",
+    );
+    let mut named = vec!["process", "--name", "Shapes_1", "--image", "i", "--"];
+    named.extend_from_slice(&ok);
+    refused(&named, "\"Shapes_1\" is not a Kubernetes name");
+    let train = |extra: &[&str], stage: &[&str], needle: &str| {
+        let mut args = vec!["train", "--name", "t", "--image", "i"];
+        args.extend_from_slice(extra);
+        args.push("--");
+        args.extend_from_slice(stage);
+        refused(&args, needle);
+    };
+    train(
+        &[],
+        &["--data", "s3://l/p", "--out", "s3://l/m", "--workers", "4"],
+        "give --workers before `--`",
+    );
+    train(
+        &["--instances", "5"],
+        &["--data", "s3://l/p", "--out", "s3://l/m"],
+        "--instances is for process and transform",
+    );
+    train(
+        &[],
+        &[
+            "--data",
+            "s3://l/p",
+            "--out",
+            "s3://l/m",
+            "--model-config",
+            "cfg.json",
+        ],
+        "--model-config cfg.json is not an s3:// location",
+    );
+    // Nothing was written on refusal.
+    assert!(std::fs::read_dir(t.dir.path()).unwrap().next().is_none());
+}
+
+/// `--out` names a file the way a user expects: a link is followed (its target replaced), a
+/// device such as /dev/stdout is written to, and a new file is readable by others (0644).
+#[test]
+fn launch_files_follow_links_and_write_to_devices() {
+    use std::os::unix::fs::PermissionsExt;
+    let t = common::TestDir::new();
+    let args = |out: &str| -> Vec<String> {
+        [
             "launch",
             "kubernetes",
             "process",
@@ -234,54 +340,45 @@ fn launch_files_refuse_what_pods_cannot_run() {
             "p",
             "--image",
             "i",
-            "--",
-            "--train",
-            "s3://l/t.manifest",
             "--out",
-            "processed",
-        ])
-        .fails();
-    assert!(
-        err.contains("--out processed is a local path, and pods share no file system"),
-        "{err}"
-    );
-    let err = t
-        .run(&[
-            "launch",
-            "kubernetes",
-            "process",
-            "--name",
-            "Shapes_1",
-            "--image",
-            "i",
+            out,
             "--",
+            "--input",
+            "train=s3://l/t.manifest",
             "--out",
             "s3://l/o",
-        ])
-        .fails();
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let run = |out: &str| {
+        let a = args(out);
+        t.run(&a.iter().map(String::as_str).collect::<Vec<_>>())
+            .ok()
+    };
+    run(&t.arg("new.yaml"));
+    let mode = std::fs::metadata(t.path("new.yaml"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o644);
+    std::fs::write(t.path("target.yaml"), "old").unwrap();
+    std::os::unix::fs::symlink(t.path("target.yaml"), t.path("link.yaml")).unwrap();
+    run(&t.arg("link.yaml"));
     assert!(
-        err.contains("\"Shapes_1\" is not a Kubernetes name"),
-        "{err}"
+        std::fs::symlink_metadata(t.path("link.yaml"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
     );
-    let err = t
-        .run(&[
-            "launch",
-            "kubernetes",
-            "train",
-            "--name",
-            "t",
-            "--image",
-            "i",
-            "--",
-            "--data",
-            "s3://l/p",
-            "--out",
-            "s3://l/m",
-            "--workers",
-            "4",
-        ])
-        .fails();
-    assert!(err.contains("give --workers before `--`"), "{err}");
-    // Nothing was written on refusal.
-    assert!(std::fs::read_dir(t.dir.path()).unwrap().next().is_none());
+    assert!(
+        std::fs::read_to_string(t.path("target.yaml"))
+            .unwrap()
+            .contains("kind: Job")
+    );
+    // A device is written to, not replaced.
+    run("/dev/null");
+    assert!(!std::fs::metadata("/dev/null").unwrap().is_file());
 }

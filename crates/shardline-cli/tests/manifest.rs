@@ -442,7 +442,7 @@ fn a_reader_that_goes_away_does_not_break_the_step() {
 fn large_channels_are_written_in_parts_that_every_command_takes() {
     let t = TestDir::new();
     t.shapes("data", 3, 20);
-    let manifest = |out: &str, extra: &[&str]| {
+    let manifest_run = |out: &str, extra: &[&str]| {
         let mut args = vec![
             "manifest",
             "--source",
@@ -453,8 +453,9 @@ fn large_channels_are_written_in_parts_that_every_command_takes() {
             "train=0.5,validation=0.25,test=0.25",
         ];
         args.extend_from_slice(extra);
-        t.run(&args).ok()
+        t.run(&args)
     };
+    let manifest = |out: &str, extra: &[&str]| manifest_run(out, extra).ok();
     manifest("whole", &[]);
     manifest("parts", &["--part-keys", "7"]);
     let index = json_file(t.path("parts/train.manifest"));
@@ -508,5 +509,15 @@ fn large_channels_are_written_in_parts_that_every_command_takes() {
     // A rerun reads its parts back and keeps every object's channel.
     let again = manifest("parts", &["--part-keys", "7"]);
     assert!(!again.contains("error"), "{again}");
+    assert_eq!(json_file(t.path("parts/train.manifest")), index);
+    // A part deleted behind the step's back: refused, and rebuilt with --force.
+    std::fs::remove_file(t.path("parts/train.manifest.part-00001")).unwrap();
+    let err = manifest_run("parts", &["--part-keys", "7"]).fails();
+    assert!(
+        err.contains("train.manifest in") && err.contains("--force rebuilds"),
+        "{err}"
+    );
+    manifest("parts", &["--part-keys", "7", "--force"]);
+    assert!(t.path("parts/train.manifest.part-00001").exists());
     assert_eq!(json_file(t.path("parts/train.manifest")), index);
 }

@@ -288,8 +288,13 @@ fn scalar(v: &Value) -> String {
             if plain {
                 s.clone()
             } else {
-                // A JSON string is a YAML double-quoted scalar.
-                Value::String(s.clone()).to_string()
+                // A JSON string is a YAML double-quoted scalar, but for the characters YAML also
+                // reads as line breaks, which JSON leaves unescaped: YAML's own escapes.
+                Value::String(s.clone())
+                    .to_string()
+                    .replace('\u{85}', "\\N")
+                    .replace('\u{2028}', "\\L")
+                    .replace('\u{2029}', "\\P")
             }
         }
         other => other.to_string(),
@@ -415,6 +420,10 @@ mod tests {
     fn yaml_quotes_what_would_change_meaning() {
         let doc = json!({"a": "true", "b": "1", "c": "plain-word", "d": ["x", {"k": "v", "n": 2}], "e": {}, "f": "a b: c"});
         let text = to_yaml(&[doc]);
+        assert_eq!(
+            to_yaml(&[json!({"k": "a\u{85}b\u{2028}c"})]),
+            "k: \"a\\Nb\\Lc\"\n"
+        );
         assert_eq!(
             text,
             "a: \"true\"\nb: \"1\"\nc: plain-word\nd:\n- x\n- k: v\n  \"n\": 2\ne: {}\nf: \"a b: c\"\n"

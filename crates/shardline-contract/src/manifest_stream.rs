@@ -311,7 +311,27 @@ pub async fn read_manifest(store: &Store, name: &str) -> Result<(Manifest, Vec<u
         Some((dir, _)) => format!("{dir}/"),
         None => String::new(),
     };
-    let mut keys = Vec::with_capacity(index.keys as usize);
+    let prefix = if index.prefix.ends_with('/') {
+        index.prefix.clone()
+    } else {
+        format!("{}/", index.prefix)
+    };
+    let parts_total: u64 = index
+        .parts
+        .iter()
+        .map(|p| p.keys)
+        .fold(0, u64::saturating_add);
+    if parts_total != index.keys {
+        return Err(Error::BadManifest {
+            uri: uri.clone(),
+            reason: format!(
+                "says it holds {} keys, but its parts hold {parts_total}; rewrite the manifest",
+                index.keys
+            ),
+        });
+    }
+    // Sized by what the parts turn out to hold, not by a number from the file.
+    let mut keys = Vec::new();
     for part in &index.parts {
         let key = format!("{dir}{}", part.manifest);
         let part_uri = store.uri_of(&key);
@@ -329,6 +349,15 @@ pub async fn read_manifest(store: &Store, name: &str) -> Result<(Manifest, Vec<u
             });
         }
         let m = parse_manifest(&part_uri, &body)?;
+        if m.prefix != prefix {
+            return Err(Error::BadManifest {
+                uri: part_uri,
+                reason: format!(
+                    "has the prefix {}, the index {prefix}; rewrite the manifest",
+                    m.prefix
+                ),
+            });
+        }
         if m.keys.len() as u64 != part.keys {
             return Err(Error::BadManifest {
                 uri: part_uri,
@@ -337,11 +366,6 @@ pub async fn read_manifest(store: &Store, name: &str) -> Result<(Manifest, Vec<u
         }
         keys.extend(m.keys);
     }
-    let prefix = if index.prefix.ends_with('/') {
-        index.prefix.clone()
-    } else {
-        format!("{}/", index.prefix)
-    };
     Ok((Manifest { prefix, keys }, bytes))
 }
 
@@ -421,6 +445,15 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("train.manifest.part-00001"), "{err}");
+        // An index whose total is not its parts' is refused (and never sized from the file).
+        let mut wrong = index.clone();
+        wrong.keys = u64::MAX;
+        std::fs::write(dir.path().join("wrong.manifest"), index_bytes(&wrong)).unwrap();
+        let err = read_manifest(&store, "wrong.manifest")
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("but its parts hold 10"), "{err}");
         // A plain manifest reads as before; an augmented one is not an index.
         std::fs::write(
             dir.path().join("plain.manifest"),

@@ -387,7 +387,17 @@ async fn read_existing(
                 file: name,
             });
         }
-        let (manifest, _) = shardline_contract::manifest_stream::read_manifest(out, &name).await?;
+        let manifest = match shardline_contract::manifest_stream::read_manifest(out, &name).await {
+            Ok((manifest, _)) => manifest,
+            // A part changed or deleted since the commit: rebuilt from scratch with force.
+            Err(_) if config.force => return Ok(None),
+            Err(_) => {
+                return Err(Error::OutputTampered {
+                    out_uri: out.uri(),
+                    file: name,
+                });
+            }
+        };
         channels.extend(manifest.keys.into_iter().map(|key| (key, channel)));
     }
     Ok(Some(Existing {

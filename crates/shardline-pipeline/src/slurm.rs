@@ -317,6 +317,7 @@ impl Run<'_> {
         let mut ended: BTreeMap<String, State> = BTreeMap::new();
         let mut failed: Option<String> = None;
         let mut gone_polls: BTreeMap<String, u32> = BTreeMap::new();
+        let mut unreachable: Option<String> = None;
         while ended.len() < def.steps.len() {
             let known = tokio::select! {
                 s = states(&submitted) => s,
@@ -325,14 +326,27 @@ impl Run<'_> {
                     return self.stopped(&jobs, &ended).await;
                 }
             };
-            let known = match known {
-                Ok(k) => k,
+            // A controller that cannot be asked says nothing about the jobs: they are neither
+            // gone nor ended, and are asked about again (Ctrl-C cancels them).
+            let (known, answered) = match known {
+                Ok(k) => {
+                    if unreachable.take().is_some() {
+                        self.emit(Event::Line {
+                            step: String::new(),
+                            text: "squeue answers again".into(),
+                        });
+                    }
+                    (k, true)
+                }
                 Err(e) => {
-                    self.emit(Event::Line {
-                        step: String::new(),
-                        text: format!("squeue: {e}; asking again"),
-                    });
-                    BTreeMap::new()
+                    if unreachable.is_none() {
+                        self.emit(Event::Line {
+                            step: String::new(),
+                            text: format!("squeue: {e}; asking again until it answers"),
+                        });
+                    }
+                    unreachable.get_or_insert(e);
+                    (BTreeMap::new(), false)
                 }
             };
             let rows = self.rows()?;
@@ -358,12 +372,14 @@ impl Run<'_> {
                 let job_state = known.get(job);
                 let job_over = match job_state {
                     Some(j) => terminal(&j.state),
-                    // Purged from the controller (or not yet visible): over after a few polls.
-                    None => {
+                    // Purged from the controller (or not yet visible): over after a few polls
+                    // that the controller answered.
+                    None if answered => {
                         let n = gone_polls.entry(job.clone()).or_default();
                         *n += 1;
                         *n > 5
                     }
+                    None => false,
                 };
                 let state = if finished(row) {
                     state_of(row)

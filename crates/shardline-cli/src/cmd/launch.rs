@@ -39,18 +39,18 @@ pub struct KubernetesArgs {
     /// The container image with the `shardline` binary (for train also Open MPI and sshd).
     #[arg(long, value_name = "IMAGE")]
     pub image: String,
-    /// Processing or transform instances: pods of the Indexed Job.
-    #[arg(long, default_value_t = 2)]
-    pub instances: usize,
+    /// Processing or transform instances: pods of the Indexed Job [default: 2].
+    #[arg(long)]
+    pub instances: Option<usize>,
     /// More tries of a failed instance, on its own share (backoffLimitPerIndex).
     #[arg(long, default_value_t = 2)]
     pub retries: u32,
-    /// Training worker pods.
-    #[arg(long, default_value_t = 2)]
-    pub workers: usize,
-    /// MPI ranks per worker pod.
-    #[arg(long, default_value_t = 1)]
-    pub slots_per_worker: usize,
+    /// Training worker pods [default: 2].
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// MPI ranks per worker pod [default: 1].
+    #[arg(long)]
+    pub slots_per_worker: Option<usize>,
     /// The namespace.
     #[arg(long)]
     pub namespace: Option<String>,
@@ -96,34 +96,112 @@ fn flag_values<'a>(args: &'a [String], flag: &str) -> Vec<&'a str> {
     found
 }
 
-fn check_args(args: &KubernetesArgs) -> Result<()> {
-    let (stage, paths): (&str, &[&str]) = match args.stage {
-        Stage::Process => (
-            "process",
-            &["--out", "--train", "--validation", "--test", "--input"],
-        ),
-        Stage::Train => ("train", &["--out", "--data"]),
-        // A transform's --model may be a registered NAME:VERSION.
-        Stage::Transform => ("transform", &["--out", "--manifest"]),
+/// Whether a location is one a pod can reach without a shared volume: an S3 URI.
+fn remote(value: &str) -> bool {
+    value.starts_with("s3://")
+}
+
+fn check_args(args: &KubernetesArgs, env: &[(String, String)]) -> Result<()> {
+    let stage = match args.stage {
+        Stage::Process => "process",
+        Stage::Train => "train",
+        Stage::Transform => "transform",
     };
-    if !flag_values(&args.args, "--out").iter().any(|_| true) {
+    // The pods run `shardline STAGE FLAGS`: flags it refuses would fail every pod.
+    let argv: Vec<String> = ["shardline".to_string(), stage.to_string()]
+        .into_iter()
+        .chain(args.args.iter().cloned())
+        .collect();
+    if let Err(e) = <crate::Cli as clap::Parser>::try_parse_from(&argv) {
+        bail!(
+            "launch: the flags after `--` are not ones `shardline {stage}` takes, so every pod would fail:\n{}",
+            e.to_string().trim_end()
+        );
+    }
+    if flag_values(&args.args, "--out").is_empty() {
         bail!(
             "launch: the stage's flags after `--` name no --out; e.g. `-- --out s3://bucket/{stage}-out ...`"
         );
     }
-    if args.stage == Stage::Train && !flag_values(&args.args, "--workers").is_empty() {
-        bail!(
-            "launch: --workers after `--` trains in-process inside one pod; the MPIJob's ranks are its worker pods: give --workers before `--`"
-        );
+    // What the launch file itself sets.
+    match args.stage {
+        Stage::Train => {
+            if !flag_values(&args.args, "--workers").is_empty() {
+                bail!(
+                    "launch: --workers after `--` trains in-process inside one pod; the MPIJob's ranks are its worker pods: give --workers before `--`"
+                );
+            }
+            if args.instances.is_some() {
+                bail!(
+                    "launch: --instances is for process and transform; a training MPIJob takes --workers (and --slots-per-worker)"
+                );
+            }
+        }
+        Stage::Process | Stage::Transform => {
+            if !flag_values(&args.args, "--instances").is_empty() {
+                bail!(
+                    "launch: --instances after `--` would disagree with the Job's pods; give --instances before `--` (it sets the pods and the world size)"
+                );
+            }
+            if args.workers.is_some() || args.slots_per_worker.is_some() {
+                bail!(
+                    "launch: --workers and --slots-per-worker are for train; {stage} takes --instances"
+                );
+            }
+        }
     }
-    if !args.allow_local_paths {
-        for flag in paths {
-            for value in flag_values(&args.args, flag) {
-                if !value.contains("://") {
-                    bail!(
-                        "launch: {flag} {value} is a local path, and pods share no file system; use s3:// locations, or mount a shared volume and pass --allow-local-paths"
-                    );
-                }
+    for (name, _) in env {
+        let valid = name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid {
+            bail!(
+                "launch: --env {name:?} is not an environment variable name (letters, digits and _, not starting with a digit)"
+            );
+        }
+        if matches!(
+            name.as_str(),
+            "SHARDLINE_WORLD_SIZE" | "JOB_COMPLETION_INDEX" | "SHARDLINE_RANK"
+        ) || name.starts_with("OMPI_")
+        {
+            bail!(
+                "launch: --env {name} is set by the launch file (the world size, the rank, MPI's settings); leave it out"
+            );
+        }
+    }
+    if args.allow_local_paths {
+        return Ok(());
+    }
+    // Locations the pods read or write, by flag: (flag, value is CHANNEL=URL).
+    let paths: &[(&str, bool)] = match args.stage {
+        Stage::Process => &[("--out", false), ("--input", true)],
+        Stage::Train => &[
+            ("--out", false),
+            ("--data", false),
+            ("--channel", true),
+            ("--model-config", false),
+        ],
+        Stage::Transform => &[
+            ("--out", false),
+            ("--manifest", false),
+            ("--registry", false),
+            ("--model", false),
+        ],
+    };
+    for (flag, named) in paths {
+        for value in flag_values(&args.args, flag) {
+            let location = if *named {
+                value.split_once('=').map_or(value, |(_, url)| url)
+            } else {
+                value
+            };
+            // A transform's model may be a registered NAME:VERSION (no slash).
+            if *flag == "--model" && !location.contains('/') {
+                continue;
+            }
+            if !remote(location) {
+                bail!(
+                    "launch: {flag} {value} is not an s3:// location, and pods share no file system (file:// and memory:// are each pod's own); use s3:// locations, or mount a shared volume and pass --allow-local-paths"
+                );
             }
         }
     }
@@ -133,8 +211,7 @@ fn check_args(args: &KubernetesArgs) -> Result<()> {
 /// Runs `launch`.
 pub async fn run(command: Command, ui: &Ui) -> Result<()> {
     let Command::Kubernetes(args) = command;
-    check_args(&args)?;
-    let env = args
+    let env: Vec<(String, String)> = args
         .env
         .iter()
         .map(|kv| {
@@ -143,6 +220,12 @@ pub async fn run(command: Command, ui: &Ui) -> Result<()> {
                 .with_context(|| format!("launch: --env {kv:?} is not KEY=VALUE"))
         })
         .collect::<Result<Vec<_>>>()?;
+    check_args(&args, &env)?;
+    let (instances, workers, slots) = (
+        args.instances.unwrap_or(2),
+        args.workers.unwrap_or(2),
+        args.slots_per_worker.unwrap_or(1),
+    );
     let stage = match args.stage {
         Stage::Process => "process",
         Stage::Train => "train",
@@ -163,22 +246,18 @@ pub async fn run(command: Command, ui: &Ui) -> Result<()> {
     };
     let (docs, what) = match args.stage {
         Stage::Process | Stage::Transform => (
-            kubernetes::indexed_job(&workload, args.instances, args.retries)?,
+            kubernetes::indexed_job(&workload, instances, args.retries)?,
             format!(
                 "an Indexed Job of {} pods and its headless Service",
-                args.instances
+                instances
             ),
         ),
         Stage::Train => (
-            vec![kubernetes::mpijob(
-                &workload,
-                args.workers,
-                args.slots_per_worker,
-            )?],
+            vec![kubernetes::mpijob(&workload, workers, slots)?],
             format!(
                 "an MPIJob of {} worker pods ({} ranks)",
-                args.workers,
-                args.workers * args.slots_per_worker
+                workers,
+                workers * slots
             ),
         ),
     };
@@ -192,7 +271,7 @@ pub async fn run(command: Command, ui: &Ui) -> Result<()> {
                 path.display()
             ));
         }
-        None => print!("{text}"),
+        None => super::pipeline::print_text(&text)?,
     }
     Ok(())
 }

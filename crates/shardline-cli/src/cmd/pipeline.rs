@@ -209,7 +209,26 @@ pub enum ExportTarget {
 /// Writes `text` to `path` through a temporary file in the same folder, renamed into place.
 pub(crate) fn write_atomically(path: &Path, text: &str) -> Result<()> {
     use std::io::Write;
-    let dir = match path.parent() {
+    use std::os::unix::fs::PermissionsExt;
+    // A link is followed (the file it names is replaced, not the link); what is not a regular
+    // file (a terminal, a pipe, /dev/stdout) is written to as it is, since it cannot be renamed
+    // over.
+    let target = match std::fs::canonicalize(path) {
+        Ok(real) => real,
+        Err(_) => path.to_path_buf(),
+    };
+    if let Ok(meta) = std::fs::metadata(&target)
+        && !meta.is_file()
+    {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&target)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        return file
+            .write_all(text.as_bytes())
+            .with_context(|| format!("cannot write {}", path.display()));
+    }
+    let dir = match target.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
@@ -217,9 +236,22 @@ pub(crate) fn write_atomically(path: &Path, text: &str) -> Result<()> {
         .with_context(|| format!("cannot write in {}", dir.display()))?;
     tmp.write_all(text.as_bytes())
         .with_context(|| format!("cannot write {}", path.display()))?;
-    tmp.persist(path)
+    // The file keeps the mode of the one it replaces, or gets the usual 0644.
+    let mode = std::fs::metadata(&target).map_or(0o644, |m| m.permissions().mode() & 0o7777);
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    tmp.persist(&target)
         .with_context(|| format!("cannot rename into {}", path.display()))?;
     Ok(())
+}
+
+/// Prints `text` on stdout; a closed or full stdout is an error, not a panic.
+pub(crate) fn print_text(text: &str) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .context("cannot write to standard output")
 }
 
 /// Flags of `shardline logs`.
@@ -588,7 +620,7 @@ pub async fn run(command: Command, ui: &Ui) -> Result<()> {
                         path.display()
                     ));
                 }
-                None => print!("{text}"),
+                None => print_text(&text)?,
             }
             Ok(())
         }
