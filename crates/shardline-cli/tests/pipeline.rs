@@ -710,3 +710,44 @@ split = "train=0.5,validation=0.25,test=0.25"
         "{stdout}"
     );
 }
+
+/// `--sbatch-arg` may add to every step's job, not override what the Slurm engine sets itself.
+#[test]
+fn sbatch_args_cannot_override_the_engine() {
+    let t = common::TestDir::new();
+    let quickstart = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/quickstart.toml"
+    );
+    for (arg, flag) in [
+        ("--output=/tmp/x.out", "--output"),
+        ("--dependency=afterany:1", "--dependency"),
+        ("-n9", "-n9"),
+    ] {
+        let err = t
+            .run(&[
+                "pipeline",
+                "run",
+                quickstart,
+                "--engine",
+                "slurm",
+                &format!("--sbatch-arg={arg}"),
+            ])
+            .fails();
+        assert!(
+            err.contains("the Slurm engine sets") && err.contains(flag),
+            "{arg}: {err}"
+        );
+    }
+    let err = t
+        .run(&[
+            "pipeline",
+            "run",
+            quickstart,
+            "--sbatch-arg=--partition=cpu",
+        ])
+        .fails();
+    assert!(err.contains("--sbatch-arg needs --engine slurm"), "{err}");
+    // Refused before anything is recorded.
+    assert!(!t.path(".shardline").exists());
+}

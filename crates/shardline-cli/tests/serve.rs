@@ -577,3 +577,40 @@ fn a_transform_of_a_missing_model_names_it_as_the_transform() {
     );
     assert!(!err.contains("serve:"), "{err}");
 }
+
+/// Instance 0 of a launcher's transform whose other instances never come gives up after
+/// `--wait-timeout`, naming them and what to do.
+#[test]
+fn instance_zero_waits_for_the_others_only_as_long_as_it_is_told() {
+    let t = TestDir::new();
+    model(&t);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_shardline"))
+        .args([
+            "transform",
+            "--model",
+            "model",
+            "--manifest",
+            "m/validation.manifest",
+            "--out",
+            "alone",
+            "--wait-timeout",
+            "1",
+        ])
+        .current_dir(t.dir.path())
+        .env("JOB_COMPLETION_INDEX", "0")
+        .env("SHARDLINE_WORLD_SIZE", "3")
+        .output()
+        .expect("transform");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("waiting (at most 1 s) for 2 other instance(s)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("instances algo-2, algo-3 did not finish within 1 s"),
+        "{text}"
+    );
+    assert!(!t.path("alone/summary.json").exists());
+}

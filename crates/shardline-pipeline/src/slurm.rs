@@ -285,7 +285,10 @@ impl Run<'_> {
                 Ok(out) => out.trim().split(';').next().unwrap_or("").to_string(),
                 Err(e) => {
                     self.cancel(&submitted).await;
-                    let message = format!("submitting step `{}`: {e}", step.name);
+                    let message = format!(
+                        "submitting step `{}`: {e}; is a Slurm cluster reachable from here (`sinfo` answers), with SLURM_CONF set if its configuration is not the default?",
+                        step.name
+                    );
                     self.db
                         .set_execution_status(&self.exec_id, "failed", Some(&message))?;
                     return Err(Error::Usage(message));

@@ -202,7 +202,8 @@ async fn wait_for_others(
         }
         if !told {
             progress.message(&format!(
-                "waiting for {} other instance(s) to finish: {}",
+                "waiting (at most {} s) for {} other instance(s) to finish: {}",
+                config.wait_s,
                 waiting.len(),
                 waiting
                     .iter()

@@ -80,13 +80,49 @@ impl EngineArgs {
                 }
                 Engine::Local
             }
-            EngineArg::Slurm => Engine::Slurm(SlurmEngine {
-                program: std::env::current_exe()
-                    .context("pipeline: cannot find this executable")?,
-                sbatch_args: self.sbatch_args.clone(),
-                mpi: cfg!(feature = "mpi"),
-                poll: Duration::from_millis(500),
-            }),
+            EngineArg::Slurm => {
+                // What the engine sets for every step's job: overriding it would lose the logs,
+                // the dependency chain or the task count.
+                const SET: &[&str] = &[
+                    "--output",
+                    "-o",
+                    "--dependency",
+                    "-d",
+                    "--ntasks",
+                    "-n",
+                    "--chdir",
+                    "-D",
+                    "--job-name",
+                    "-J",
+                    "--kill-on-invalid-dep",
+                    "--parsable",
+                ];
+                for arg in &self.sbatch_args {
+                    let flag = arg.split_once('=').map_or(arg.as_str(), |(f, _)| f);
+                    if arg.trim().is_empty() {
+                        bail!(
+                            "pipeline: an empty --sbatch-arg; give sbatch options such as --sbatch-arg=--partition=cpu"
+                        );
+                    }
+                    if SET.contains(&flag)
+                        || (flag.len() > 2
+                            && SET.iter().any(|s| {
+                                s.len() == 2 && flag.starts_with(s) && !flag.starts_with("--")
+                            }))
+                    {
+                        bail!(
+                            "pipeline: --sbatch-arg={arg}: the Slurm engine sets {flag} for every step's job (logs, dependencies, tasks); leave it out"
+                        );
+                    }
+                }
+                Engine::Slurm(SlurmEngine {
+                    program: std::env::current_exe()
+                        .context("pipeline: cannot find this executable")?,
+                    sbatch_args: self.sbatch_args.clone(),
+                    mpi: cfg!(feature = "mpi"),
+                    poll: Duration::from_millis(500),
+                })
+            }
         })
     }
 }

@@ -40,6 +40,9 @@ pub struct Args {
     /// The device of the model threads: cpu, or cuda / wgpu in a build with that feature.
     #[arg(long, default_value_t = ClassifierOptions::default().device)]
     pub device: String,
+    /// Instance 0 of a launcher's job: how long to wait for the other instances' records.
+    #[arg(long, default_value_t = TransformConfig::default().wait_s, value_name = "SECONDS")]
+    pub wait_timeout: u64,
 }
 
 /// Resolves the model and runs the transform.
@@ -77,7 +80,7 @@ pub async fn run(args: Args, ui: &Ui) -> Result<()> {
             device: args.device,
             ..ClassifierOptions::default()
         },
-        ..TransformConfig::default()
+        wait_s: args.wait_timeout,
     };
     let report = transform::run(&config, &Lines { ui }).await?;
     ui.say(format!(
