@@ -751,3 +751,30 @@ fn sbatch_args_cannot_override_the_engine() {
     // Refused before anything is recorded.
     assert!(!t.path(".shardline").exists());
 }
+
+/// A manifest step's `part_keys` of 0 is refused by name, as the CLI's `--part-keys 0` is.
+#[test]
+fn a_manifest_step_with_no_keys_per_part_is_refused() {
+    let t = common::TestDir::new();
+    std::fs::write(
+        t.path("p.toml"),
+        r#"name = "parts"
+
+[steps.data]
+kind = "datagen"
+out = "data"
+classes = 2
+per_class = 20
+size = 16
+
+[steps.manifests]
+kind = "manifest"
+source = "{{ steps.data.outputs.out }}"
+out = "m"
+part_keys = 0
+"#,
+    )
+    .unwrap();
+    let err = t.run(&["pipeline", "run", "p.toml"]).fails();
+    assert!(err.contains("`part_keys` must be at least 1"), "{err}");
+}

@@ -614,3 +614,25 @@ fn instance_zero_waits_for_the_others_only_as_long_as_it_is_told() {
     );
     assert!(!t.path("alone/summary.json").exists());
 }
+
+/// A transform of a manifest that is not there names it as the transform's input.
+#[test]
+fn a_transform_of_a_missing_manifest_names_it() {
+    let t = TestDir::new();
+    model(&t);
+    let err = t
+        .run(&[
+            "transform",
+            "--model",
+            "model",
+            "--manifest",
+            "m/none.manifest",
+            "--out",
+            "o",
+        ])
+        .fails();
+    assert!(
+        err.contains("transform: input m/none.manifest: does not exist; give a manifest"),
+        "{err}"
+    );
+}

@@ -396,7 +396,10 @@ async fn manifest(s: &Resolved, cx: &Context<'_>) -> Result<Done, StepError> {
         force: s.bool_or("force", d.force),
         augmented: s.bool_or("augmented", d.augmented),
         concurrency: s.usize_or("concurrency", d.concurrency)?.max(1),
-        part_keys: s.usize_or("part_keys", d.part_keys)?.max(1),
+        part_keys: match s.usize_or("part_keys", d.part_keys)? {
+            0 => return Err(StepError::invalid("`part_keys` must be at least 1")),
+            n => n,
+        },
     };
     let open = |name: &str| -> Result<Store, StepError> {
         let url = s.need_str(name)?;

@@ -287,7 +287,17 @@ async fn run_job(
         .rsplit_once('/')
         .unwrap_or((".", config.manifest.as_str()));
     let (manifest, manifest_bytes) =
-        shardline_contract::manifest_stream::read_manifest(&Store::open(dir)?, name).await?;
+        shardline_contract::manifest_stream::read_manifest(&Store::open(dir)?, name)
+            .await
+            .map_err(|e| {
+                match e {
+        shardline_contract::Error::Store(shardline_store::Error::NotFound { .. }) => bad_manifest(
+            "does not exist; give a manifest `shardline manifest` wrote (its `<channel>.manifest`)"
+                .into(),
+        ),
+        other => Error::Contract(other),
+    }
+            })?;
     if manifest.keys.is_empty() {
         return Err(bad_manifest(
             "lists no objects; give a manifest of the objects to predict".into(),
