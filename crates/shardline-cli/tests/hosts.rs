@@ -436,27 +436,7 @@ fn a_processing_instance_that_dies_on_its_host_is_redone_alone() {
     assert!(log.contains("aborting algo-3 at after-2"), "{log}");
     env.pop();
     // The launcher (a scheduler, a person) starts the job again: only algo-3 has work left.
-    let output = mpirun(&hosts, &env, &args);
-    assert!(output.status.success(), "{}", text(&output));
-    for host in ["algo-1", "algo-2"] {
-        let log = read_text(&hosts, &env, &format!("three/logs/{host}.log"));
-        assert!(
-            log.contains("already finished this job"),
-            "{host} was redone:\n{log}"
-        );
-    }
-    let log = read_text(&hosts, &env, "three/logs/algo-3.log");
-    assert!(!log.contains("already finished this job"), "{log}");
-    let data = |all: BTreeMap<String, String>| -> BTreeMap<String, String> {
-        all.into_iter()
-            .filter(|(k, _)| k.ends_with(".tar") || k.ends_with("index.json"))
-            .collect()
-    };
-    assert_eq!(
-        data(objects(&hosts, &env, "one")),
-        data(objects(&hosts, &env, "three")),
-        "the redone job's output differs from a one-host run's"
-    );
+    assert_only_algo3_redone(&hosts, &env, &args, "three");
     drop(garage);
     hosts.stop().expect("the hosts are torn down completely");
 }
@@ -517,16 +497,24 @@ fn a_processing_host_cut_off_ends_the_job_and_only_its_share_is_redone() {
     );
     // The link comes back; the job is started again: only algo-3 has work left.
     link("up");
-    let output = mpirun(&hosts, &env, &args);
+    assert_only_algo3_redone(&hosts, &env, &args, "cut");
+    drop(garage);
+    hosts.stop().expect("the hosts are torn down completely");
+}
+
+/// Runs the processing job `args` (into `s3://lake/OUT`) again and checks that only algo-3 did its
+/// work again, and that the output equals the one-host run's in `s3://lake/one`.
+fn assert_only_algo3_redone(hosts: &Hosts, env: &[(&str, String)], args: &[&str], out: &str) {
+    let output = mpirun(hosts, env, args);
     assert!(output.status.success(), "{}", text(&output));
     for host in ["algo-1", "algo-2"] {
-        let log = read_text(&hosts, &env, &format!("cut/logs/{host}.log"));
+        let log = read_text(hosts, env, &format!("{out}/logs/{host}.log"));
         assert!(
             log.contains("already finished this job"),
             "{host} was redone:\n{log}"
         );
     }
-    let log = read_text(&hosts, &env, "cut/logs/algo-3.log");
+    let log = read_text(hosts, env, &format!("{out}/logs/algo-3.log"));
     assert!(!log.contains("already finished this job"), "{log}");
     let data = |all: BTreeMap<String, String>| -> BTreeMap<String, String> {
         all.into_iter()
@@ -534,12 +522,10 @@ fn a_processing_host_cut_off_ends_the_job_and_only_its_share_is_redone() {
             .collect()
     };
     assert_eq!(
-        data(objects(&hosts, &env, "one")),
-        data(objects(&hosts, &env, "cut")),
+        data(objects(hosts, env, "one")),
+        data(objects(hosts, env, out)),
         "the redone job's output differs from a one-host run's"
     );
-    drop(garage);
-    hosts.stop().expect("the hosts are torn down completely");
 }
 
 /// Copies every object below `prefix` into `dir`, as SageMaker fills a FullyReplicated channel.

@@ -415,7 +415,16 @@ impl Db {
         })
     }
 
-    /// The steps of an execution, in definition order.
+    /// The steps of an execution by name.
+    pub fn steps_by_name(&self, execution: &str) -> Result<BTreeMap<String, StepRow>> {
+        Ok(self
+            .steps(execution)?
+            .into_iter()
+            .map(|r| (r.step.clone(), r))
+            .collect())
+    }
+
+    /// The steps of an execution, in the definition's order.
     pub fn steps(&self, execution: &str) -> Result<Vec<StepRow>> {
         self.with(|c| {
             let mut q = c.prepare("SELECT * FROM steps WHERE execution = ?1 ORDER BY position")?;

@@ -150,13 +150,15 @@ pub async fn manifest(db: &Db, uri: &str) -> Result<Tree, String> {
     // The manifest is read whole to be parsed, so its own digest comes from those bytes.
     let (parent, name) = split_parent(uri).ok_or_else(|| format!("{uri} is not a file"))?;
     let store = Store::open(&parent).map_err(|e| e.to_string())?;
-    if !store.exists(&name).await.map_err(|e| e.to_string())? {
-        return Err(format!("{uri} does not exist"));
-    }
     // A plain manifest, or the index of one in parts (whose digest covers the parts').
     let (parsed, bytes) = shardline_contract::manifest_stream::read_manifest(&store, &name)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| match e {
+            shardline_contract::Error::Store(shardline_store::Error::NotFound { .. }) => {
+                format!("{uri} does not exist")
+            }
+            other => other.to_string(),
+        })?;
     let keys: BTreeSet<String> = parsed.keys.into_iter().collect();
     let objects = named(db, &parsed.prefix, &keys).await?;
     let mut files = BTreeMap::new();

@@ -975,6 +975,35 @@ impl<'a> Run<'a> {
         Ok(())
     }
 
+    /// Records a step that had not ended when the execution was stopped: `stopped` (its attempt
+    /// too) when it was running, `not-run` otherwise.
+    pub(crate) fn record_stopped(
+        &self,
+        step: &Step,
+        position: usize,
+        was_running: bool,
+        reason: &str,
+    ) -> Result<(), Error> {
+        let state = State {
+            status: if was_running { "stopped" } else { "not-run" }.into(),
+            reason: Some(reason.to_string()),
+            ..State::pending()
+        };
+        let mut row = self.row(step, position, &state);
+        row.attempts = self.db.last_attempt(&self.exec_id, &step.name).unwrap_or(0);
+        if was_running && row.attempts > 0 {
+            let _ = self.db.finish_attempt(
+                &self.exec_id,
+                &step.name,
+                row.attempts,
+                "stopped",
+                Some("the execution was stopped"),
+            );
+        }
+        self.db.put_step(&row)?;
+        Ok(())
+    }
+
     /// What can be done with a pending step given the states of the others.
     pub(crate) fn decide(&self, step: &Step, states: &BTreeMap<String, State>) -> Decision {
         let blocked = step.deps.iter().find_map(|d| {
@@ -1110,17 +1139,7 @@ impl<'a> Run<'a> {
                         if s.done() {
                             continue;
                         }
-                        let state = State {
-                            status: if s.status == "running" { "stopped" } else { "not-run" }.into(),
-                            reason: Some("the execution was stopped".into()),
-                            ..State::pending()
-                        };
-                        let mut row = self.row(step, i, &state);
-                        row.attempts = self.db.last_attempt(&self.exec_id, &step.name).unwrap_or(0);
-                        if s.status == "running" {
-                            let _ = self.db.finish_attempt(&self.exec_id, &step.name, row.attempts, "stopped", Some("the execution was stopped"));
-                        }
-                        self.db.put_step(&row)?;
+                        self.record_stopped(step, i, s.status == "running", "the execution was stopped")?;
                     }
                     self.db.set_execution_status(&self.exec_id, "stopped", Some("stopped by a signal; `shardline pipeline resume` continues it"))?;
                     return Ok("stopped".into());
@@ -1240,11 +1259,7 @@ impl Runner<'_> {
                 params.insert(k, v);
             }
         }
-        let earlier: BTreeMap<String, StepRow> = db
-            .steps(id)?
-            .into_iter()
-            .map(|r| (r.step.clone(), r))
-            .collect();
+        let earlier = db.steps_by_name(id)?;
         execution.params = Value::Table(params.clone()).to_json();
         execution.status = "running".into();
         execution.message = None;
@@ -1324,11 +1339,7 @@ impl Runner<'_> {
                     }
                 }
             }
-            earlier = db
-                .steps(id)?
-                .into_iter()
-                .map(|r| (r.step.clone(), r))
-                .collect();
+            earlier = db.steps_by_name(id)?;
         }
         let noop = |_: &Event| {};
         let run = Run {

@@ -156,14 +156,6 @@ fn state_of(row: &StepRow) -> State {
     }
 }
 
-fn rows_by_step(db: &Db, execution: &str) -> Result<BTreeMap<String, StepRow>, crate::db::DbError> {
-    Ok(db
-        .steps(execution)?
-        .into_iter()
-        .map(|r| (r.step.clone(), r))
-        .collect())
-}
-
 fn finished(row: &StepRow) -> bool {
     row.finished.is_some()
         && matches!(
@@ -496,25 +488,31 @@ impl Run<'_> {
         if entry.0 != attempt {
             *entry = (attempt, 0);
         }
-        let Ok(bytes) = std::fs::read(&path) else {
+        // Only what was written since the last poll is read.
+        let mut fresh = Vec::new();
+        let read = std::fs::File::open(&path).and_then(|mut file| {
+            use std::io::{Read as _, Seek as _};
+            file.seek(std::io::SeekFrom::Start(entry.1))?;
+            file.read_to_end(&mut fresh)
+        });
+        if read.is_err() {
+            return;
+        }
+        let Some(end) = fresh.iter().rposition(|&b| b == b'\n') else {
             return;
         };
-        let start = (entry.1 as usize).min(bytes.len());
-        let Some(end) = bytes[start..].iter().rposition(|&b| b == b'\n') else {
-            return;
-        };
-        for line in String::from_utf8_lossy(&bytes[start..start + end]).lines() {
+        for line in String::from_utf8_lossy(&fresh[..end]).lines() {
             self.emit(Event::Line {
                 step: step.name.clone(),
                 text: line.to_string(),
             });
         }
-        entry.1 = (start + end + 1) as u64;
+        entry.1 += (end + 1) as u64;
     }
 
     /// The execution's steps as stored, by name.
     fn rows(&self) -> Result<BTreeMap<String, StepRow>, Error> {
-        Ok(rows_by_step(&self.db, &self.exec_id)?)
+        Ok(self.db.steps_by_name(&self.exec_id)?)
     }
 
     async fn cancel(&self, jobs: &[String]) {
@@ -550,26 +548,15 @@ impl Run<'_> {
                 continue;
             }
             let was_running = rows.get(&step.name).is_some_and(|r| r.status == "running");
-            let state = State {
-                status: if was_running { "stopped" } else { "not-run" }.into(),
-                reason: Some(format!(
+            self.record_stopped(
+                step,
+                i,
+                was_running,
+                &format!(
                     "the execution was stopped (Slurm job {} cancelled)",
                     jobs[&step.name]
-                )),
-                ..State::pending()
-            };
-            let mut row = self.row(step, i, &state);
-            row.attempts = self.db.last_attempt(&self.exec_id, &step.name).unwrap_or(0);
-            if was_running && row.attempts > 0 {
-                let _ = self.db.finish_attempt(
-                    &self.exec_id,
-                    &step.name,
-                    row.attempts,
-                    "stopped",
-                    Some("the execution was stopped"),
-                );
-            }
-            self.db.put_step(&row)?;
+                ),
+            )?;
         }
         self.db.set_execution_status(
             &self.exec_id,
@@ -607,7 +594,7 @@ impl Runner<'_> {
             .ok_or_else(|| {
                 Error::Usage(format!("execution {execution} has no step `{step_name}`"))
             })?;
-        let rows = rows_by_step(&db, execution)?;
+        let rows = db.steps_by_name(execution)?;
         let states: BTreeMap<String, State> = def
             .steps
             .iter()
