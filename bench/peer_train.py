@@ -129,12 +129,16 @@ def main():
                 fail(f"label id {classes - 1} is out of range of the {len(labels)} labels in {lineage_path}")
             classes = len(labels)
 
+    # Unpadded convolutions as the Keras tutorials write them; inputs too small for two unpadded
+    # 3x3 convolutions and 2x2 pools (under 14 pixels, such as scikit-learn's 8x8 digits) get
+    # "same" padding instead.
+    padding = "same" if min(train[0].shape[1:3]) < 14 else "valid"
     model = tf.keras.Sequential(
         [
             tf.keras.Input(shape=train[0].shape[1:]),
-            tf.keras.layers.Conv2D(32, 3, activation="relu"),
+            tf.keras.layers.Conv2D(32, 3, activation="relu", padding=padding),
             tf.keras.layers.MaxPooling2D(2),
-            tf.keras.layers.Conv2D(64, 3, activation="relu"),
+            tf.keras.layers.Conv2D(64, 3, activation="relu", padding=padding),
             tf.keras.layers.MaxPooling2D(2),
             tf.keras.layers.Flatten(),
             tf.keras.layers.Dense(128, activation="relu"),
@@ -189,6 +193,7 @@ def main():
         "batch": args.batch,
         "lr": args.lr,
         "seed": args.seed,
+        "padding": padding,
         "classes": classes,
         "samples_train": n,
         "samples_validation": 0 if validation is None else len(validation[1]),

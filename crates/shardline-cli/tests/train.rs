@@ -288,3 +288,77 @@ fn trained_models_are_registered_with_versions_metrics_and_lineage() {
         .fails();
     assert!(err.contains("shapes:7 is not registered"), "{err}");
 }
+
+/// Early stopping as a user sees it: training ends `--patience` epochs after the best validation
+/// accuracy (or at `--epochs`), the model holds the best epoch's weights (it scores on the
+/// validation channel what that epoch scored), and its lineage says which epoch it kept and why.
+#[test]
+fn early_stopping_keeps_the_best_epoch_and_records_it() {
+    let t = TestDir::new();
+    processed(&t, &[]);
+    let max = 12;
+    t.run(&[
+        "train",
+        "--data",
+        "p",
+        "--out",
+        "model",
+        "--workers",
+        "2",
+        "--batch",
+        "4",
+        "--epochs",
+        &max.to_string(),
+        "--patience",
+        "2",
+    ])
+    .ok();
+    let text = std::fs::read_to_string(t.path("model/metrics.csv")).expect("metrics.csv");
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().expect("header").split(',').collect();
+    let column = |name: &str| header.iter().position(|h| *h == name).expect(name);
+    let (loss, accuracy) = (column("validation_loss"), column("validation_accuracy"));
+    let rows: Vec<(f64, f64)> = lines
+        .map(|l| {
+            let v: Vec<f64> = l.split(',').map(|x| x.parse().expect("number")).collect();
+            (v[accuracy], v[loss])
+        })
+        .collect();
+    // The rule: the highest validation accuracy, the lowest loss between equals, the earliest.
+    let mut best = 0;
+    for (i, &(a, l)) in rows.iter().enumerate() {
+        if a > rows[best].0 || (a == rows[best].0 && l < rows[best].1) {
+            best = i;
+        }
+    }
+    let kept = json(t.path("model/lineage.json"))["kept"].clone();
+    assert_eq!(kept["epochs_run"], rows.len(), "{kept}");
+    assert_eq!(kept["epoch"], best + 1, "{kept} {rows:?}");
+    if rows.len() < max {
+        // Stopped early: exactly `patience` epochs without a better one.
+        assert_eq!(rows.len(), best + 1 + 2, "{rows:?}");
+        assert!(
+            kept["reason"]
+                .as_str()
+                .unwrap_or("")
+                .contains("stopped early"),
+            "{kept}"
+        );
+    }
+    t.run(&[
+        "evaluate",
+        "--model",
+        "model",
+        "--data",
+        "p",
+        "--channel",
+        "validation",
+        "--json",
+        "e.json",
+    ])
+    .ok();
+    let scored = json(t.path("e.json"))["accuracy"]
+        .as_f64()
+        .expect("accuracy");
+    assert!((scored - rows[best].0).abs() < 1e-6, "{scored} vs {rows:?}");
+}

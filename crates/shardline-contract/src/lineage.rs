@@ -127,9 +127,23 @@ pub struct ModelLineage {
     pub model: serde_json::Value,
     /// Accuracy on the test channel, when there is one.
     pub test_accuracy: Option<f64>,
+    /// Which epoch's weights the model holds, and why (early stopping keeps the best one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kept: Option<KeptEpoch>,
     /// Each file of the model directory, with its digest.
     #[serde(default)]
     pub outputs: BTreeMap<String, FileRecord>,
+}
+
+/// The epoch a model's weights come from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KeptEpoch {
+    /// The 1-based epoch.
+    pub epoch: usize,
+    /// Epochs run.
+    pub epochs_run: usize,
+    /// Why this epoch: best validation accuracy, or the last epoch (and why).
+    pub reason: String,
 }
 
 impl Record for ModelLineage {

@@ -95,6 +95,9 @@ struct Sink<'a> {
     capacity: usize,
     state: shardline_lineage::SplitMix64,
     chunk: (Vec<f32>, Vec<u32>),
+    /// Random translation of each sample by up to this many pixels (0: none).
+    shift: usize,
+    shifted: Vec<u8>,
 }
 
 impl Sink<'_> {
@@ -105,6 +108,20 @@ impl Sink<'_> {
     /// Normalises one sample into the open chunk, queueing the chunk when full; false once the
     /// trainer stopped reading.
     fn emit(&mut self, hwc: &[u8], label: u32) -> bool {
+        if self.shift > 0 {
+            let span = 2 * self.shift as u64 + 1;
+            let dy = (self.state.next_u64() % span) as isize - self.shift as isize;
+            let dx = (self.state.next_u64() % span) as isize - self.shift as isize;
+            let mut shifted = std::mem::take(&mut self.shifted);
+            translate(hwc, self.normalise.shape, dy, dx, &mut shifted);
+            let going = self.emit_plain(&shifted, label);
+            self.shifted = shifted;
+            return going;
+        }
+        self.emit_plain(hwc, label)
+    }
+
+    fn emit_plain(&mut self, hwc: &[u8], label: u32) -> bool {
         let n = self.normalise.len();
         let (images, labels) = &mut self.chunk;
         let at = images.len();
@@ -152,6 +169,20 @@ impl Sink<'_> {
             }
         }
         true
+    }
+}
+
+/// `hwc` moved by `(dy, dx)` pixels into `out`, the edge pixels repeated into the space it leaves.
+fn translate(hwc: &[u8], [h, w, c]: [usize; 3], dy: isize, dx: isize, out: &mut Vec<u8>) {
+    out.clear();
+    out.reserve(hwc.len());
+    let clamp = |v: isize, n: usize| v.clamp(0, n as isize - 1) as usize;
+    for y in 0..h {
+        let from_y = clamp(y as isize - dy, h);
+        for x in 0..w {
+            let at = (from_y * w + clamp(x as isize - dx, w)) * c;
+            out.extend_from_slice(&hwc[at..at + c]);
+        }
     }
 }
 
@@ -235,18 +266,21 @@ impl Prefetcher {
         normalise: Normalise,
         depth: usize,
     ) -> Prefetcher {
-        Prefetcher::spawn_shuffled(store, urls, normalise, depth, 0, 0)
+        Prefetcher::spawn_shuffled(store, urls, normalise, depth, 0, 0, 0)
     }
 
     /// Like [`Prefetcher::spawn`], with samples passed through a shuffle buffer of `shuffle`
     /// samples (WebDataset's `shuffle(n)`): shards written in key order hold one class after
-    /// another, and batches drawn in that order would too. The order is a function of `seed`.
+    /// another, and batches drawn in that order would too. Each sample is then moved by a random
+    /// translation of up to `shift` pixels each way (0: none; the edge is repeated into the
+    /// space it leaves). The order and the translations are a function of `seed`.
     pub fn spawn_shuffled(
         store: Store,
         urls: Vec<String>,
         normalise: Normalise,
         depth: usize,
         shuffle: usize,
+        shift: usize,
         seed: u64,
     ) -> Prefetcher {
         let (sender, samples) = sync_channel(depth.div_ceil(CHUNK).max(2));
@@ -272,6 +306,8 @@ impl Prefetcher {
                 capacity: shuffle,
                 state: shardline_lineage::SplitMix64(seed),
                 chunk: (Vec::new(), Vec::new()),
+                shift,
+                shifted: Vec::new(),
             };
             for url in &urls {
                 match read_shard(&store, &runtime, url, &shape, &mut sink) {
@@ -447,8 +483,15 @@ mod tests {
         let store = Store::open("memory://reader-shuffle/train").expect("store");
         let urls = shards(&store, &runtime, 30);
         let read = |seed: u64| {
-            let mut reader =
-                Prefetcher::spawn_shuffled(store.clone(), urls.clone(), normalise(), 4, 16, seed);
+            let mut reader = Prefetcher::spawn_shuffled(
+                store.clone(),
+                urls.clone(),
+                normalise(),
+                4,
+                16,
+                0,
+                seed,
+            );
             let batch = reader.next_partial(30).expect("read").expect("batch");
             // The red plane of each sample holds its number.
             batch

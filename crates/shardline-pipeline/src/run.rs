@@ -537,12 +537,14 @@ fn train_config(
     let d = shardline_train::TrainConfig::default();
     let model = match s.str("model").as_deref() {
         None => d.model.clone(),
+        Some("bncnn") => shardline_train::ModelChoice::Bncnn,
         Some("cnn") => shardline_train::ModelChoice::Cnn,
         Some("mlp") => shardline_train::ModelChoice::Mlp,
         Some("reference") => shardline_train::ModelChoice::Reference,
+        Some("resnet18") => shardline_train::ModelChoice::Resnet18,
         Some(other) => {
             return Err(StepError::invalid(format!(
-                "`model` {other:?} is not one of cnn, mlp, reference"
+                "`model` {other:?} is not one of bncnn, cnn, mlp, reference, resnet18"
             )));
         }
     };
@@ -559,6 +561,25 @@ fn train_config(
                 .unwrap_or(d.schedule.lr_scaling),
             seed: s.u64_or("seed", d.schedule.seed)?,
             bucket_bytes: s.usize_or("bucket_bytes", d.schedule.bucket_bytes)?,
+            warmup_epochs: s.usize_or("warmup_epochs", d.schedule.warmup_epochs)?,
+            decay: s
+                .named("decay", "cosine, constant")?
+                .unwrap_or(d.schedule.decay),
+            shift: match s.str("shift").as_deref() {
+                Some("auto") => None,
+                Some("off") => Some(0),
+                _ => match s.uint("shift")? {
+                    Some(n) => Some(n as usize),
+                    None => d.schedule.shift,
+                },
+            },
+            patience: match s.str("patience").as_deref() {
+                Some("off") => None,
+                _ => match s.uint("patience")? {
+                    Some(n) => Some(n as usize),
+                    None => d.schedule.patience,
+                },
+            },
         },
         model,
         force: s.bool_or("force", d.force),

@@ -21,6 +21,6 @@ pub use error::Error;
 pub use model::{Kind, Model, ModelConfig};
 pub use stage::{ModelChoice, NoProgress, Outcome, Progress, Ranks, TrainConfig, TrainReport, run};
 pub use train::{
-    Channel, Data, EpochEnd, EpochMetrics, Hooks, LrScaling, Resume, Schedule, StepEnd, Trained,
-    train,
+    Channel, Data, Decay, EpochEnd, EpochMetrics, Hooks, Kept, LrScaling, Resume, Schedule,
+    StepEnd, Trained, train,
 };

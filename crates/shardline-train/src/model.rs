@@ -1,8 +1,12 @@
-//! The models, described by a JSON config: a small CNN (the default), an MLP, and the
-//! benchmark's reference CNN.
+//! The models, described by a JSON config: a batch-normalised CNN (the default), a plain strided
+//! CNN, an MLP, and the benchmark's reference CNN.
 //!
-//! The default CNN downsamples with strided 3x3 convolutions instead of max-pooling (Burn's flex
-//! max-pool is slow on CPU) and ends with a global average pool and a linear head. The reference
+//! The default, `bncnn`, is a stack of blocks, each a 3x3 convolution of stride 2 (Burn's flex
+//! max-pool is slow on CPU), batch normalisation and ReLU, then a dense layer
+//! on the flattened features and the linear head. Batch normalisation is per worker (Horovod's
+//! default); the running statistics are averaged over the workers at each epoch's end. The
+//! strided `cnn` (no normalisation, a global average pool and a linear head) was the default
+//! before it; it is kept for its speed and for models trained with it. The reference
 //! CNN is the layout Keras tutorials write (unpadded 3x3 convolutions, each followed by a 2x2
 //! max-pool, then dense layers on the flattened features); `shardline bench train` measures it
 //! beside TensorFlow.
@@ -10,7 +14,7 @@
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{AdaptiveAvgPool2d, AdaptiveAvgPool2dConfig, MaxPool2d, MaxPool2dConfig};
-use burn::nn::{Linear, LinearConfig, PaddingConfig2d};
+use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, PaddingConfig2d};
 use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
@@ -19,6 +23,9 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Kind {
+    /// Blocks of 3x3 convolution (stride 2), batch norm and ReLU; dense layers
+    /// on the flattened features; linear head. The default.
+    Bncnn,
     /// Strided 3x3 convolutions, global average pool, linear head.
     Cnn,
     /// Fully connected layers on the flattened image.
@@ -26,6 +33,10 @@ pub enum Kind {
     /// Unpadded 3x3 convolutions each followed by a 2x2 max-pool, then dense layers: the
     /// benchmark's reference layout.
     Reference,
+    /// ResNet-18 in its CIFAR layout: a 3x3 stem, four stages of two residual blocks (the
+    /// stages after the first halve the size), global average pool, linear head; batch norm
+    /// after every convolution.
+    Resnet18,
 }
 
 /// A model's description, saved beside its weights.
@@ -40,13 +51,25 @@ pub struct ModelConfig {
     /// CNN: output channels of each stride-2 convolution; MLP: width of each hidden layer;
     /// reference: output channels of each convolution + max-pool stage.
     pub widths: Vec<usize>,
-    /// Reference: widths of the dense layers between the flattened features and the head.
+    /// Reference and bncnn: widths of the dense layers between the flattened features and the
+    /// head.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dense: Vec<usize>,
 }
 
 impl ModelConfig {
-    /// The default CNN for an input and a number of classes.
+    /// The default model for an input and a number of classes: the batch-normalised CNN.
+    pub fn bncnn(input: [usize; 3], classes: usize) -> ModelConfig {
+        ModelConfig {
+            kind: Kind::Bncnn,
+            input,
+            classes,
+            widths: vec![16, 32, 64],
+            dense: vec![128],
+        }
+    }
+
+    /// The strided CNN for an input and a number of classes.
     pub fn cnn(input: [usize; 3], classes: usize) -> ModelConfig {
         ModelConfig {
             kind: Kind::Cnn,
@@ -64,6 +87,17 @@ impl ModelConfig {
             input,
             classes,
             widths: vec![128],
+            dense: Vec::new(),
+        }
+    }
+
+    /// ResNet-18 for CIFAR-sized inputs: stem and stage widths 64, 128, 256, 512.
+    pub fn resnet18(input: [usize; 3], classes: usize) -> ModelConfig {
+        ModelConfig {
+            kind: Kind::Resnet18,
+            input,
+            classes,
+            widths: vec![64, 128, 256, 512],
             dense: Vec::new(),
         }
     }
@@ -107,8 +141,11 @@ impl ModelConfig {
         if c == 0 || h == 0 || w == 0 {
             return Err(format!("input {:?} has an empty dimension", self.input));
         }
-        if self.kind == Kind::Cnn {
-            let halvings = self.widths.len() as u32;
+        if matches!(self.kind, Kind::Cnn | Kind::Bncnn | Kind::Resnet18) {
+            let halvings = match self.kind {
+                Kind::Resnet18 => self.widths.len() as u32 - 1,
+                _ => self.widths.len() as u32,
+            };
             if h.min(w) < 1 << halvings {
                 return Err(format!(
                     "a CNN with {halvings} stride-2 convolutions needs inputs of at least {0}x{0}, not {h}x{w}; use fewer widths, or process the images at a larger size",
@@ -122,20 +159,42 @@ impl ModelConfig {
                 self.widths.len()
             ));
         }
-        if self.kind != Kind::Reference && !self.dense.is_empty() {
+        if !matches!(self.kind, Kind::Reference | Kind::Bncnn) && !self.dense.is_empty() {
             return Err(
-                "dense is for the reference CNN only; widths sets the layers of the others".into(),
+                "dense is for the reference CNN and bncnn only; widths sets the layers of the others".into(),
             );
         }
         Ok(())
     }
 
+    /// Height and width of bncnn's last block: each block halves them (rounding up, as a padded
+    /// stride-2 convolution does).
+    fn strided_features(&self) -> (usize, usize) {
+        let [_, mut h, mut w] = self.input;
+        for _ in &self.widths {
+            (h, w) = (h.div_ceil(2), w.div_ceil(2));
+        }
+        (h, w)
+    }
+
     /// Builds the model with freshly initialised weights.
     pub fn init(&self, device: &Device) -> Model {
         let mut convs = Vec::new();
+        let mut norms = Vec::new();
         let mut hidden = Vec::new();
         let mut maxpool = None;
+        let mut blocks = Vec::new();
         let features = match self.kind {
+            Kind::Bncnn => {
+                let mut channels = self.input[0];
+                for &width in &self.widths {
+                    convs.push(conv3x3(channels, width, 2, device));
+                    norms.push(BatchNormConfig::new(width).init(device));
+                    channels = width;
+                }
+                let (h, w) = self.strided_features();
+                dense_layers(channels * h * w, &self.dense, &mut hidden, device)
+            }
             Kind::Reference => {
                 let mut channels = self.input[0];
                 for &width in &self.widths {
@@ -144,12 +203,7 @@ impl ModelConfig {
                 }
                 maxpool = Some(MaxPool2dConfig::new([2, 2]).init());
                 let (h, w) = self.reference_features().unwrap_or((1, 1));
-                let mut features = channels * h * w;
-                for &width in &self.dense {
-                    hidden.push(LinearConfig::new(features, width).init(device));
-                    features = width;
-                }
-                features
+                dense_layers(channels * h * w, &self.dense, &mut hidden, device)
             }
             Kind::Cnn => {
                 let mut channels = self.input[0];
@@ -172,9 +226,24 @@ impl ModelConfig {
                 }
                 features
             }
+            Kind::Resnet18 => {
+                convs.push(conv3x3(self.input[0], self.widths[0], 1, device));
+                norms.push(BatchNormConfig::new(self.widths[0]).init(device));
+                let mut channels = self.widths[0];
+                for (stage, &width) in self.widths.iter().enumerate() {
+                    for block in 0..2 {
+                        let stride = if stage > 0 && block == 0 { 2 } else { 1 };
+                        blocks.push(Residual::new(channels, width, stride, device));
+                        channels = width;
+                    }
+                }
+                channels
+            }
         };
         Model {
             convs,
+            norms,
+            blocks,
             maxpool,
             hidden,
             pool: AdaptiveAvgPool2dConfig::new([1, 1]).init(),
@@ -187,6 +256,10 @@ impl ModelConfig {
 #[derive(Module, Debug)]
 pub struct Model {
     convs: Vec<Conv2d>,
+    /// bncnn's batch norm after each convolution; ResNet's after its stem.
+    norms: Vec<BatchNorm>,
+    /// ResNet's residual blocks.
+    blocks: Vec<Residual>,
     /// The reference CNN's 2x2 max-pool after each convolution.
     maxpool: Option<MaxPool2d>,
     hidden: Vec<Linear>,
@@ -197,8 +270,24 @@ pub struct Model {
 impl Model {
     /// Class logits, `[batch, classes]`.
     pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
-        let features: Tensor<2> = if self.convs.is_empty() {
+        let features: Tensor<2> = if !self.blocks.is_empty() {
+            let mut x = relu(self.norms[0].forward(self.convs[0].forward(images)));
+            for block in &self.blocks {
+                x = block.forward(x);
+            }
+            self.pool.forward(x).flatten(1, 3)
+        } else if self.convs.is_empty() {
             let mut x: Tensor<2> = images.flatten(1, 3);
+            for layer in &self.hidden {
+                x = relu(layer.forward(x));
+            }
+            x
+        } else if !self.norms.is_empty() {
+            let mut x = images;
+            for (conv, norm) in self.convs.iter().zip(&self.norms) {
+                x = relu(norm.forward(conv.forward(x)));
+            }
+            let mut x: Tensor<2> = x.flatten(1, 3);
             for layer in &self.hidden {
                 x = relu(layer.forward(x));
             }
@@ -221,5 +310,126 @@ impl Model {
             self.pool.forward(x).flatten(1, 3)
         };
         self.head.forward(features)
+    }
+}
+
+/// Dense layers of `widths` after `features` inputs, pushed onto `hidden`; the features they end
+/// with.
+fn dense_layers(
+    mut features: usize,
+    widths: &[usize],
+    hidden: &mut Vec<Linear>,
+    device: &Device,
+) -> usize {
+    for &width in widths {
+        hidden.push(LinearConfig::new(features, width).init(device));
+        features = width;
+    }
+    features
+}
+
+/// A padded 3x3 convolution without bias (a batch norm follows it).
+fn conv3x3(from: usize, to: usize, stride: usize, device: &Device) -> Conv2d {
+    Conv2dConfig::new([from, to], [3, 3])
+        .with_stride([stride, stride])
+        .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+        .with_bias(false)
+        .init(device)
+}
+
+/// ResNet's basic block: two 3x3 convolutions with batch norm, added to the input (through a
+/// strided 1x1 convolution and batch norm where the size or width changes), then ReLU.
+#[derive(Module, Debug)]
+pub struct Residual {
+    conv1: Conv2d,
+    norm1: BatchNorm,
+    conv2: Conv2d,
+    norm2: BatchNorm,
+    down: Option<Conv2d>,
+    down_norm: Option<BatchNorm>,
+}
+
+impl Residual {
+    fn new(from: usize, to: usize, stride: usize, device: &Device) -> Residual {
+        let project = stride != 1 || from != to;
+        Residual {
+            conv1: conv3x3(from, to, stride, device),
+            norm1: BatchNormConfig::new(to).init(device),
+            conv2: conv3x3(to, to, 1, device),
+            norm2: BatchNormConfig::new(to).init(device),
+            down: project.then(|| {
+                Conv2dConfig::new([from, to], [1, 1])
+                    .with_stride([stride, stride])
+                    .with_bias(false)
+                    .init(device)
+            }),
+            down_norm: project.then(|| BatchNormConfig::new(to).init(device)),
+        }
+    }
+
+    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let y = relu(self.norm1.forward(self.conv1.forward(x.clone())));
+        let y = self.norm2.forward(self.conv2.forward(y));
+        let shortcut = match (&self.down, &self.down_norm) {
+            (Some(conv), Some(norm)) => norm.forward(conv.forward(x)),
+            _ => x,
+        };
+        relu(y + shortcut)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_builds_and_gives_logits_of_its_classes() {
+        let device = crate::device::by_name("cpu").expect("cpu");
+        let narrow = ModelConfig {
+            widths: vec![4, 8, 8, 8],
+            ..ModelConfig::resnet18([3, 32, 32], 10)
+        };
+        for config in [
+            ModelConfig::bncnn([3, 32, 32], 10),
+            ModelConfig::bncnn([1, 8, 8], 10),
+            ModelConfig::cnn([3, 32, 32], 10),
+            ModelConfig::mlp([3, 32, 32], 10),
+            ModelConfig::reference([3, 32, 32], 10),
+            narrow,
+        ] {
+            config.validate().expect("valid");
+            let model = config.init(&device);
+            let images = Tensor::<4>::zeros(
+                [2, config.input[0], config.input[1], config.input[2]],
+                &device,
+            );
+            assert_eq!(model.forward(images).dims(), [2, 10], "{config:?}");
+        }
+        // ResNet-18's layout: a stem, 8 blocks, 3 of them with a projection shortcut.
+        let resnet = ModelConfig::resnet18([3, 32, 32], 10).init(&device);
+        assert_eq!(resnet.blocks.len(), 8);
+        assert_eq!(resnet.blocks.iter().filter(|b| b.down.is_some()).count(), 3);
+        // 11.2 million parameters, as in the CIFAR ResNet-18 (stem 3x3, no max-pool).
+        let count: usize = crate::sync::parameters(&resnet)
+            .iter()
+            .map(|(_, v)| v.len())
+            .sum();
+        assert!(
+            (11_150_000..11_200_000).contains(&count),
+            "{count} parameters"
+        );
+    }
+
+    #[test]
+    fn inputs_too_small_for_the_layout_are_refused_by_name() {
+        let err = ModelConfig::bncnn([1, 4, 4], 10).validate().unwrap_err();
+        assert!(err.contains("at least 8x8"), "{err}");
+        let err = ModelConfig {
+            dense: vec![10],
+            ..ModelConfig::resnet18([3, 32, 32], 10)
+        }
+        .validate()
+        .unwrap_err();
+        assert!(err.contains("dense"), "{err}");
     }
 }

@@ -6,11 +6,11 @@ use crate::EpochMetrics;
 /// `metrics.csv`: one row per epoch.
 pub fn metrics_csv(metrics: &[EpochMetrics]) -> String {
     let mut out = String::from(
-        "epoch,train_loss,train_accuracy,validation_loss,validation_accuracy,samples_per_second,data_wait_percent,allreduce_ms,train_seconds\n",
+        "epoch,train_loss,train_accuracy,validation_loss,validation_accuracy,samples_per_second,data_wait_percent,allreduce_ms,train_seconds,lr\n",
     );
     for m in metrics {
         out.push_str(&format!(
-            "{},{:.6},{:.6},{:.6},{:.6},{:.1},{:.2},{:.3},{:.3}\n",
+            "{},{:.6},{:.6},{:.6},{:.6},{:.1},{:.2},{:.3},{:.3},{:.6e}\n",
             m.epoch,
             m.train_loss,
             m.train_accuracy,
@@ -19,7 +19,8 @@ pub fn metrics_csv(metrics: &[EpochMetrics]) -> String {
             m.samples_per_second,
             m.data_wait_percent,
             m.allreduce_ms,
-            m.train_seconds
+            m.train_seconds,
+            m.lr
         ));
     }
     out

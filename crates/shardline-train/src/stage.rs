@@ -22,18 +22,23 @@ use shardline_store::commit::{self, Commit};
 
 use crate::evaluate::read;
 use crate::report::{metrics_csv, plot};
+use crate::train::Decay;
 use crate::train::test_accuracy;
 use crate::{Channel, Data, EpochMetrics, Error, LrScaling, Model, ModelConfig, Resume, Schedule};
 
 /// Which architecture to train.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ModelChoice {
+    /// The batch-normalised CNN (the default).
+    Bncnn,
     /// The strided CNN.
     Cnn,
     /// A fully connected network.
     Mlp,
     /// The benchmark's max-pool reference CNN.
     Reference,
+    /// ResNet-18 (CIFAR layout).
+    Resnet18,
     /// A model config of the user's (its input and classes must match the data).
     Config(ModelConfig),
 }
@@ -86,14 +91,18 @@ impl Default for TrainConfig {
             out: String::new(),
             ranks: Ranks::InProcess { workers: 2 },
             schedule: Schedule {
-                epochs: 10,
-                batch: 32,
-                lr: 1e-3,
+                epochs: 12,
+                batch: 64,
+                lr: 2e-3,
                 lr_scaling: LrScaling::Linear,
                 seed: 0,
                 bucket_bytes: 4 << 20,
+                warmup_epochs: 2,
+                decay: Decay::Cosine,
+                shift: None,
+                patience: Some(5),
             },
-            model: ModelChoice::Cnn,
+            model: ModelChoice::Bncnn,
             resume: false,
             force: false,
             device: "cpu".into(),
@@ -119,6 +128,11 @@ impl TrainConfig {
                 "`lr` {} must be a positive number",
                 s.lr
             )));
+        }
+        if s.patience == Some(0) {
+            return Err(Error::Setting(
+                "`patience` must be at least 1 epoch (or off, to run every epoch)".into(),
+            ));
         }
         if s.bucket_bytes == 0 {
             return Err(Error::Setting(
@@ -243,9 +257,11 @@ fn model_config(
     classes: usize,
 ) -> Result<ModelConfig, Error> {
     let config = match choice {
+        ModelChoice::Bncnn => ModelConfig::bncnn(input, classes),
         ModelChoice::Cnn => ModelConfig::cnn(input, classes),
         ModelChoice::Mlp => ModelConfig::mlp(input, classes),
         ModelChoice::Reference => ModelConfig::reference(input, classes),
+        ModelChoice::Resnet18 => ModelConfig::resnet18(input, classes),
         ModelChoice::Config(config) => config.clone(),
     };
     if config.input != input || config.classes != classes {
@@ -320,6 +336,10 @@ pub async fn run(config: &TrainConfig, progress: &dyn Progress) -> Result<TrainR
             "schedule": schedule_value,
             "lr": config.schedule.lr,
             "epochs": config.schedule.epochs,
+            "warmup_epochs": config.schedule.warmup_epochs,
+            "decay": config.schedule.decay,
+            "patience": config.schedule.patience,
+            "shift": config.schedule.shift,
             "world": world,
         }))
         .map_err(|e| Error::Data(format!("encoding the job: {e}")))?,
@@ -467,6 +487,11 @@ async fn write_model(
         model: serde_json::to_value(model_config)
             .map_err(|e| Error::Data(format!("encoding the model config: {e}")))?,
         test_accuracy: accuracy,
+        kept: Some(lineage::KeptEpoch {
+            epoch: trained.kept.epoch,
+            epochs_run: trained.kept.epochs_run,
+            reason: trained.kept.reason.clone(),
+        }),
         outputs: files
             .iter()
             .map(|(n, b)| (n.to_string(), FileRecord::of(b)))
@@ -571,6 +596,14 @@ async fn load_checkpoint(
         .await
         .map_err(store_error)?
         .to_vec();
+    let best = match out
+        .get_opt("checkpoint/best.bin")
+        .await
+        .map_err(store_error)?
+    {
+        Some(bytes) => Some(crate::weights::decode_parameters(&bytes)?),
+        None => None,
+    };
     progress.message(&format!(
         "train: resuming after epoch {} from {at} (the epochs setting is the new total)",
         state.epoch
@@ -580,6 +613,7 @@ async fn load_checkpoint(
         parameters: crate::weights::decode_parameters(&weights)?,
         optimizer,
         metrics: state.metrics,
+        best,
     })
 }
 
@@ -589,6 +623,7 @@ fn checkpoint(
     identity: &Identity,
     done: &[EpochMetrics],
     model: &Model,
+    best: Option<&crate::sync::Parameters>,
     optimizer: &[u8],
 ) -> Result<(), Error> {
     let state = CheckpointState {
@@ -598,11 +633,17 @@ fn checkpoint(
     };
     let state = serde_json::to_vec_pretty(&state)
         .map_err(|e| Error::Data(format!("encoding the checkpoint state: {e}")))?;
-    let files = [
+    let mut files = vec![
         ("checkpoint/weights.bin", crate::weights::encode(model)),
         ("checkpoint/optimizer.bpk", optimizer.to_vec()),
-        ("checkpoint/state.json", state),
     ];
+    if let Some(best) = best {
+        files.push((
+            "checkpoint/best.bin",
+            crate::weights::encode_parameters(best),
+        ));
+    }
+    files.push(("checkpoint/state.json", state));
     let write = async {
         let mut tx = Commit::begin_scoped(out, Some("checkpoint"));
         for (name, bytes) in files {
@@ -644,11 +685,14 @@ fn worker(
             &format!("epoch-{epoch}-step-{step}"),
         );
     };
-    let on_epoch = |m: &EpochMetrics, model: &Model, optimizer: &[u8]| {
+    let on_epoch = |m: &EpochMetrics,
+                    model: &Model,
+                    best: Option<&crate::sync::Parameters>,
+                    optimizer: &[u8]| {
         run.progress.epoch(m);
         let mut done = done.lock().unwrap_or_else(|e| e.into_inner());
         done.push(m.clone());
-        checkpoint(&run.out, &run.identity, &done, model, optimizer)?;
+        checkpoint(&run.out, &run.identity, &done, model, best, optimizer)?;
         shardline_contract::fault::point("train", &format!("after-epoch-{}", m.epoch));
         Ok(())
     };
@@ -696,9 +740,17 @@ fn in_process(run: &Job<'_>, workers: usize, timeout: Duration) -> Result<RankRe
             match thread.join() {
                 Ok(Ok((0, result))) => zero = Some(result),
                 Ok(Ok(_)) => {}
-                Ok(Err(e)) => {
-                    first_error.get_or_insert(e);
-                }
+                // A rank that stops (a diverged loss, bad data) leaves the others to find it gone
+                // in their next collective: report the cause, not the consequence.
+                Ok(Err(e)) => match (&first_error, &e) {
+                    (Some(Error::Collective(_)), cause)
+                        if !matches!(cause, Error::Collective(_)) =>
+                    {
+                        first_error = Some(e);
+                    }
+                    (None, _) => first_error = Some(e),
+                    _ => {}
+                },
                 Err(_) => {
                     first_error.get_or_insert(Error::Data("a worker thread panicked".into()));
                 }

@@ -155,7 +155,9 @@ pub fn broadcast_parameters<M: Module>(comm: &mut dyn Communicator, model: M) ->
 
 /// Replaces every parameter with a value drawn from a seeded stream, so that every run and every
 /// process starts from the same weights (Burn's own initialisers draw from an unseeded generator).
-/// Weights get He-uniform values (`±sqrt(6 / fan_in)`, for ReLU networks), biases zeros. Fan-in
+/// Weights get He-uniform values (`±sqrt(6 / fan_in)`, for ReLU networks), biases zeros, and a
+/// vector Burn initialised to one constant (a batch norm's scale and shift, its running mean and
+/// variance) keeps it. Fan-in
 /// is `in × kh × kw` for a convolution weight `[out, in, kh, kw]` and `in` for a linear weight
 /// `[in, out]`.
 pub fn seeded<M: Module>(model: M, seed: u64) -> Result<M, Error> {
@@ -169,7 +171,12 @@ pub fn seeded<M: Module>(model: M, seed: u64) -> Result<M, Error> {
                 2 => shape[0],
                 _ => 0,
             };
-            let values = if fan_in == 0 {
+            let constant = old
+                .first()
+                .is_some_and(|&first| old.iter().all(|&v| v == first));
+            let values = if fan_in == 0 && constant {
+                old
+            } else if fan_in == 0 {
                 vec![0.0; old.len()]
             } else {
                 let bound = (6.0 / fan_in as f32).sqrt();
@@ -180,6 +187,58 @@ pub fn seeded<M: Module>(model: M, seed: u64) -> Result<M, Error> {
         .collect();
     let model = load_parameters(model, values)?;
     Ok(renumber(model))
+}
+
+/// Averages the model's running statistics (the tensors that take no gradient: batch norm's
+/// running mean and variance) over every rank, so that every rank holds the same model after
+/// each epoch. A model without any is returned as it is, without a collective, on every rank
+/// alike (every rank holds the same architecture).
+pub fn average_running_stats<M: Module>(comm: &mut dyn Communicator, model: M) -> Result<M, Error> {
+    struct Collect(Vec<Vec<f32>>);
+    impl ModuleVisitor for Collect {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            let value = param.val();
+            if !value.is_require_grad() {
+                self.0
+                    .push(value.to_data().try_into_vec::<f32>().unwrap_or_default());
+            }
+        }
+    }
+    // A running state keeps its last update aside (per thread) until it is synced; `valid`
+    // syncs them, so that what is read below is the latest and is not overwritten afterwards.
+    drop(model.valid());
+    let mut collect = Collect(Vec::new());
+    model.visit(&mut collect);
+    let mut stats = collect.0;
+    if stats.is_empty() || comm.size() == 1 {
+        return Ok(model);
+    }
+    let mut flat: Vec<f32> = stats.iter().flatten().copied().collect();
+    comm.allreduce_sum(&mut flat)?;
+    let scale = 1.0 / comm.size() as f32;
+    let mut at = 0;
+    for values in &mut stats {
+        for v in values.iter_mut() {
+            *v = flat[at] * scale;
+            at += 1;
+        }
+    }
+    struct Load(VecDeque<Vec<f32>>);
+    impl ModuleMapper for Load {
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            if param.val().is_require_grad() {
+                return param;
+            }
+            let Some(values) = self.0.pop_front() else {
+                return param;
+            };
+            param.map(|tensor| {
+                let shape = tensor.dims().to_vec();
+                Tensor::<D>::from_data(TensorData::new(values, shape), &tensor.device())
+            })
+        }
+    }
+    Ok(model.map(&mut Load(stats.into())))
 }
 
 /// Gives the parameters the ids 1, 2, 3... in module order, so that optimizer state saved by one
@@ -199,4 +258,58 @@ pub fn renumber<M: Module>(model: M) -> M {
         }
     }
     model.map(&mut Renumber(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use burn::nn::{BatchNorm, BatchNormConfig};
+    use shardline_comm::InProcess;
+
+    use super::*;
+
+    #[test]
+    fn seeding_keeps_a_batch_norms_constants() {
+        let device = crate::device::by_name("cpu").expect("cpu").autodiff();
+        let norm: BatchNorm = seeded(BatchNormConfig::new(3).init(&device), 7).expect("seeded");
+        let values: Vec<Vec<f32>> = parameters(&norm).into_iter().map(|(_, v)| v).collect();
+        // gamma, beta, running mean, running variance.
+        assert_eq!(
+            values,
+            [vec![1.0; 3], vec![0.0; 3], vec![0.0; 3], vec![1.0; 3]]
+        );
+    }
+
+    #[test]
+    fn running_statistics_are_averaged_over_the_ranks_and_parameters_left_alone() {
+        let results: Vec<_> = InProcess::group(2, Duration::from_secs(30))
+            .into_iter()
+            .map(|mut comm| {
+                std::thread::spawn(move || {
+                    let device = crate::device::by_name("cpu").expect("cpu").autodiff();
+                    let norm: BatchNorm = BatchNormConfig::new(2).with_momentum(1.0).init(&device);
+                    // Rank r sees channel values r and 3r: batch means (r, 3r).
+                    let r = comm.rank() as f32;
+                    let x = Tensor::<4>::from_data(
+                        TensorData::new(vec![r, 3.0 * r, r, 3.0 * r], [2, 2, 1, 1]),
+                        &device,
+                    );
+                    let _ = norm.forward(x);
+                    let norm = average_running_stats(&mut comm, norm).expect("average");
+                    parameters(&norm.valid())
+                })
+            })
+            .collect();
+        let results: Vec<_> = results
+            .into_iter()
+            .map(|h| h.join().expect("rank"))
+            .collect();
+        assert_eq!(results[0], results[1]);
+        let values: Vec<&Vec<f32>> = results[0].iter().map(|(_, v)| v).collect();
+        // gamma and beta untouched; the running mean is the mean of (0, 0) and (1, 3).
+        assert_eq!(values[0], &vec![1.0, 1.0]);
+        assert_eq!(values[1], &vec![0.0, 0.0]);
+        assert_eq!(values[2], &vec![0.5, 1.5]);
+    }
 }

@@ -19,6 +19,9 @@ use crate::Error;
 use crate::model::{Model, ModelConfig};
 use crate::sync::{average_gradients, broadcast_parameters};
 
+/// The most bytes of raw (uint8) samples a rank's shuffle buffer holds.
+const SHUFFLE_BYTES: usize = 128 << 20;
+
 /// How the learning rate follows the number of workers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -29,10 +32,21 @@ pub enum LrScaling {
     None,
 }
 
+/// How the learning rate falls over the epochs, after any warm-up.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Decay {
+    /// The same rate throughout.
+    #[default]
+    Constant,
+    /// Half a cosine from the peak rate to zero at the last epoch (`epochs`, the maximum).
+    Cosine,
+}
+
 /// The training loop's settings: the schedule every rank follows.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Schedule {
-    /// Passes over the training data.
+    /// Passes over the training data: the most, when `patience` may stop training earlier.
     pub epochs: usize,
     /// Samples per worker and step.
     pub batch: usize,
@@ -44,6 +58,87 @@ pub struct Schedule {
     pub seed: u64,
     /// Gradient fusion bucket size in bytes.
     pub bucket_bytes: usize,
+    /// Epochs over which the rate rises linearly from `lr` to the worker-scaled rate (Goyal et
+    /// al.'s warm-up); 0 starts at the scaled rate. At most `epochs - 1` of them are used.
+    #[serde(default)]
+    pub warmup_epochs: usize,
+    /// How the rate falls after the warm-up.
+    #[serde(default)]
+    pub decay: Decay,
+    /// Light augmentation: each training sample is moved by a random translation of up to this
+    /// many pixels each way (`Some(0)`: none); `None` picks it from the image size,
+    /// `min(height, width) / 12` (2 pixels on 28x28 or 32x32, none under 12x12).
+    #[serde(default = "no_shift")]
+    pub shift: Option<usize>,
+    /// Early stopping: with a validation channel, stop when its accuracy has not improved for
+    /// this many epochs, and keep the best epoch's weights. `None` runs every epoch and keeps the
+    /// last.
+    #[serde(default)]
+    pub patience: Option<usize>,
+}
+
+/// Records written before augmentation existed trained without it.
+fn no_shift() -> Option<usize> {
+    Some(0)
+}
+
+impl Schedule {
+    /// The translation of [`Schedule::shift`] in pixels, for images of `height` x `width`.
+    pub fn shift_pixels(&self, height: usize, width: usize) -> usize {
+        self.shift.unwrap_or(height.min(width) / 12)
+    }
+
+    /// The learning rate of step `step` (from 0) of `steps` in epoch `epoch` (from 0), for
+    /// `workers` workers.
+    pub fn lr_at(&self, workers: usize, epoch: usize, step: usize, steps: usize) -> f64 {
+        let peak = match self.lr_scaling {
+            LrScaling::Linear => self.lr * workers as f64,
+            LrScaling::None => self.lr,
+        };
+        let t = epoch as f64 + step as f64 / steps.max(1) as f64;
+        let warmup = self.warmup_epochs.min(self.epochs.saturating_sub(1)) as f64;
+        if t < warmup {
+            return self.lr + (peak - self.lr) * t / warmup;
+        }
+        match self.decay {
+            Decay::Constant => peak,
+            Decay::Cosine => {
+                let span = (self.epochs as f64 - warmup).max(1e-9);
+                let done = ((t - warmup) / span).clamp(0.0, 1.0);
+                peak * 0.5 * (1.0 + (std::f64::consts::PI * done).cos())
+            }
+        }
+    }
+}
+
+/// The epoch whose weights a run keeps, by the early-stopping rule: the highest validation
+/// accuracy, the lower validation loss between equals, the earlier epoch between those. `None`
+/// without validation figures.
+pub fn best_epoch(metrics: &[EpochMetrics]) -> Option<&EpochMetrics> {
+    metrics
+        .iter()
+        .filter(|m| m.validation_accuracy.is_finite())
+        .fold(None, |best: Option<&EpochMetrics>, m| match best {
+            Some(b)
+                if b.validation_accuracy > m.validation_accuracy
+                    || (b.validation_accuracy == m.validation_accuracy
+                        && b.validation_loss <= m.validation_loss) =>
+            {
+                Some(b)
+            }
+            _ => Some(m),
+        })
+}
+
+/// Which epoch's weights a trained model holds, and why: written into its lineage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Kept {
+    /// The 1-based epoch whose weights the model holds.
+    pub epoch: usize,
+    /// Epochs run.
+    pub epochs_run: usize,
+    /// Why this epoch.
+    pub reason: String,
 }
 
 /// One channel of processed data: its shards and where they are.
@@ -88,6 +183,9 @@ pub struct EpochMetrics {
     /// Seconds of the epoch's training steps (rank 0's clock; validation left out).
     #[serde(default)]
     pub train_seconds: f64,
+    /// The learning rate at the epoch's last step.
+    #[serde(default)]
+    pub lr: f64,
 }
 
 /// Loss and accuracy sums of one pass.
@@ -202,11 +300,14 @@ pub struct Resume {
     pub optimizer: Vec<u8>,
     /// The metrics of the epochs done.
     pub metrics: Vec<EpochMetrics>,
+    /// The parameters of the best epoch so far, when early stopping keeps it.
+    pub best: Option<crate::sync::Parameters>,
 }
 
-/// Called on rank 0 after each epoch with the metrics, the model and the optimizer's state, to
-/// write a checkpoint.
-pub type EpochEnd<'a> = &'a dyn Fn(&EpochMetrics, &Model, &[u8]) -> Result<(), Error>;
+/// Called on rank 0 after each epoch with the metrics, the model, the best epoch's parameters
+/// (when early stopping keeps them) and the optimizer's state, to write a checkpoint.
+pub type EpochEnd<'a> =
+    &'a dyn Fn(&EpochMetrics, &Model, Option<&crate::sync::Parameters>, &[u8]) -> Result<(), Error>;
 
 /// Called on every rank after each training step with `(epoch, step, steps)`, both counted from
 /// 1: progress bars, and the fault points of the crash tests.
@@ -228,6 +329,8 @@ pub struct Trained {
     pub model: Model,
     /// Metrics per epoch.
     pub metrics: Vec<EpochMetrics>,
+    /// Which epoch's weights `model` holds, and why.
+    pub kept: Kept,
 }
 
 /// Trains on this rank. Every rank calls it with the same arguments but its own communicator.
@@ -257,12 +360,17 @@ pub fn train(
         ),
     };
     let mut model = broadcast_parameters(comm, model)?;
-    let lr = match config.lr_scaling {
-        LrScaling::Linear => config.lr * comm.size() as f64,
-        LrScaling::None => config.lr,
-    };
+    let keep_best = config.patience.is_some() && validation.is_some();
+    let mut best = resume.and_then(|r| r.best.clone());
     let mut first_loss: Option<f64> = None;
+    let mut lr = config.lr_at(comm.size(), first_epoch, 0, 1);
     for epoch in first_epoch..config.epochs {
+        if let (Some(patience), Some(b)) = (config.patience, best_epoch(&metrics))
+            && keep_best
+            && epoch - b.epoch >= patience
+        {
+            break;
+        }
         let plan = plan_epoch(
             &train.shards,
             comm.size(),
@@ -274,9 +382,13 @@ pub fn train(
             .iter()
             .map(|&i| train.shards[i].url.clone())
             .collect();
-        // A shuffle buffer of a few batches' worth of tensors (at least 1,000 samples): shards are
-        // written in key order, one class after another.
-        let shuffle = (config.batch * 32).max(1000);
+        // Shards are written in key order, one class after another, so batches drawn in that
+        // order hold one or two classes (which ruins batch norm's statistics and slows
+        // learning). The shuffle buffer holds up to SHUFFLE_BYTES of raw samples, which covers a
+        // whole rank's share of small-image datasets; at least 32 batches or 1,000 samples.
+        let shuffle = (config.batch * 32)
+            .max(1000)
+            .max(SHUFFLE_BYTES / normalise.len().max(1));
         let seed = config.seed ^ ((epoch as u64) << 32) ^ comm.rank() as u64;
         let mut reader = Prefetcher::spawn_shuffled(
             train.store.clone(),
@@ -284,6 +396,7 @@ pub fn train(
             normalise.clone(),
             config.batch * 4,
             shuffle,
+            config.shift_pixels(normalise.shape[0], normalise.shape[1]),
             seed,
         );
         let started = Instant::now();
@@ -295,6 +408,7 @@ pub fn train(
             })?;
             waited += batch.waited.as_secs_f64();
             let (images, labels) = tensors(batch, normalise, &autodiff);
+            lr = config.lr_at(comm.size(), epoch, done - 1, plan.steps);
             let (next, loss, seconds, logits) = step(
                 comm,
                 model,
@@ -319,6 +433,7 @@ pub fn train(
         }
         drop(reader);
         let elapsed = started.elapsed().as_secs_f64();
+        model = crate::sync::average_running_stats(comm, model)?;
         let total = all_sums(comm, &sums)?;
         let (validation_loss, validation_accuracy) = match validation {
             Some(channel) => evaluate(
@@ -341,18 +456,69 @@ pub fn train(
             data_wait_percent: 100.0 * waited / elapsed.max(1e-9),
             allreduce_ms: 1e3 * reduced / plan.steps.max(1) as f64,
             train_seconds: elapsed,
+            lr,
         };
+        metrics.push(m.clone());
+        if keep_best && best_epoch(&metrics).is_some_and(|b| b.epoch == m.epoch) {
+            best = Some(crate::sync::parameters(&model.valid()));
+        }
         if comm.rank() == 0 {
             let state = optimizer
                 .into_bytes()
                 .map_err(|e| Error::Weights(format!("saving the optimizer state: {e:?}")))?;
-            (hooks.on_epoch)(&m, &model.valid(), &state)?;
+            let best = if keep_best { best.as_ref() } else { None };
+            (hooks.on_epoch)(&m, &model.valid(), best, &state)?;
         }
-        metrics.push(m);
     }
+    let last = metrics.last().map_or(0, |m| m.epoch);
+    let kept = match (keep_best, best_epoch(&metrics), best) {
+        (true, Some(b), Some(parameters)) if b.epoch != last => {
+            model = crate::sync::load_parameters(model, parameters)?;
+            Kept {
+                epoch: b.epoch,
+                epochs_run: last,
+                reason: format!(
+                    "the best validation accuracy ({:.4}, epoch {} of {last} run{})",
+                    b.validation_accuracy,
+                    b.epoch,
+                    if last < config.epochs {
+                        format!("; stopped early: no better in {} epochs", last - b.epoch)
+                    } else {
+                        String::new()
+                    }
+                ),
+            }
+        }
+        (true, Some(b), _) if b.epoch == last => Kept {
+            epoch: last,
+            epochs_run: last,
+            reason: format!(
+                "the best validation accuracy ({:.4}) was the last epoch's",
+                b.validation_accuracy
+            ),
+        },
+        (true, Some(b), None) => Kept {
+            epoch: last,
+            epochs_run: last,
+            reason: format!(
+                "the last epoch: the best one ({}) was before a resume from a checkpoint that did not keep its weights",
+                b.epoch
+            ),
+        },
+        _ => Kept {
+            epoch: last,
+            epochs_run: last,
+            reason: if validation.is_none() {
+                "the last epoch: no validation channel to choose another by".into()
+            } else {
+                "the last epoch: early stopping is off".into()
+            },
+        },
+    };
     Ok(Trained {
         model: model.valid(),
         metrics,
+        kept,
     })
 }
 
@@ -401,4 +567,75 @@ pub fn confusion(
         }
     }
     Ok(matrix)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn schedule(epochs: usize, warmup_epochs: usize, decay: Decay) -> Schedule {
+        Schedule {
+            epochs,
+            batch: 32,
+            lr: 1e-3,
+            lr_scaling: LrScaling::Linear,
+            seed: 0,
+            bucket_bytes: 1 << 20,
+            warmup_epochs,
+            decay,
+            shift: Some(0),
+            patience: None,
+        }
+    }
+
+    #[test]
+    fn the_rate_warms_up_to_the_scaled_rate_then_falls_as_a_cosine() {
+        let s = schedule(10, 2, Decay::Cosine);
+        let close = |a: f64, b: f64| (a - b).abs() < 1e-12;
+        // Warm-up: from lr to lr x workers over two epochs, linearly.
+        assert!(close(s.lr_at(4, 0, 0, 100), 1e-3));
+        assert!(close(s.lr_at(4, 1, 0, 100), 2.5e-3));
+        // The peak at the end of the warm-up, half of it midway through the decay, zero at the end.
+        assert!(close(s.lr_at(4, 2, 0, 100), 4e-3));
+        assert!(close(s.lr_at(4, 6, 0, 100), 2e-3));
+        assert!(s.lr_at(4, 9, 99, 100) < 1e-5);
+        // Constant decay keeps the peak; no scaling keeps lr; one worker needs no warm-up.
+        assert!(close(
+            schedule(10, 2, Decay::Constant).lr_at(4, 8, 0, 10),
+            4e-3
+        ));
+        let unscaled = Schedule {
+            lr_scaling: LrScaling::None,
+            ..schedule(10, 0, Decay::Constant)
+        };
+        assert!(close(unscaled.lr_at(4, 3, 0, 10), 1e-3));
+        assert!(close(s.lr_at(1, 0, 5, 10), 1e-3));
+        // A warm-up longer than the run ends an epoch before it, so that the peak is reached.
+        let short = schedule(2, 5, Decay::Constant);
+        assert!(close(short.lr_at(2, 1, 0, 10), 2e-3));
+    }
+
+    fn epoch(epoch: usize, accuracy: f64, loss: f64) -> EpochMetrics {
+        EpochMetrics {
+            epoch,
+            validation_accuracy: accuracy,
+            validation_loss: loss,
+            ..EpochMetrics::default()
+        }
+    }
+
+    #[test]
+    fn the_best_epoch_has_the_highest_validation_accuracy_then_the_lowest_loss() {
+        let metrics = [
+            epoch(1, 0.8, 0.5),
+            epoch(2, 0.9, 0.4),
+            epoch(3, 0.9, 0.3),
+            epoch(4, 0.9, 0.3),
+            epoch(5, 0.85, 0.2),
+        ];
+        assert_eq!(best_epoch(&metrics).map(|m| m.epoch), Some(3));
+        assert_eq!(best_epoch(&metrics[..2]).map(|m| m.epoch), Some(2));
+        // Without validation figures (NaN) there is no best epoch.
+        assert!(best_epoch(&[epoch(1, f64::NAN, f64::NAN)]).is_none());
+    }
 }

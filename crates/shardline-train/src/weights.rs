@@ -9,7 +9,11 @@ const MAGIC: &[u8; 8] = b"SHLWGT01";
 
 /// Encodes a model's parameters.
 pub fn encode(model: &Model) -> Vec<u8> {
-    let params = parameters(model);
+    encode_parameters(&parameters(model))
+}
+
+/// Encodes parameters in module order.
+pub fn encode_parameters(params: &Parameters) -> Vec<u8> {
     let shapes: Vec<&Vec<usize>> = params.iter().map(|(s, _)| s).collect();
     let header = serde_json::to_vec(&shapes).unwrap_or_default();
     let values: usize = params.iter().map(|(_, v)| v.len()).sum();
@@ -17,7 +21,7 @@ pub fn encode(model: &Model) -> Vec<u8> {
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&(header.len() as u64).to_le_bytes());
     out.extend_from_slice(&header);
-    for (_, v) in &params {
+    for (_, v) in params {
         for x in v {
             out.extend_from_slice(&x.to_le_bytes());
         }

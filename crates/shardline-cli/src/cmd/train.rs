@@ -4,7 +4,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use indicatif::ProgressBar;
-use shardline_train::{EpochMetrics, LrScaling, ModelChoice, Outcome, Ranks, TrainConfig};
+use shardline_train::{Decay, EpochMetrics, LrScaling, ModelChoice, Outcome, Ranks, TrainConfig};
 
 use crate::progress::Ui;
 
@@ -21,7 +21,8 @@ pub struct Args {
     /// Data-parallel workers (threads of this process, one model replica each).
     #[arg(long, default_value_t = default_workers())]
     pub workers: usize,
-    /// Passes over the training data.
+    /// Passes over the training data: the most, since early stopping (--patience) may end
+    /// training sooner.
     #[arg(long, default_value_t = TrainConfig::default().schedule.epochs)]
     pub epochs: usize,
     /// Samples per worker and step.
@@ -33,8 +34,24 @@ pub struct Args {
     /// linear: lr x workers (Horovod's advice); none: the same lr for any number of workers.
     #[arg(long, value_enum, default_value_t = ScalingArg::Linear)]
     pub lr_scaling: ScalingArg,
+    /// Epochs over which the learning rate rises from --lr to the worker-scaled rate (0: none;
+    /// at most --epochs minus 1).
+    #[arg(long, default_value_t = TrainConfig::default().schedule.warmup_epochs)]
+    pub warmup_epochs: usize,
+    /// cosine: the rate falls as half a cosine to zero at --epochs; constant: it does not fall.
+    #[arg(long, value_enum, default_value_t = DecayArg::Cosine)]
+    pub decay: DecayArg,
+    /// Stop when the validation accuracy has not improved for this many epochs and keep the best
+    /// epoch's weights; `off` runs every epoch and keeps the last.
+    #[arg(long, default_value = "5", value_parser = patience)]
+    pub patience: Patience,
+    /// Light augmentation: move each training sample by a random translation of up to this many
+    /// pixels each way; `auto` is min(height, width) / 12 (2 on 28x28, none under 12x12), `off`
+    /// (or 0) none.
+    #[arg(long, default_value = "auto", value_parser = shift)]
+    pub shift: Shift,
     /// The architecture (ignored with --model-config).
-    #[arg(long, value_enum, default_value_t = ModelArg::Cnn)]
+    #[arg(long, value_enum, default_value_t = ModelArg::Bncnn)]
     pub model: ModelArg,
     /// A JSON model config (kind, input, classes, widths) instead of --model.
     #[arg(long, value_name = "FILE")]
@@ -74,16 +91,61 @@ pub enum ScalingArg {
     None,
 }
 
+/// Learning-rate decay.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum DecayArg {
+    /// Half a cosine to zero.
+    Cosine,
+    /// None.
+    Constant,
+}
+
+/// `--shift`: pixels, `auto` (`None`) or `off` (0).
+#[derive(Debug, Clone, Copy)]
+pub struct Shift(pub Option<usize>);
+
+fn shift(text: &str) -> Result<Shift, String> {
+    match text {
+        "auto" => Ok(Shift(None)),
+        "off" => Ok(Shift(Some(0))),
+        _ => text
+            .parse::<usize>()
+            .map(|n| Shift(Some(n)))
+            .map_err(|_| format!("{text:?} is not a number of pixels, `auto` or `off`")),
+    }
+}
+
+/// `--patience`: a number of epochs, or `off` (`None`).
+#[derive(Debug, Clone, Copy)]
+pub struct Patience(pub Option<usize>);
+
+fn patience(text: &str) -> Result<Patience, String> {
+    match text {
+        "off" => Ok(Patience(None)),
+        _ => match text.parse::<usize>() {
+            Ok(0) | Err(_) => Err(format!(
+                "{text:?} is not a number of epochs (1 or more) or `off`"
+            )),
+            Ok(n) => Ok(Patience(Some(n))),
+        },
+    }
+}
+
 /// Architectures.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 pub enum ModelArg {
-    /// Strided convolutions (the default).
+    /// Batch-normalised convolution blocks (16, 32, 64 channels, each of stride 2), dense 128
+    /// (the default).
+    Bncnn,
+    /// Strided convolutions, global average pool (the default before bncnn).
     Cnn,
     /// Fully connected.
     Mlp,
     /// The benchmark's reference CNN (3x3 convolutions and 2x2 max-pools, 32 then 64 channels,
     /// dense 128), as Keras tutorials write it.
     Reference,
+    /// ResNet-18 in its CIFAR layout (for 32x32 inputs; batch norm, residual blocks).
+    Resnet18,
 }
 
 /// This process's rank and the world size when a launcher started it as one rank of an MPI job:
@@ -129,9 +191,11 @@ pub fn config(args: &Args) -> Result<TrainConfig> {
             })?)
         }
         None => match args.model {
+            ModelArg::Bncnn => ModelChoice::Bncnn,
             ModelArg::Cnn => ModelChoice::Cnn,
             ModelArg::Mlp => ModelChoice::Mlp,
             ModelArg::Reference => ModelChoice::Reference,
+            ModelArg::Resnet18 => ModelChoice::Resnet18,
         },
     };
     let ranks = match launcher_rank()? {
@@ -157,6 +221,13 @@ pub fn config(args: &Args) -> Result<TrainConfig> {
             },
             seed: args.seed,
             bucket_bytes: args.bucket_mib << 20,
+            warmup_epochs: args.warmup_epochs,
+            decay: match args.decay {
+                DecayArg::Cosine => Decay::Cosine,
+                DecayArg::Constant => Decay::Constant,
+            },
+            shift: args.shift.0,
+            patience: args.patience.0,
         },
         model,
         resume: args.resume,

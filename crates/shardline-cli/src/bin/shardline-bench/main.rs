@@ -9,6 +9,7 @@
 mod hosts;
 mod manifest_stream;
 mod pipeline;
+mod real;
 mod serve;
 mod simulate;
 mod stages;

@@ -40,6 +40,9 @@ pub enum Command {
     /// The processing stage's sharding and retry logic at 1,000 instances with stragglers and
     /// failures injected (the real supervisor, simulated instances), checked and tabulated.
     Simulate(crate::simulate::SimulateArgs),
+    /// `shardline train` with its defaults on real datasets (scikit-learn's digits, MNIST,
+    /// Fashion-MNIST) beside the Keras reference CNN: test accuracy and training seconds.
+    Real(crate::real::RealArgs),
     /// Manifests of 1, 10 and 100 million keys written in parts, read, sharded and written as
     /// streams (flat memory), beside the in-memory path and Python's json.load.
     ManifestStream(crate::manifest_stream::StreamArgs),
@@ -701,7 +704,7 @@ pub struct TrainArgs {
 }
 
 /// The columns of a metrics.csv, by header name, one vector per epoch.
-fn metrics_columns(out: &Path) -> Result<Vec<BTreeMap<String, f64>>> {
+pub(crate) fn metrics_columns(out: &Path) -> Result<Vec<BTreeMap<String, f64>>> {
     let path = out.join("metrics.csv");
     let text =
         std::fs::read_to_string(&path).with_context(|| format!("bench: {}", path.display()))?;
@@ -739,8 +742,24 @@ impl Curve {
     }
 }
 
+/// The schedule `shardline-bench train` pins: its rows measure the models' step rates and its
+/// race goes epoch by epoch (each a resumed run), both under a constant rate as before the
+/// default schedule existed; `shardline-bench real` measures the defaults.
+const PINNED: [&str; 10] = [
+    "--lr",
+    "0.001",
+    "--warmup-epochs",
+    "0",
+    "--decay",
+    "constant",
+    "--patience",
+    "off",
+    "--shift",
+    "off",
+];
+
 /// Makes sure TensorFlow can be imported, installing bench/requirements-train.txt if not.
-fn tensorflow_ready(ui: &Ui) -> Result<()> {
+pub(crate) fn tensorflow_ready(ui: &Ui) -> Result<()> {
     let import = || {
         std::process::Command::new("python3")
             .args(["-c", "import tensorflow"])
@@ -859,6 +878,9 @@ async fn train(args: TrainArgs, ui: &Ui) -> Result<()> {
             "--batch",
             &args.batch.to_string(),
         ])
+        .into_iter()
+        .chain(s(&PINNED))
+        .collect::<Vec<_>>()
     };
     let mut rows: Vec<(String, usize, f64, f64, f64, f64)> = Vec::new();
     let mut record = |name: &str, workers: usize, out: &str, sample: Sample| -> Result<()> {
@@ -875,19 +897,19 @@ async fn train(args: TrainArgs, ui: &Ui) -> Result<()> {
     };
     ui.say("  1 worker, 1 thread ...");
     let mut a = common("one-thread");
-    a.extend(s(&["--workers", "1"]));
+    a.extend(s(&["--workers", "1", "--model", "cnn"]));
     let sample = quiet(&a, "one-thread.log", &[("RAYON_NUM_THREADS", "1")])?;
-    record("default CNN: 1 worker, 1 thread", 1, "one-thread", sample)?;
+    record("strided CNN: 1 worker, 1 thread", 1, "one-thread", sample)?;
     ui.say("  1 worker, 2 threads ...");
     let mut b = common("one-worker-two-threads");
-    b.extend(s(&["--workers", "1"]));
+    b.extend(s(&["--workers", "1", "--model", "cnn"]));
     let sample = quiet(
         &b,
         "one-worker-two-threads.log",
         &[("RAYON_NUM_THREADS", "2")],
     )?;
     record(
-        "default CNN: 1 worker, 2 threads",
+        "strided CNN: 1 worker, 2 threads",
         1,
         "one-worker-two-threads",
         sample,
@@ -902,10 +924,10 @@ async fn train(args: TrainArgs, ui: &Ui) -> Result<()> {
     if mpi {
         ui.say("  2 workers (mpirun -np 2), 1 thread each ...");
         let mut command = mpirun(&exe);
-        command.args(common("two-workers"));
+        command.args(common("two-workers")).args(["--model", "cnn"]);
         let sample = measure(&mut command, &dir.join("two-workers.log"))?;
         record(
-            "default CNN: 2 workers (2 MPI processes, 1 thread each)",
+            "strided CNN: 2 workers (2 MPI processes, 1 thread each)",
             2,
             "two-workers",
             sample,
@@ -913,10 +935,10 @@ async fn train(args: TrainArgs, ui: &Ui) -> Result<()> {
     } else {
         ui.say("  2 in-process workers sharing 2 threads ...");
         let mut c = common("two-workers");
-        c.extend(s(&["--workers", "2"]));
+        c.extend(s(&["--workers", "2", "--model", "cnn"]));
         let sample = quiet(&c, "two-workers.log", &[("RAYON_NUM_THREADS", "2")])?;
         record(
-            "default CNN: 2 workers (in-process, 2 threads shared)",
+            "strided CNN: 2 workers (in-process, 2 threads shared)",
             2,
             "two-workers",
             sample,
@@ -1043,7 +1065,7 @@ async fn train(args: TrainArgs, ui: &Ui) -> Result<()> {
         .fold(0.0, f64::max);
     let most = 3 * args.accuracy_epochs;
     ui.say(format!(
-        "  Shardline, default CNN, 2 workers, up to {most} epochs, test accuracy after each ..."
+        "  Shardline, strided CNN, 2 workers, up to {most} epochs, test accuracy after each ..."
     ));
     let out = dir.join("accuracy");
     let _ = std::fs::remove_dir_all(&out);
@@ -1060,7 +1082,10 @@ async fn train(args: TrainArgs, ui: &Ui) -> Result<()> {
             &epoch.to_string(),
             "--batch",
             "32",
+            "--model",
+            "cnn",
         ]);
+        train_args.extend(s(&PINNED));
         if epoch > 1 {
             train_args.push("--resume".into());
         }
@@ -1099,7 +1124,7 @@ async fn train(args: TrainArgs, ui: &Ui) -> Result<()> {
     }
     curves.push(Curve {
         name: format!(
-            "shardline (default CNN, 2 workers x 32, {})",
+            "shardline (strided CNN, 2 workers x 32, {})",
             if mpi { "MPI" } else { "in-process" }
         ),
         test_accuracy: epochs.last().map_or(f64::NAN, |e| e.1),
@@ -1122,7 +1147,7 @@ async fn train(args: TrainArgs, ui: &Ui) -> Result<()> {
         // Each model against its own 1-worker, 1-thread run.
         let model = |n: &str| {
             n.split_once(": ")
-                .map_or("default CNN", |(m, _)| m)
+                .map_or("strided CNN", |(m, _)| m)
                 .to_string()
         };
         let base = rows
@@ -1212,5 +1237,6 @@ pub async fn run(command: Command, ui: &Ui) -> Result<()> {
         Command::AllreduceHosts(args) => crate::hosts::run(args, ui),
         Command::Simulate(args) => crate::simulate::run(args, ui).await,
         Command::ManifestStream(args) => crate::manifest_stream::run(args, ui).await,
+        Command::Real(args) => crate::real::bench(args, ui),
     }
 }
