@@ -399,6 +399,30 @@ fn timeouts_answer_504_and_sigterm_finishes_requests_in_flight() {
         )
     });
     std::thread::sleep(std::time::Duration::from_millis(300));
+    terminate(&s);
+    let (status, body) = client.join().expect("client");
+    assert_eq!(status, 200, "{body}");
+    let exit = s.child.wait().expect("wait");
+    assert!(exit.success(), "{exit:?}");
+}
+
+/// Reads from `stream` until the server closes it (true) or `within` passes (false).
+fn closed_within(stream: &mut TcpStream, within: std::time::Duration) -> (bool, Vec<u8>) {
+    stream.set_read_timeout(Some(within)).expect("timeout");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return (true, got),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return (true, got),
+            Err(_) => return (false, got),
+        }
+    }
+}
+
+/// Sends `SIGTERM` to the server.
+fn terminate(s: &Served) {
     let pid = s.child.id().to_string();
     assert!(
         Command::new("kill")
@@ -407,9 +431,399 @@ fn timeouts_answer_504_and_sigterm_finishes_requests_in_flight() {
             .expect("kill")
             .success()
     );
-    let (status, body) = client.join().expect("client");
-    assert_eq!(status, 200, "{body}");
+}
+
+#[test]
+fn slow_silent_and_idle_clients_are_cut_off() {
+    let t = TestDir::new();
+    model(&t);
+    let s = serve(
+        &t,
+        &["--header-timeout-ms", "300", "--body-timeout-ms", "300"],
+    );
+    let a = s.address.as_str();
+    let bound = std::time::Duration::from_secs(20);
+    // Headers that never finish: the connection is closed.
+    let mut partial = TcpStream::connect(a).expect("connect");
+    partial
+        .write_all(b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Ty")
+        .expect("write");
+    assert!(
+        closed_within(&mut partial, bound).0,
+        "partial headers kept open"
+    );
+    // A body that stops halfway: 408, naming the timeout to raise.
+    let mut slow = TcpStream::connect(a).expect("connect");
+    slow.write_all(b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\nContent-Length: 1000\r\n\r\n0123456789")
+        .expect("write");
+    let (closed, answer) = closed_within(&mut slow, bound);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(closed, "a stalled body kept open");
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("body_timeout_ms"), "{answer}");
+    // An idle keep-alive connection after its answer: closed too.
+    let mut idle = TcpStream::connect(a).expect("connect");
+    idle.write_all(b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("write");
+    let (closed, answer) = closed_within(&mut idle, bound);
+    assert!(closed, "an idle keep-alive connection kept open");
+    assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"));
+    // The server still answers.
+    assert_eq!(http(a, "GET", "/ping", &[], b"").0, 200);
+}
+
+#[test]
+fn sigterm_answers_requests_still_in_the_accept_queue() {
+    let t = TestDir::new();
+    let images = model(&t);
+    // Two connections served at once: the other 14 clients wait in the kernel's accept queue,
+    // their requests sent in full, when the signal comes.
+    let s = serve(
+        &t,
+        &[
+            "--max-connections",
+            "2",
+            "--batching",
+            "delay",
+            "--max-delay-ms",
+            "200",
+        ],
+    );
+    let sent = std::sync::Arc::new(std::sync::Barrier::new(17));
+    let clients: Vec<_> = (0..16)
+        .map(|i| {
+            let address = s.address.clone();
+            let image = images[i % images.len()].clone();
+            let sent = sent.clone();
+            std::thread::spawn(move || {
+                let mut stream = TcpStream::connect(&address).expect("connect");
+                let head = format!(
+                    "POST /invocations HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: image/jpeg\r\nContent-Length: {}\r\n\r\n",
+                    image.len()
+                );
+                stream.write_all(head.as_bytes()).expect("write");
+                stream.write_all(&image).expect("write");
+                sent.wait();
+                let mut answer = Vec::new();
+                let _ = stream.read_to_end(&mut answer);
+                String::from_utf8_lossy(&answer).into_owned()
+            })
+        })
+        .collect();
+    sent.wait();
+    terminate(&s);
+    let answers: Vec<String> = clients
+        .into_iter()
+        .map(|c| c.join().expect("client"))
+        .collect();
+    let refused: Vec<&String> = answers
+        .iter()
+        .filter(|a| !a.starts_with("HTTP/1.1 200"))
+        .collect();
+    assert!(refused.is_empty(), "unanswered: {refused:?}");
+    let mut s = s;
     let exit = s.child.wait().expect("wait");
+    assert!(exit.success(), "{exit:?}");
+}
+
+#[test]
+fn tensors_must_be_finite_named_and_addressed_by_served_versions() {
+    let t = TestDir::new();
+    model(&t);
+    let s = serve(&t, &[]);
+    let a = s.address.as_str();
+    let post = |path: &str, body: String| {
+        http(
+            a,
+            "POST",
+            path,
+            &[("Content-Type", "application/json")],
+            body.as_bytes(),
+        )
+    };
+    let data = |v: &str| {
+        let mut values = vec!["0".to_string(); 3 * 16 * 16];
+        values[7] = v.to_string();
+        values.join(",")
+    };
+    // Over FP32's range: an infinity that would answer NaN probabilities. Both protocols.
+    for big in ["1e39", "-3.5e38"] {
+        let (status, body) = post(
+            "/v2/models/model/infer",
+            format!(
+                r#"{{"inputs": [{{"name": "input", "shape": [1, 3, 16, 16], "datatype": "FP32", "data": [{}]}}]}}"#,
+                data(big)
+            ),
+        );
+        assert_eq!(status, 400, "{big}: {body}");
+        assert!(body.contains("finite"), "{body}");
+        let (status, body) = post(
+            "/invocations",
+            format!(r#"{{"shape": [1, 3, 16, 16], "data": [{}]}}"#, data(big)),
+        );
+        assert_eq!(status, 400, "{big}: {body}");
+        assert!(body.contains("finite"), "{body}");
+    }
+    let valid = |name: &str, outputs: &str| {
+        format!(
+            r#"{{"inputs": [{{"name": "{name}", "shape": [1, 3, 16, 16], "datatype": "FP32", "data": [{}]}}]{outputs}}}"#,
+            data("0.5")
+        )
+    };
+    // Names are checked against the signature the metadata gives.
+    let (status, body) = post("/v2/models/model/infer", valid("pixels", ""));
+    assert_eq!(status, 400, "{body}");
+    let error = json(&body)["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(error.contains("takes \"input\""), "{body}");
+    let (status, body) = post(
+        "/v2/models/model/infer",
+        valid("input", r#", "outputs": [{"name": "logits"}]"#),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("probabilities"), "{body}");
+    let (status, body) = post(
+        "/v2/models/model/infer",
+        valid("input", r#", "outputs": [{"name": "probabilities"}]"#),
+    );
+    assert_eq!(status, 200, "{body}");
+    // The versioned routes of the advertised version exist; another version is a 404.
+    let (status, body) = http(a, "GET", "/v2/models/model", &[], b"");
+    assert_eq!(status, 200);
+    let version = json(&body)["versions"][0]
+        .as_str()
+        .expect("a version")
+        .to_string();
+    let base = format!("/v2/models/model/versions/{version}");
+    assert_eq!(http(a, "GET", &base, &[], b"").0, 200);
+    assert_eq!(http(a, "GET", &format!("{base}/ready"), &[], b"").0, 200);
+    let (status, body) = post(&format!("{base}/infer"), valid("input", ""));
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = post("/v2/models/model/versions/999/infer", valid("input", ""));
+    assert_eq!(status, 404, "{body}");
+}
+
+/// The server's resident memory in KiB and its open file descriptors.
+fn footprint(pid: u32) -> (u64, usize) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count());
+    (rss, fds)
+}
+
+/// One malformed request of kind `i`: the statuses it may get (never a 2xx or a 5xx).
+fn malformed(address: &str, i: usize, image: &[u8]) -> u16 {
+    let garbage: Vec<u8> = (0..2000u32).map(|b| (b * 7919 % 251) as u8).collect();
+    let json = ("Content-Type", "application/json");
+    match i % 6 {
+        0 => http(address, "POST", "/invocations", &[("Content-Type", "image/jpeg")], &garbage).0,
+        1 => http(address, "POST", "/invocations", &[("Content-Type", "image/jpeg")], &image[..image.len() / 3]).0,
+        2 => http(address, "POST", "/v2/models/model/infer", &[json], b"{\"inputs\": [{\"name\": \"input\", \"shape\": [1").0,
+        3 => http(address, "POST", "/v2/models/model/infer", &[json], br#"{"inputs": [{"name": "input", "shape": [1, 3, 16, 16], "datatype": "FP32", "data": [1e39]}]}"#).0,
+        4 => http(address, "POST", "/invocations", &[("Content-Type", "text/html")], b"<html>").0,
+        _ => http(address, "POST", "/invocations", &[("Content-Type", "image/jpeg")], &vec![0u8; 7 * 1024 * 1024]).0,
+    }
+}
+
+/// A client that stalls: partial headers, a partial body, or an idle keep-alive connection, held
+/// until the server closes it.
+fn stall(address: &str, i: usize) {
+    let Ok(mut stream) = TcpStream::connect(address) else {
+        return;
+    };
+    let start: &[u8] = match i % 3 {
+        0 => b"POST /invocations HTTP/1.1\r\nHost: x\r\n",
+        1 => b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\nContent-Length: 50000\r\n\r\nxx",
+        _ => b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n",
+    };
+    let _ = stream.write_all(start);
+    closed_within(&mut stream, std::time::Duration::from_secs(60));
+}
+
+/// The endpoint with its default limits under a mix of clients for a minute (or
+/// SHARDLINE_SOAK_SECONDS): valid requests on both protocols, malformed ones, clients that stall,
+/// and health checks. Valid requests never fail, malformed ones get 4xx, memory and sockets stay
+/// bounded, and SIGTERM at the end answers what was sent and exits 0.
+#[test]
+fn soak_mixed_valid_malformed_and_slow_clients() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+    let seconds: u64 = std::env::var("SHARDLINE_SOAK_SECONDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(60);
+    let t = TestDir::new();
+    let images = Arc::new(model(&t));
+    let s = serve(
+        &t,
+        &["--header-timeout-ms", "2000", "--body-timeout-ms", "2000"],
+    );
+    let pid = s.child.id();
+    let stop = Arc::new(AtomicBool::new(false));
+    let valid_failures = Arc::new(Mutex::new(Vec::<String>::new()));
+    let counts: Arc<[AtomicUsize; 4]> = Arc::new(Default::default());
+    let mut threads = Vec::new();
+    // Valid: 3 image clients and 1 tensor client, in closed loops.
+    for c in 0..4 {
+        let (address, images, stop, failures, counts) = (
+            s.address.clone(),
+            images.clone(),
+            stop.clone(),
+            valid_failures.clone(),
+            counts.clone(),
+        );
+        threads.push(std::thread::spawn(move || {
+            let tensor = serde_json::json!({"inputs": [{"name": "input", "shape": [1, 3, 16, 16], "datatype": "FP32", "data": vec![0.25f32; 768]}]}).to_string();
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let (status, body) = if c == 3 {
+                    http(&address, "POST", "/v2/models/model/infer", &[("Content-Type", "application/json")], tensor.as_bytes())
+                } else {
+                    http(&address, "POST", "/invocations", &[("Content-Type", "image/jpeg")], &images[i % images.len()])
+                };
+                counts[0].fetch_add(1, Ordering::Relaxed);
+                if status != 200 {
+                    failures.lock().expect("lock").push(format!("{status}: {body}"));
+                }
+                i += 1;
+            }
+        }));
+    }
+    // Health checks: always 200 (their slowest time is reported, not asserted).
+    let slowest_ping = Arc::new(Mutex::new(std::time::Duration::ZERO));
+    {
+        let (address, stop, failures, counts, slowest) = (
+            s.address.clone(),
+            stop.clone(),
+            valid_failures.clone(),
+            counts.clone(),
+            slowest_ping.clone(),
+        );
+        threads.push(std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let asked = std::time::Instant::now();
+                let (status, body) = http(&address, "GET", "/ping", &[], b"");
+                let took = asked.elapsed();
+                let mut longest = slowest.lock().expect("lock");
+                *longest = (*longest).max(took);
+                drop(longest);
+                counts[1].fetch_add(1, Ordering::Relaxed);
+                if status != 200 {
+                    failures
+                        .lock()
+                        .expect("lock")
+                        .push(format!("/ping {status}: {body}"));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        }));
+    }
+    // Malformed: 2 clients; every answer a 4xx.
+    let bad_answers = Arc::new(Mutex::new(Vec::<u16>::new()));
+    for c in 0..2 {
+        let (address, images, stop, bad, counts) = (
+            s.address.clone(),
+            images.clone(),
+            stop.clone(),
+            bad_answers.clone(),
+            counts.clone(),
+        );
+        threads.push(std::thread::spawn(move || {
+            let mut i = c;
+            while !stop.load(Ordering::Relaxed) {
+                let status = malformed(&address, i, &images[0]);
+                counts[2].fetch_add(1, Ordering::Relaxed);
+                if !(400..500).contains(&status) {
+                    bad.lock().expect("lock").push(status);
+                }
+                i += 1;
+            }
+        }));
+    }
+    // Slow: 24 stalling clients at any time.
+    for c in 0..24 {
+        let (address, stop, counts) = (s.address.clone(), stop.clone(), counts.clone());
+        threads.push(std::thread::spawn(move || {
+            let mut i = c;
+            while !stop.load(Ordering::Relaxed) {
+                stall(&address, i);
+                counts[3].fetch_add(1, Ordering::Relaxed);
+                i += 1;
+            }
+        }));
+    }
+    let mut samples = Vec::new();
+    let started = std::time::Instant::now();
+    while started.elapsed().as_secs() < seconds {
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        samples.push(footprint(pid));
+    }
+    stop.store(true, Ordering::Relaxed);
+    // Requests in flight when SIGTERM comes are answered.
+    let last: Vec<_> = (0..6)
+        .map(|i| {
+            let (address, image) = (s.address.clone(), images[i % images.len()].clone());
+            std::thread::spawn(move || {
+                http(
+                    &address,
+                    "POST",
+                    "/invocations",
+                    &[("Content-Type", "image/jpeg")],
+                    &image,
+                )
+            })
+        })
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    terminate(&s);
+    for t in threads {
+        t.join().expect("client");
+    }
+    for l in last {
+        let (status, body) = l.join().expect("client");
+        // Sent after the listener closed is refused by the kernel (no status); once sent, answered.
+        assert!(
+            status == 200,
+            "a request in flight at SIGTERM: {status} {body}"
+        );
+    }
+    let mut s = s;
+    let exit = s.child.wait().expect("wait");
+    let [valid, pings, bad, stalls] = [0, 1, 2, 3].map(|i| counts[i].load(Ordering::Relaxed));
+    let quarter = samples.len() / 4;
+    let rss = |part: &[(u64, usize)]| part.iter().map(|s| s.0).max().unwrap_or(0);
+    let (early, late) = (
+        rss(&samples[..quarter.max(1)]),
+        rss(&samples[samples.len() - quarter.max(1)..]),
+    );
+    let fds = samples.iter().map(|s| s.1).max().unwrap_or(0);
+    eprintln!(
+        "soak {seconds} s: {valid} valid requests, {pings} pings, {bad} malformed, {stalls} stalled clients; RSS {early} KiB early, {late} KiB late; at most {fds} open descriptors; slowest /ping {:?}",
+        *slowest_ping.lock().expect("lock")
+    );
+    let failures = valid_failures.lock().expect("lock");
+    assert!(
+        failures.is_empty(),
+        "{} valid requests failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    let bad = bad_answers.lock().expect("lock");
+    assert!(bad.is_empty(), "malformed requests answered {bad:?}");
+    assert!(valid > 0 && bad.is_empty() && stalls > 0);
+    // Bounded: the 24 stalling clients and the few others, plus the model's own descriptors.
+    assert!(fds < 150, "{fds} open descriptors");
+    assert!(
+        late < early + early / 2 + 64 * 1024,
+        "memory grew from {early} KiB to {late} KiB"
+    );
     assert!(exit.success(), "{exit:?}");
 }
 

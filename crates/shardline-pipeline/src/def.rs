@@ -339,9 +339,15 @@ fn template(value: &Spanned<DeValue<'_>>, c: &mut Checker<'_>) -> Option<Templat
             }
         },
         DeValue::Float(x) => match x.as_str().replace('_', "").parse::<f64>() {
-            Ok(x) => Template::Literal(Value::Float(x)),
-            Err(_) => {
-                c.problem(span, format!("{} is not a number", x.as_str()));
+            Ok(x) if x.is_finite() => Template::Literal(Value::Float(x)),
+            _ => {
+                c.problem(
+                    span,
+                    format!(
+                        "{} is not a finite number; write one such as 0.5",
+                        x.as_str()
+                    ),
+                );
                 return None;
             }
         },

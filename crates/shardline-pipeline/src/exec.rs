@@ -656,7 +656,10 @@ impl<'a> Run<'a> {
                         Class::Infrastructure => true,
                     };
                     if attempt < last && retried {
-                        let wait = step.retry.backoff_s * 2f64.powi((attempt - first) as i32);
+                        // Doubling from `backoff_s`, at most an hour (many attempts would
+                        // otherwise overflow to an infinite wait).
+                        let wait = (step.retry.backoff_s * 2f64.powi((attempt - first) as i32))
+                            .min(3600.0);
                         self.emit(Event::Line {
                             step: step.name.clone(),
                             text: format!(

@@ -170,7 +170,13 @@ impl Ty {
         Ok(match self {
             Ty::Str | Ty::Any => Value::Str(text.to_string()),
             Ty::Int => Value::Int(text.trim().parse().map_err(|_| bad())?),
-            Ty::Float => Value::Float(text.trim().parse().map_err(|_| bad())?),
+            Ty::Float => Value::Float(
+                text.trim()
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|x| x.is_finite())
+                    .ok_or_else(|| format!("{text:?} is not a finite float"))?,
+            ),
             Ty::Bool => match text.trim() {
                 "true" => Value::Bool(true),
                 "false" => Value::Bool(false),

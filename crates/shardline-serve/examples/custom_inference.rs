@@ -99,7 +99,14 @@ async fn main() {
     let stop = async {
         let _ = tokio::signal::ctrl_c().await;
     };
-    if let Err(e) = shardline_serve::serve(listener, shardline_serve::app(server), stop).await {
+    if let Err(e) = shardline_serve::serve(
+        listener,
+        shardline_serve::app(server),
+        shardline_serve::ConnectionLimits::default(),
+        stop,
+    )
+    .await
+    {
         eprintln!("error: {e}");
     }
 }

@@ -172,6 +172,13 @@ impl ImageClassifier {
                 data.len()
             )));
         }
+        // A value over FP32's range arrives as an infinity: the model would answer NaNs.
+        if let Some(i) = data.iter().position(|v| !v.is_finite()) {
+            return Err(InferenceError::bad_request(format!(
+                "value {i} of the data is not a finite FP32 number (at most {:e} in magnitude)",
+                f32::MAX
+            )));
+        }
         Ok(Images {
             count,
             values: data,
@@ -271,7 +278,7 @@ pub fn negotiate<'a>(accept: &str, offered: &[&'a str]) -> Option<&'a str> {
             let range = pieces.next()?.trim().to_ascii_lowercase();
             let q = pieces
                 .filter_map(|p| p.trim().strip_prefix("q="))
-                .find_map(|q| q.trim().parse::<f32>().ok())
+                .find_map(|q| q.trim().parse::<f32>().ok().filter(|q| q.is_finite()))
                 .unwrap_or(1.0);
             (q > 0.0 && !range.is_empty()).then_some((q, i, range))
         })

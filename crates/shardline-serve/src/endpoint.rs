@@ -49,7 +49,7 @@ pub async fn run(
     config: &EndpointConfig,
     ready: impl FnOnce(&Listening),
     stop: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), Error> {
+) -> Result<crate::Stopped, Error> {
     let files = ModelFiles::load(&config.model).await?;
     shardline_train::device::by_name(&config.classifier.device)?;
     let handler = ImageClassifier::new(files, config.classifier.clone());
@@ -73,5 +73,6 @@ pub async fn run(
         name: config.server.name.clone(),
         classes,
     });
-    crate::serve(listener, crate::app(server), stop).await
+    let limits = config.server.connections.clone();
+    crate::serve(listener, crate::app(server), limits, stop).await
 }

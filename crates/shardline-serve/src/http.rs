@@ -3,7 +3,6 @@
 //! `/metrics`. Errors are answered as `{"error": "..."}` on both protocols.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,9 +14,11 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use futures::StreamExt;
 use serde::Deserialize;
 
 use crate::batcher::{Arrival, BatchConfig, Batcher, Pending};
+use crate::conn::ConnectionLimits;
 use crate::inference::{Answer, Inference, Request, Tensor};
 use crate::metrics::Metrics;
 use crate::{Error, InferenceError};
@@ -35,6 +36,8 @@ pub struct ServerConfig {
     pub timeout: Duration,
     /// The batcher's settings.
     pub batch: BatchConfig,
+    /// Timeouts and the number of open connections.
+    pub connections: ConnectionLimits,
 }
 
 impl Default for ServerConfig {
@@ -45,6 +48,7 @@ impl Default for ServerConfig {
             body_limit: 6 * 1024 * 1024,
             timeout: Duration::from_secs(60),
             batch: BatchConfig::default(),
+            connections: ConnectionLimits::default(),
         }
     }
 }
@@ -59,6 +63,8 @@ pub struct Server<I: Inference> {
     batcher: Batcher<I>,
     metrics: Arc<Metrics>,
     config: ServerConfig,
+    /// Permits for decoding on blocking threads, one per core.
+    decoders: tokio::sync::Semaphore,
 }
 
 impl<I: Inference> Server<I> {
@@ -69,6 +75,7 @@ impl<I: Inference> Server<I> {
                 "`body_limit` and `timeout_ms` must be positive".into(),
             ));
         }
+        config.connections.check()?;
         let handler = Arc::new(handler);
         let metrics = Arc::new(Metrics::new());
         let batcher = Batcher::start(handler.clone(), config.batch, metrics.clone())?;
@@ -77,6 +84,9 @@ impl<I: Inference> Server<I> {
             batcher,
             metrics,
             config,
+            decoders: tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(2, |n| n.get()),
+            ),
         }))
     }
 
@@ -135,21 +145,35 @@ impl<I: Inference> Server<I> {
 
     /// Runs the input hook, on a blocking thread for large bodies.
     async fn decode(&self, body: Bytes, content_type: String) -> Result<I::Input, InferenceError> {
-        if body.len() <= INLINE_DECODE {
-            return self.handler.input(Request {
-                body: &body,
-                content_type: &content_type,
-            });
-        }
         let handler = self.handler.clone();
-        tokio::task::spawn_blocking(move || {
+        self.off_runtime(body.len(), move || {
             handler.input(Request {
                 body: &body,
                 content_type: &content_type,
             })
         })
         .await
-        .map_err(|_| InferenceError::internal("decoding the request failed (panicked)"))?
+    }
+
+    /// Runs `work` (decoding a body of `size` bytes) in place when it is small, else on a
+    /// blocking thread, never more of those at once than there are cores: the runtime's workers
+    /// only move bytes, so health checks and metrics answer at once however busy decoding is.
+    async fn off_runtime<T: Send + 'static>(
+        &self,
+        size: usize,
+        work: impl FnOnce() -> Result<T, InferenceError> + Send + 'static,
+    ) -> Result<T, InferenceError> {
+        if size <= INLINE_DECODE {
+            return work();
+        }
+        let _permit = self
+            .decoders
+            .acquire()
+            .await
+            .map_err(|_| InferenceError::internal("the server is stopping"))?;
+        tokio::task::spawn_blocking(work)
+            .await
+            .map_err(|_| InferenceError::internal("decoding the request failed (panicked)"))?
     }
 }
 
@@ -157,6 +181,7 @@ impl<I: Inference> Server<I> {
 pub fn app<I: Inference>(server: Arc<Server<I>>) -> Router {
     let body_limit = server.config.body_limit;
     let metrics = server.metrics.clone();
+    let bodies = (body_limit, server.config.connections.body_timeout);
     Router::new()
         .route("/ping", get(ping::<I>))
         .route("/invocations", post(invocations::<I>))
@@ -167,27 +192,70 @@ pub fn app<I: Inference>(server: Arc<Server<I>>) -> Router {
         .route("/v2/models/{model}", get(model_metadata::<I>))
         .route("/v2/models/{model}/ready", get(model_ready::<I>))
         .route("/v2/models/{model}/infer", post(infer::<I>))
+        .route(
+            "/v2/models/{model}/versions/{version}",
+            get(model_metadata::<I>),
+        )
+        .route(
+            "/v2/models/{model}/versions/{version}/ready",
+            get(model_ready::<I>),
+        )
+        .route(
+            "/v2/models/{model}/versions/{version}/infer",
+            post(infer::<I>),
+        )
         .route("/metrics", get(render_metrics::<I>))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn_with_state(bodies, read_body))
         .layer(middleware::from_fn_with_state(metrics, track))
         .with_state(server)
 }
 
-/// Serves `app` on `listener` until `shutdown` completes, then stops accepting connections and
-/// returns once every request in flight has been answered (graceful shutdown).
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    app: Router,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), Error> {
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(|source| Error::Io {
-            what: "serving HTTP".into(),
-            source,
-        })
+/// Reads a request's whole body before the route sees it, within the body timeout (408 for a
+/// client that stops sending) and the size limit (413), so that no handler waits on a slow client.
+async fn read_body(
+    State((limit, timeout)): State<(usize, Duration)>,
+    request: axum::extract::Request,
+    next: Next,
+) -> Response {
+    let (parts, body) = request.into_parts();
+    let collect = async {
+        let mut stream = body.into_data_stream();
+        let mut bytes = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| {
+                InferenceError::bad_request(format!("the request body could not be read: {e}"))
+            })?;
+            if bytes.len() + chunk.len() > limit {
+                return Err(InferenceError {
+                    status: 413,
+                    message: format!(
+                        "the request body is larger than the limit of {limit} bytes; send a smaller payload or raise `body_limit`"
+                    ),
+                });
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        Ok(bytes)
+    };
+    match tokio::time::timeout(timeout, collect).await {
+        Ok(Ok(bytes)) => {
+            next.run(axum::extract::Request::from_parts(
+                parts,
+                axum::body::Body::from(bytes),
+            ))
+            .await
+        }
+        Ok(Err(e)) => failure(e),
+        Err(_) => failure(InferenceError {
+            status: 408,
+            message: format!(
+                "the request body did not arrive within {} ms; send it at once or raise `body_timeout_ms`",
+                timeout.as_millis()
+            ),
+        }),
+    }
 }
 
 /// Records every request's route, status and latency.
@@ -334,24 +402,40 @@ async fn server_metadata() -> axum::Json<serde_json::Value> {
     }))
 }
 
-/// The served model, or 404 naming the one that is.
-fn check_model<I: Inference>(server: &Server<I>, model: &str) -> Result<(), InferenceError> {
-    if model == server.config.name {
-        Ok(())
-    } else {
-        Err(InferenceError {
+/// A model path's parameters: `{model}`, and `{version}` on the versioned routes.
+#[derive(Debug, Deserialize)]
+struct ModelPath {
+    model: String,
+    version: Option<String>,
+}
+
+/// The served model (and version), or 404 naming the one that is.
+fn check_model<I: Inference>(server: &Server<I>, path: &ModelPath) -> Result<(), InferenceError> {
+    let c = &server.config;
+    if path.model != c.name {
+        return Err(InferenceError {
             status: 404,
             message: format!(
-                "model {model:?} is not served here; this server serves {:?}",
-                server.config.name
+                "model {:?} is not served here; this server serves {:?}",
+                path.model, c.name
             ),
-        })
+        });
+    }
+    match &path.version {
+        Some(v) if *v != c.version => Err(InferenceError {
+            status: 404,
+            message: format!(
+                "model {:?} has no version {v:?} here; this server serves version {:?}",
+                c.name, c.version
+            ),
+        }),
+        _ => Ok(()),
     }
 }
 
 async fn model_metadata<I: Inference>(
     State(server): State<Arc<Server<I>>>,
-    Path(model): Path<String>,
+    Path(model): Path<ModelPath>,
 ) -> Response {
     if let Err(e) = check_model(&server, &model) {
         return failure(e);
@@ -369,7 +453,7 @@ async fn model_metadata<I: Inference>(
 
 async fn model_ready<I: Inference>(
     State(server): State<Arc<Server<I>>>,
-    Path(model): Path<String>,
+    Path(model): Path<ModelPath>,
 ) -> Response {
     if let Err(e) = check_model(&server, &model) {
         return failure(e);
@@ -377,11 +461,19 @@ async fn model_ready<I: Inference>(
     ready(State(server)).await
 }
 
-/// A v2 inference request. Unknown fields (`parameters`, `outputs`) are accepted and ignored.
+/// A v2 inference request. `parameters` are accepted and ignored; `outputs`, when given, must
+/// name outputs the model has (every output is answered either way: this model has one).
 #[derive(Debug, Deserialize)]
 struct InferRequest {
     id: Option<String>,
     inputs: Vec<InferInput>,
+    #[serde(default)]
+    outputs: Vec<RequestedOutput>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RequestedOutput {
+    name: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -434,9 +526,43 @@ impl<'de> Deserialize<'de> for Flat {
     }
 }
 
+/// Checks a request's tensor names against the model's signature: every input is one the model
+/// takes, and every requested output one it gives.
+fn check_names(
+    request: &InferRequest,
+    (inputs, outputs): (Vec<crate::TensorSpec>, Vec<crate::TensorSpec>),
+) -> Result<(), InferenceError> {
+    let names = |specs: &[crate::TensorSpec]| {
+        specs
+            .iter()
+            .map(|s| format!("{:?}", s.name))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    for input in &request.inputs {
+        if !inputs.iter().any(|s| s.name == input.name) {
+            return Err(InferenceError::bad_request(format!(
+                "input {:?} is not an input of this model; it takes {}",
+                input.name,
+                names(&inputs)
+            )));
+        }
+    }
+    for output in &request.outputs {
+        if !outputs.iter().any(|s| s.name == output.name) {
+            return Err(InferenceError::bad_request(format!(
+                "output {:?} is not an output of this model; it gives {}",
+                output.name,
+                names(&outputs)
+            )));
+        }
+    }
+    Ok(())
+}
+
 async fn infer<I: Inference>(
     State(server): State<Arc<Server<I>>>,
-    Path(model): Path<String>,
+    Path(model): Path<ModelPath>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let mut id = None;
@@ -444,23 +570,29 @@ async fn infer<I: Inference>(
         let arrival = server.batcher.arrival();
         check_model(&server, &model)?;
         let body = body.map_err(|r| body_failure(r, server.config.body_limit))?;
-        let request: InferRequest = serde_json::from_slice(&body).map_err(|e| {
-            InferenceError::bad_request(format!(
-                "the body is not a v2 inference request ({{\"inputs\": [{{\"name\", \"shape\", \"datatype\", \"data\"}}]}}): {e}"
-            ))
-        })?;
-        id = request.id;
-        let tensors = request
-            .inputs
-            .into_iter()
-            .map(|i| Tensor {
-                name: i.name,
-                shape: i.shape,
-                datatype: i.datatype,
-                data: i.data.0,
+        let handler = server.handler.clone();
+        let (request_id, input) = server
+            .off_runtime(body.len(), move || {
+                let request: InferRequest = serde_json::from_slice(&body).map_err(|e| {
+                    InferenceError::bad_request(format!(
+                        "the body is not a v2 inference request ({{\"inputs\": [{{\"name\", \"shape\", \"datatype\", \"data\"}}]}}): {e}"
+                    ))
+                })?;
+                check_names(&request, handler.signature())?;
+                let tensors = request
+                    .inputs
+                    .into_iter()
+                    .map(|i| Tensor {
+                        name: i.name,
+                        shape: i.shape,
+                        datatype: i.datatype,
+                        data: i.data.0,
+                    })
+                    .collect();
+                Ok((request.id, handler.input_tensors(tensors)?))
             })
-            .collect();
-        let input = server.handler.input_tensors(tensors)?;
+            .await?;
+        id = request_id;
         let output = server.predict_arriving(input, arrival).await?;
         server.handler.output_tensors(output)
     }

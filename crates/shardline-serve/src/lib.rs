@@ -25,6 +25,7 @@
 
 mod batcher;
 mod classifier;
+mod conn;
 pub mod endpoint;
 mod error;
 mod http;
@@ -37,8 +38,9 @@ pub use batcher::{Arrival, BatchConfig, Batcher, Pending};
 pub use classifier::{
     ClassifierOptions, ImageClassifier, Images, Loaded, Probabilities, negotiate,
 };
+pub use conn::{ConnectionLimits, Stopped, serve};
 pub use error::{Error, InferenceError};
-pub use http::{Server, ServerConfig, app, serve};
+pub use http::{Server, ServerConfig, app};
 pub use inference::{Answer, Inference, Reply, Request, Tensor, TensorSpec};
 pub use metrics::Metrics;
 pub use model::ModelFiles;

@@ -39,6 +39,11 @@ pub enum Kind {
     Resnet18,
 }
 
+/// The most weights a model may have: 2^30 (4 GiB as f32, before gradients and optimiser state).
+pub const MAX_WEIGHTS: u128 = 1 << 30;
+/// The most values a model's first layer may produce per image: 2^28 (1 GiB as f32).
+pub const MAX_ACTIVATIONS: u128 = 1 << 28;
+
 /// A model's description, saved beside its weights.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelConfig {
@@ -164,7 +169,85 @@ impl ModelConfig {
                 "dense is for the reference CNN and bncnn only; widths sets the layers of the others".into(),
             );
         }
-        Ok(())
+        // Absurd sizes are refused here, with the figures, rather than aborting in an allocation.
+        match self.size() {
+            Some((weights, _)) if weights > MAX_WEIGHTS => Err(format!(
+                "this model would have about {weights} weights ({} GiB as f32), more than the {MAX_WEIGHTS} allowed; use smaller widths or a smaller input",
+                (weights * 4) >> 30
+            )),
+            Some((_, activations)) if activations > MAX_ACTIVATIONS => Err(format!(
+                "this model's first layer would produce {activations} values per image, more than the {MAX_ACTIVATIONS} allowed; use smaller widths or a smaller input"
+            )),
+            Some(_) => Ok(()),
+            None => Err(format!(
+                "this model's size overflows 128 bits (widths {:?}, dense {:?}, input {:?}); use smaller numbers",
+                self.widths, self.dense, self.input
+            )),
+        }
+    }
+
+    /// About how many weights the model has, and how many values its largest early layer
+    /// produces per image; `None` when counting overflows.
+    pub fn size(&self) -> Option<(u128, u128)> {
+        let n = |v: usize| v as u128;
+        let conv =
+            |cin: u128, cout: u128| cin.checked_mul(cout)?.checked_mul(9)?.checked_add(cout * 5);
+        let dense = |mut features: u128, widths: &[usize]| -> Option<(u128, u128)> {
+            let mut weights = 0u128;
+            for &w in widths {
+                weights = weights.checked_add(features.checked_mul(n(w))?.checked_add(n(w))?)?;
+                features = n(w);
+            }
+            Some((weights, features))
+        };
+        let [c, h, w] = self.input.map(n);
+        let pixels = h.checked_mul(w)?;
+        let mut channels = c;
+        let mut weights = 0u128;
+        let first = n(self.widths.first().copied().unwrap_or(0));
+        let (features, activations) = match self.kind {
+            Kind::Mlp => {
+                let (wts, features) = dense(c.checked_mul(pixels)?, &self.widths)?;
+                weights = wts;
+                (features, first)
+            }
+            Kind::Resnet18 => {
+                weights = conv(c, first)?;
+                channels = first;
+                for &width in &self.widths {
+                    let width = n(width);
+                    let block = conv(channels, width)?.checked_add(conv(width, width)?)?;
+                    weights = weights
+                        .checked_add(block.checked_add(conv(width, width)?.checked_mul(2)?)?)?;
+                    channels = width;
+                }
+                (channels, first.checked_mul(pixels)?)
+            }
+            Kind::Bncnn | Kind::Cnn | Kind::Reference => {
+                for &width in &self.widths {
+                    weights = weights.checked_add(conv(channels, n(width))?)?;
+                    channels = n(width);
+                }
+                let flat = match self.kind {
+                    Kind::Cnn => channels,
+                    Kind::Bncnn => {
+                        let (h, w) = self.strided_features();
+                        channels.checked_mul(n(h))?.checked_mul(n(w))?
+                    }
+                    _ => {
+                        let (h, w) = self.reference_features().unwrap_or((1, 1));
+                        channels.checked_mul(n(h))?.checked_mul(n(w))?
+                    }
+                };
+                let (wts, features) = dense(flat, &self.dense)?;
+                weights = weights.checked_add(wts)?;
+                (features, first.checked_mul(pixels)?)
+            }
+        };
+        let head = features
+            .checked_mul(n(self.classes))?
+            .checked_add(n(self.classes))?;
+        Some((weights.checked_add(head)?, activations))
     }
 
     /// Height and width of bncnn's last block: each block halves them (rounding up, as a padded
@@ -381,6 +464,39 @@ impl Residual {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn absurd_sizes_are_refused_with_the_figures() {
+        let (weights, _) = ModelConfig::resnet18([3, 32, 32], 10).size().expect("size");
+        assert!((10_000_000..12_500_000).contains(&weights), "{weights}");
+        let mut huge = ModelConfig::mlp([3, 64, 64], 10);
+        huge.widths = vec![1 << 20, 1 << 20];
+        let e = huge.validate().expect_err("2^40 weights");
+        assert!(e.contains("weights") && e.contains("smaller widths"), "{e}");
+        let mut wide = ModelConfig::cnn([3, 8192, 8192], 10);
+        wide.widths = vec![64];
+        assert!(
+            wide.validate()
+                .expect_err("activations")
+                .contains("per image")
+        );
+        let mut overflow = ModelConfig::mlp([3, 8, 8], 10);
+        overflow.widths = vec![usize::MAX, usize::MAX, usize::MAX];
+        assert!(
+            overflow
+                .validate()
+                .expect_err("overflow")
+                .contains("overflows")
+        );
+        for config in [
+            ModelConfig::bncnn([1, 28, 28], 10),
+            ModelConfig::cnn([3, 32, 32], 10),
+            ModelConfig::reference([1, 28, 28], 10),
+            ModelConfig::resnet18([3, 32, 32], 10),
+        ] {
+            config.validate().expect("a default model is allowed");
+        }
+    }
 
     #[test]
     fn every_kind_builds_and_gives_logits_of_its_classes() {

@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use shardline_registry::{Reference, Registry};
 use shardline_serve::endpoint::{self, EndpointConfig, Listening};
-use shardline_serve::{BatchConfig, ClassifierOptions, ServerConfig};
+use shardline_serve::{BatchConfig, ClassifierOptions, ConnectionLimits, ServerConfig};
 
 use crate::progress::Ui;
 
@@ -49,6 +49,19 @@ pub struct Args {
     /// The largest request body, in bytes (SageMaker's limit is 6 MB); larger ones get 413.
     #[arg(long, default_value_t = ServerConfig::default().body_limit)]
     pub body_limit: usize,
+    /// How long a client may take to send a request's headers (and how long an idle keep-alive
+    /// connection stays open), in milliseconds.
+    #[arg(long, default_value_t = ConnectionLimits::default().header_timeout.as_millis() as u64)]
+    pub header_timeout_ms: u64,
+    /// How long a client may take to send a request's body before a 408, in milliseconds.
+    #[arg(long, default_value_t = ConnectionLimits::default().body_timeout.as_millis() as u64)]
+    pub body_timeout_ms: u64,
+    /// Connections served at once; more wait in the kernel's accept queue.
+    #[arg(long, default_value_t = ConnectionLimits::default().max_connections)]
+    pub max_connections: usize,
+    /// On SIGTERM, how long requests already sent may take to be answered, in milliseconds.
+    #[arg(long, default_value_t = ConnectionLimits::default().grace.as_millis() as u64)]
+    pub grace_ms: u64,
     /// The device of the model threads: cpu, or cuda / wgpu in a build with that feature.
     #[arg(long, default_value_t = ClassifierOptions::default().device)]
     pub device: String,
@@ -117,6 +130,12 @@ pub async fn run(args: Args, ui: &Ui) -> Result<()> {
                 workers: args.workers,
                 adaptive: args.batching == Batching::Adaptive,
             },
+            connections: ConnectionLimits {
+                header_timeout: Duration::from_millis(args.header_timeout_ms),
+                body_timeout: Duration::from_millis(args.body_timeout_ms),
+                max_connections: args.max_connections,
+                grace: Duration::from_millis(args.grace_ms),
+            },
         },
         classifier: ClassifierOptions {
             device: args.device.clone(),
@@ -139,8 +158,19 @@ pub async fn run(args: Args, ui: &Ui) -> Result<()> {
             }
         ))
     };
-    endpoint::run(&config, ready, stop_signal()).await?;
-    ui.say("serve: stopped; every request in flight was answered");
+    let stopped = endpoint::run(&config, ready, stop_signal()).await?;
+    if stopped.cut == 0 {
+        ui.say(format!(
+            "serve: stopped; every request sent was answered ({} connections taken from the accept queue after the signal)",
+            stopped.drained
+        ));
+    } else {
+        anyhow::bail!(
+            "serve: stopped after the grace period of {} ms with {} connections still busy (closed unanswered); raise --grace-ms",
+            args.grace_ms,
+            stopped.cut
+        );
+    }
     Ok(())
 }
 
