@@ -847,8 +847,10 @@ fn batch_transform_and_the_endpoint_agree() {
         .map(|k| k.as_str().expect("key").to_string())
         .collect();
     std::fs::write(std::path::Path::new(&prefix).join(&keys[0]), b"broken").expect("corrupt");
-    let transform = || {
-        t.run(&[
+    // And one missing: listed, then deleted.
+    std::fs::remove_file(std::path::Path::new(&prefix).join(&keys[1])).expect("delete");
+    let transform = |extra: &[&str]| {
+        let mut args = vec![
             "transform",
             "--model",
             "model",
@@ -860,11 +862,17 @@ fn batch_transform_and_the_endpoint_agree() {
             "2",
             "-k",
             "3",
-        ])
-        .ok()
+        ];
+        args.extend_from_slice(extra);
+        t.run(&args)
     };
-    let out = transform();
-    assert!(out.contains("(1 unreadable)"), "{out}");
+    // 2 failures are over the default budget: the job fails, naming it, and no summary vouches
+    // for the predictions.
+    let err = transform(&[]).fails();
+    assert!(err.contains("over the error budget"), "{err}");
+    assert!(!t.path("tx/summary.json").exists());
+    let out = transform(&["--error-budget", "0.5"]).ok();
+    assert!(out.contains("(2 unreadable)"), "{out}");
     let mut lines = Vec::new();
     for host in ["algo-1", "algo-2"] {
         let text = std::fs::read_to_string(t.path(&format!("tx/predictions/{host}.jsonl")))
@@ -874,12 +882,17 @@ fn batch_transform_and_the_endpoint_agree() {
     }
     assert_eq!(lines.len(), keys.len());
     let summary = json(&std::fs::read_to_string(t.path("tx/summary.json")).expect("summary"));
-    assert_eq!(summary["predicted"], keys.len() as u64 - 1);
-    assert_eq!(summary["failed"], 1);
+    assert_eq!(summary["predicted"], keys.len() as u64 - 2);
+    assert_eq!(summary["failed"], 2);
 
     let s = serve(&t, &[]);
     for line in &lines {
         let key = line["key"].as_str().expect("key");
+        if key == keys[1] {
+            let error = line["prediction"]["error"].as_str().expect("an error");
+            assert!(error.contains("could not be read"), "{line}");
+            continue;
+        }
         let bytes = std::fs::read(std::path::Path::new(&prefix).join(key)).expect("object");
         if key == keys[0] {
             assert!(line["prediction"]["error"].is_string(), "{line}");
@@ -896,8 +909,26 @@ fn batch_transform_and_the_endpoint_agree() {
         assert_eq!(line["prediction"], json(&body)["predictions"][0], "{key}");
     }
     // A rerun finds both instances done.
-    let again = transform();
+    let again = transform(&["--error-budget", "0.5"]).ok();
     assert_eq!(again.matches("already done").count(), 2, "{again}");
+    // Nothing predicted fails whatever the budget.
+    for key in &keys {
+        let _ = std::fs::remove_file(std::path::Path::new(&prefix).join(key));
+    }
+    let err = t
+        .run(&[
+            "transform",
+            "--model",
+            "model",
+            "--manifest",
+            "m/validation.manifest",
+            "--out",
+            "none",
+            "--error-budget",
+            "1",
+        ])
+        .fails();
+    assert!(err.contains("objects failed"), "{err}");
 }
 
 /// A transform whose instances are processes of an external launcher (a Kubernetes Indexed Job's

@@ -287,6 +287,55 @@ fn trained_models_are_registered_with_versions_metrics_and_lineage() {
         .run(&["model", "show", "shapes:7", "--registry", "reg"])
         .fails();
     assert!(err.contains("shapes:7 is not registered"), "{err}");
+    // Garbage, or an archive whose weights do not fit its model, never becomes a version.
+    std::fs::create_dir_all(t.path("junk")).expect("mkdir");
+    std::fs::write(t.path("junk/model.tar.gz"), b"garbage").expect("write");
+    let err = t
+        .run(&[
+            "model",
+            "register",
+            "--name",
+            "shapes",
+            "--model",
+            "junk",
+            "--registry",
+            "reg",
+        ])
+        .fails();
+    assert!(
+        err.contains("model register:") && err.contains("junk"),
+        "{err}"
+    );
+    let mut wrong = std::fs::read(t.path("model/weights.bin")).expect("weights");
+    wrong.truncate(wrong.len() / 2);
+    std::fs::create_dir_all(t.path("half")).expect("mkdir");
+    for name in ["model.json", "labels.json", "recipe.json"] {
+        std::fs::copy(
+            t.path(&format!("model/{name}")),
+            t.path(&format!("half/{name}")),
+        )
+        .expect("copy");
+    }
+    std::fs::write(t.path("half/weights.bin"), wrong).expect("write");
+    let err = t
+        .run(&[
+            "model",
+            "register",
+            "--name",
+            "shapes",
+            "--model",
+            "half",
+            "--registry",
+            "reg",
+        ])
+        .fails();
+    assert!(err.contains("half"), "{err}");
+    let list = t.run(&["model", "list", "--registry", "reg"]).ok();
+    assert_eq!(
+        list.lines().filter(|l| l.starts_with("shapes")).count(),
+        2,
+        "{list}"
+    );
 }
 
 /// Early stopping as a user sees it: training ends `--patience` epochs after the best validation

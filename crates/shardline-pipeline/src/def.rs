@@ -1249,6 +1249,21 @@ kind = "evaluate"
     }
 
     #[test]
+    fn floats_that_are_not_finite_are_refused_at_their_place() {
+        let found =
+            problems("[params]\nlr = nan\nb = -inf\n[steps.a]\nkind = \"datagen\"\nout = \"d\"\n");
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(
+            found.iter().all(|p| p.contains("not a finite number")),
+            "{found:?}"
+        );
+        assert!(
+            found[0].starts_with("2:") && found[1].starts_with("3:"),
+            "{found:?}"
+        );
+    }
+
+    #[test]
     fn toml_syntax_errors_have_their_place() {
         let found = problems("[steps.a]\nkind = \"datagen\"\nout = \n");
         assert_eq!(found.len(), 1, "{found:?}");

@@ -779,10 +779,15 @@ async fn register(s: &Resolved, cx: &Context<'_>) -> Result<Done, StepError> {
     let registry = shardline_registry::Registry::open(&url)
         .map_err(|e| StepError::invalid(format!("`registry` {url}: {e}")))?;
     let evaluation = s.0.get("evaluation").map(Value::to_json);
+    // What is registered is served: it must load as the endpoint loads it.
+    let model = s.need_str("model")?;
+    shardline_serve::ModelFiles::check(&model)
+        .await
+        .map_err(|e| StepError::invalid(e.to_string().trim_start_matches("serve: ").to_string()))?;
     let record = registry
         .register(
             &s.need_str("name")?,
-            &s.need_str("model")?,
+            &model,
             evaluation,
             s.str("description"),
         )
@@ -821,6 +826,7 @@ fn transform_config(
         k: s.usize_or("k", d.k)?,
         batch: s.usize_or("batch", d.batch)?,
         force: s.bool_or("force", d.force),
+        error_budget: s.float_or("error_budget", d.error_budget),
         classifier,
         ..d
     })

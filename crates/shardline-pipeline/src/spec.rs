@@ -313,6 +313,7 @@ const TRANSFORM: &[Field] = &[
     f("instances", Ty::Int),
     f("k", Ty::Int),
     f("batch", Ty::Int),
+    f("error_budget", Ty::Float),
     runtime("force", Ty::Bool),
     runtime("device", Ty::Str),
 ];

@@ -406,5 +406,11 @@ mod tests {
             Ty::Bool.parse_text("yes").unwrap_err(),
             "\"yes\" is not a boolean (true or false)"
         );
+        // Floats from users are finite: a NaN or infinite learning rate is refused at the flag.
+        for text in ["nan", "inf", "-infinity", "1e999"] {
+            let e = Ty::Float.parse_text(text).unwrap_err();
+            assert!(e.contains("not a finite float"), "{text}: {e}");
+        }
+        assert_eq!(Ty::Float.parse_text(" 0.5 "), Ok(Value::Float(0.5)));
     }
 }

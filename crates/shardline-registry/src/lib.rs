@@ -222,6 +222,52 @@ fn member(tarball: &[u8], name: &str) -> Option<Vec<u8>> {
     None
 }
 
+/// What a model archive must hold to be served: the files `shardline train` packs, the JSON ones
+/// readable. Checked before a version number is taken, so that garbage never becomes a version.
+fn check_archive(tarball: &[u8], source: &str) -> Result<()> {
+    let not = |reason: String| Error::NotAModel(format!("{source}: {reason}"));
+    let mut found = std::collections::BTreeMap::new();
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(tarball));
+    let entries = archive.entries().map_err(|e| {
+        not(format!(
+            "model.tar.gz is not a gzip-compressed tar archive ({e}); register what `shardline train` wrote"
+        ))
+    })?;
+    for entry in entries {
+        let mut entry = entry.map_err(|e| {
+            not(format!(
+                "model.tar.gz is is not a gzip-compressed tar archive ({e}); register what `shardline train` wrote"
+            ))
+        })?;
+        let path = entry
+            .path()
+            .map_err(|e| not(format!("model.tar.gz has an unreadable member name ({e})")))?
+            .to_string_lossy()
+            .trim_start_matches("./")
+            .to_string();
+        let mut bytes = Vec::new();
+        entry
+            .read_to_end(&mut bytes)
+            .map_err(|e| not(format!("model.tar.gz's {path} cannot be read ({e})")))?;
+        found.insert(path, bytes);
+    }
+    for name in ["weights.bin", "model.json", "labels.json", "recipe.json"] {
+        let Some(bytes) = found.get(name) else {
+            return Err(not(format!(
+                "model.tar.gz has no {name}; register what `shardline train` wrote"
+            )));
+        };
+        if bytes.is_empty() {
+            return Err(not(format!("model.tar.gz's {name} is empty")));
+        }
+        if name.ends_with(".json") {
+            serde_json::from_slice::<serde_json::Value>(bytes)
+                .map_err(|e| not(format!("model.tar.gz's {name} is not JSON ({e})")))?;
+        }
+    }
+    Ok(())
+}
+
 /// The last row of a `metrics.csv`, by column.
 fn last_epoch(csv: &[u8]) -> serde_json::Value {
     let text = String::from_utf8_lossy(csv);
@@ -292,6 +338,7 @@ impl Registry {
             let csv = store.get_opt("metrics.csv").await?.map(|b| b.to_vec());
             (tarball, lineage, csv, store.uri())
         };
+        check_archive(&tarball, &source_uri)?;
         let lineage: serde_json::Value = match lineage {
             Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
                 Error::NotAModel(format!("{source_uri}: lineage.json is not JSON: {e}"))

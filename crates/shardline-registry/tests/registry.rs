@@ -13,6 +13,9 @@ fn model_dir(dir: &std::path::Path, accuracy: f64) {
     let mut builder = tar::Builder::new(gz);
     for (name, bytes) in [
         ("weights.bin", b"weights".to_vec()),
+        ("model.json", br#"{"kind": "mlp"}"#.to_vec()),
+        ("labels.json", br#"{"classes": ["cat", "dog"]}"#.to_vec()),
+        ("recipe.json", b"{}".to_vec()),
         ("lineage.json", lineage.to_string().into_bytes()),
         ("metrics.csv", csv.as_bytes().to_vec()),
     ] {
@@ -118,6 +121,16 @@ async fn versions_are_numbered_in_order_and_never_shared() {
         .await
         .expect_err("not a model");
     assert!(err.to_string().contains("has no model.tar.gz"), "{err}");
+    // Garbage is refused before a version is taken.
+    std::fs::write(empty.join("model.tar.gz"), b"not a model at all").expect("write");
+    let err = registry
+        .register("pets", empty.to_str().expect("utf-8"), None, None)
+        .await
+        .expect_err("garbage");
+    assert!(
+        err.to_string().contains("not a gzip-compressed tar"),
+        "{err}"
+    );
     let err = registry
         .register("no/slashes", &source, None, None)
         .await

@@ -29,6 +29,20 @@ pub enum Error {
         /// What is wrong and what to do.
         reason: String,
     },
+    /// More objects failed than the error budget allows (or none was predicted).
+    #[error(
+        "transform: {failed} of {objects} objects failed, over the error budget of {budget}%; each failed line in {predictions} says why: fix those objects (or raise `error_budget`) and rerun"
+    )]
+    OverBudget {
+        /// Objects that failed.
+        failed: u64,
+        /// Objects this process was to predict.
+        objects: usize,
+        /// The budget, in percent.
+        budget: f64,
+        /// Where the predictions (with the failed lines) are.
+        predictions: String,
+    },
     /// The model registry refused or failed.
     #[error("registry: {0}")]
     Registry(String),

@@ -152,4 +152,16 @@ impl ModelFiles {
             &self.weights,
         )?)
     }
+
+    /// Loads the model at `url` as the endpoint does and builds it once on the CPU, weights and
+    /// all: what registering checks, so that no version is one the endpoint cannot serve.
+    pub async fn check(url: &str) -> Result<ModelFiles, Error> {
+        let files = ModelFiles::load(url).await?;
+        let device = shardline_train::device::by_name("cpu")?;
+        files.build(&device).map_err(|e| Error::BadModel {
+            url: url.to_string(),
+            reason: format!("its weights do not load into its model.json ({e})"),
+        })?;
+        Ok(files)
+    }
 }

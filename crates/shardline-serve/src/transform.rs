@@ -16,7 +16,7 @@
 use std::time::Instant;
 
 use bytes::Bytes;
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use serde_json::json;
 use shardline_contract::distribute::{Distribution, share};
 use shardline_contract::instance::host;
@@ -55,6 +55,9 @@ pub struct TransformConfig {
     pub rank: Option<usize>,
     /// How long rank 0 waits for the other instances.
     pub wait_s: u64,
+    /// The fraction of objects that may fail (missing, unreadable, not an image) before the job
+    /// fails; a job that predicts nothing fails whatever the budget.
+    pub error_budget: f64,
 }
 
 impl Default for TransformConfig {
@@ -70,6 +73,7 @@ impl Default for TransformConfig {
             classifier: ClassifierOptions::default(),
             rank: None,
             wait_s: 3600,
+            error_budget: 0.001,
         }
     }
 }
@@ -120,24 +124,32 @@ async fn instance(
     };
     let (mut lines, mut ok, mut failed) = (Vec::new(), 0u64, 0u64);
     for chunk in keys.chunks(batch.max(1)) {
-        let bodies: Vec<Bytes> = futures::stream::iter(chunk)
+        // An object that is missing or unreadable is that object's failure, not the job's (the
+        // store has already retried what was worth retrying).
+        let bodies: Vec<Result<Bytes, shardline_store::Error>> = futures::stream::iter(chunk)
             .map(|key| source.get(key))
             .buffered(16)
-            .try_collect()
-            .await?;
+            .collect()
+            .await;
         let mut inputs = Vec::new();
         let mut results: Vec<Option<serde_json::Value>> = Vec::new();
         for body in &bodies {
-            // The classifier reads the format from the bytes themselves.
-            match handler.input(Request {
-                body,
-                content_type: "application/x-image",
-            }) {
+            let read = match body {
+                // The classifier reads the format from the bytes themselves.
+                Ok(body) => handler
+                    .input(Request {
+                        body,
+                        content_type: "application/x-image",
+                    })
+                    .map_err(|e| e.message),
+                Err(e) => Err(format!("could not be read: {e}")),
+            };
+            match read {
                 Ok(input) => {
                     inputs.push(input);
                     results.push(None);
                 }
-                Err(e) => results.push(Some(json!({"error": e.message}))),
+                Err(message) => results.push(Some(json!({"error": message}))),
             }
         }
         let mut outputs = handler
@@ -263,6 +275,12 @@ async fn run_job(
     }
     if config.batch == 0 {
         return Err(setting("batch", "must be at least 1"));
+    }
+    if !(0.0..=1.0).contains(&config.error_budget) {
+        return Err(setting(
+            "error_budget",
+            &format!("{} must be a fraction from 0 to 1", config.error_budget),
+        ));
     }
     if let Some(rank) = config.rank
         && rank >= config.instances
@@ -450,6 +468,16 @@ async fn run_job(
         instances,
         seconds: started.elapsed().as_secs_f64(),
     };
+    // Over the error budget, or nothing predicted: the job failed. The predictions stay (each
+    // failed line says why) but no summary vouches for them.
+    if objects > 0 && (predicted == 0 || failed as f64 > config.error_budget * objects as f64) {
+        return Err(Error::OverBudget {
+            failed,
+            objects,
+            budget: 100.0 * config.error_budget,
+            predictions: out.uri_of("predictions/"),
+        });
+    }
     if others_wrote {
         // Instance 0 writes the summary.
         return Ok(TransformReport {

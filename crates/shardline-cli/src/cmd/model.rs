@@ -99,6 +99,15 @@ pub async fn run(command: Command, ui: &Ui) -> Result<()> {
                 }
                 None => None,
             };
+            // What is registered is served: it must load as the endpoint loads it.
+            shardline_serve::ModelFiles::check(&model)
+                .await
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "model register: {}",
+                        e.to_string().trim_start_matches("serve: ")
+                    )
+                })?;
             let record = registry
                 .register(&name, &model, evaluation, description)
                 .await?;

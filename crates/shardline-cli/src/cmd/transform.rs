@@ -40,6 +40,10 @@ pub struct Args {
     /// The device of the model threads: cpu, or cuda / wgpu in a build with that feature.
     #[arg(long, default_value_t = ClassifierOptions::default().device)]
     pub device: String,
+    /// The fraction of objects that may fail (missing, unreadable, not an image) before the job
+    /// fails; it fails anyway when nothing is predicted.
+    #[arg(long, default_value_t = TransformConfig::default().error_budget)]
+    pub error_budget: f64,
     /// Instance 0 of a launcher's job: how long to wait for the other instances' records.
     #[arg(long, default_value_t = TransformConfig::default().wait_s, value_name = "SECONDS")]
     pub wait_timeout: u64,
@@ -76,6 +80,7 @@ pub async fn run(args: Args, ui: &Ui) -> Result<()> {
         k: args.k,
         batch: args.batch,
         force: args.force,
+        error_budget: args.error_budget,
         classifier: ClassifierOptions {
             device: args.device,
             ..ClassifierOptions::default()
