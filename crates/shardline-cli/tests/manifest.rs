@@ -267,6 +267,30 @@ fn bad_input_gets_a_clear_error_and_writes_nothing() {
         .run(&["manifest", "--source", "gs://b/x", "--out", "out"])
         .fails();
     assert!(err.contains("gs:// is not supported"), "{err}");
+
+    // Names that later stages would spell differently: refused here, naming them.
+    for name in ["tab\there.jpg", "back\\slash.jpg", "new\nline.jpg"] {
+        std::fs::write(t.path("data/circle").join(name), b"x").expect("write");
+        let err = t
+            .run(&["manifest", "--source", "data", "--out", "out"])
+            .fails();
+        assert!(
+            err.contains("1 object(s)") && err.contains("rename them"),
+            "{name:?}: {err}"
+        );
+        std::fs::remove_file(t.path("data/circle").join(name)).expect("rm");
+    }
+    // One class: nothing to classify.
+    std::fs::create_dir_all(t.path("single/circle")).expect("mkdir");
+    std::fs::write(t.path("single/circle/1.jpg"), b"x").expect("write");
+    let err = t
+        .run(&["manifest", "--source", "single", "--out", "out"])
+        .fails();
+    assert!(
+        err.contains("has one class") && err.contains("at least 2"),
+        "{err}"
+    );
+    assert_nothing_written(&t, "out");
 }
 
 #[test]

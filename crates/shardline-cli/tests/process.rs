@@ -205,6 +205,32 @@ fn bad_inputs_fail_before_any_work() {
         ])
         .fails();
     assert!(err.contains("lists no objects"), "{err}");
+    // The same object twice, and a channel that would land on the logs.
+    std::fs::write(
+        t.path("twice.manifest"),
+        format!("[{{\"prefix\":\"file://{m}/\"}},\"a.jpg\",\"a.jpg\"]"),
+    )
+    .expect("write");
+    let err = t
+        .run(&[
+            "process",
+            "--input",
+            &format!("train={}", t.arg("twice.manifest")),
+            "--out",
+            "p",
+        ])
+        .fails();
+    assert!(err.contains("more than once"), "{err}");
+    let err = t
+        .run(&[
+            "process",
+            "--input",
+            &format!("logs={}", t.arg("twice.manifest")),
+            "--out",
+            "p",
+        ])
+        .fails();
+    assert!(err.contains("instances' logs"), "{err}");
     std::fs::write(
         t.path("escape.manifest"),
         format!("[{{\"prefix\":\"file://{m}/\"}},\"../../etc/passwd\"]"),
@@ -742,7 +768,7 @@ fn processed_shards_feed_the_training_reader() {
     for rank in 0..2 {
         let urls = plan.shards[rank]
             .iter()
-            .map(|&i| index.shardlist[i].url.clone())
+            .map(|&i| index.shardlist[i].clone())
             .collect();
         let mut reader = Prefetcher::spawn(store.clone(), urls, Normalise::from_recipe(&recipe), 8);
         for _ in 0..plan.steps {

@@ -9,6 +9,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use shardline_contract::recipe::Recipe;
+use shardline_contract::shards::ShardRecord;
 use shardline_store::Store;
 
 use crate::{Error, npy};
@@ -189,15 +190,27 @@ fn translate(hwc: &[u8], [h, w, c]: [usize; 3], dy: isize, dx: isize, out: &mut 
 fn read_shard(
     store: &Store,
     runtime: &tokio::runtime::Runtime,
-    url: &str,
+    shard: &ShardRecord,
     normalise: &Normalise,
     sink: &mut Sink<'_>,
 ) -> Result<bool, Error> {
+    let url = shard.url.as_str();
     let bytes = runtime.block_on(store.get(url))?;
     let bad = |reason: String| Error::BadShard {
         shard: store.uri_of(url),
         reason,
     };
+    // What processing wrote is what trains: a shard changed since (a flipped bit, a truncation,
+    // another run's file) is refused rather than learnt from.
+    let found = shardline_lineage::Digest::of(&bytes);
+    if bytes.len() as u64 != shard.filesize || found != shard.sha256 {
+        return Err(bad(format!(
+            "its {} bytes (sha256 {found}) do not match the {} bytes (sha256 {}) its channel's index.json lists: it changed after processing; rerun `shardline process` into a fresh --out",
+            bytes.len(),
+            shard.filesize,
+            shard.sha256
+        )));
+    }
     let mut archive = tar::Archive::new(&bytes[..]);
     // Files of one sample share a basename; a sample is complete once its .npy and .cls are seen.
     let mut pending: HashMap<String, (Option<Vec<u8>>, Option<u32>)> = HashMap::new();
@@ -259,14 +272,15 @@ fn read_shard(
 }
 
 impl Prefetcher {
-    /// Starts reading `urls` (keys below `store`) in order, keeping up to `depth` samples ready.
+    /// Starts reading `shards` (their urls are keys below `store`) in order, keeping up to
+    /// `depth` samples ready; each shard's bytes are checked against its size and checksum.
     pub fn spawn(
         store: Store,
-        urls: Vec<String>,
+        shards: Vec<ShardRecord>,
         normalise: Normalise,
         depth: usize,
     ) -> Prefetcher {
-        Prefetcher::spawn_shuffled(store, urls, normalise, depth, 0, 0, 0)
+        Prefetcher::spawn_shuffled(store, shards, normalise, depth, 0, 0, 0)
     }
 
     /// Like [`Prefetcher::spawn`], with samples passed through a shuffle buffer of `shuffle`
@@ -276,7 +290,7 @@ impl Prefetcher {
     /// space it leaves). The order and the translations are a function of `seed`.
     pub fn spawn_shuffled(
         store: Store,
-        urls: Vec<String>,
+        shards: Vec<ShardRecord>,
         normalise: Normalise,
         depth: usize,
         shuffle: usize,
@@ -309,8 +323,8 @@ impl Prefetcher {
                 shift,
                 shifted: Vec::new(),
             };
-            for url in &urls {
-                match read_shard(&store, &runtime, url, &shape, &mut sink) {
+            for shard in &shards {
+                match read_shard(&store, &runtime, shard, &shape, &mut sink) {
                     Ok(true) => {}
                     Ok(false) => return,
                     Err(e) => {
@@ -404,7 +418,11 @@ mod tests {
     use shardline_contract::shards::npy as write_npy;
     use shardline_process::shards::ShardWriter;
 
-    fn shards(store: &Store, runtime: &tokio::runtime::Runtime, samples: usize) -> Vec<String> {
+    fn shards(
+        store: &Store,
+        runtime: &tokio::runtime::Runtime,
+        samples: usize,
+    ) -> Vec<ShardRecord> {
         let mut writer = ShardWriter::new("algo-1", 2000);
         let mut urls = Vec::new();
         let mut open: Vec<u8> = Vec::new();
@@ -414,7 +432,7 @@ mod tests {
                 runtime
                     .block_on(store.put(&closed.record.url, Bytes::from(std::mem::take(open))))
                     .expect("put");
-                urls.push(closed.record.url);
+                urls.push(closed.record);
             }
         };
         for i in 0..samples {
@@ -475,6 +493,29 @@ mod tests {
         let mut reader = Prefetcher::spawn(store, urls, wrong, 4);
         let err = reader.next_batch(2).expect_err("wrong shape").to_string();
         assert!(err.contains("another recipe"), "{err}");
+    }
+
+    #[test]
+    fn a_shard_whose_bytes_changed_is_refused_naming_it() {
+        let runtime = tokio::runtime::Runtime::new().expect("runtime");
+        let store = Store::open("memory://reader-bitflip/train").expect("store");
+        let urls = shards(&store, &runtime, 3);
+        let mut bytes = runtime
+            .block_on(store.get(&urls[0].url))
+            .expect("get")
+            .to_vec();
+        // One bit of a pixel flipped: the tar still parses, the sample would train.
+        let at = bytes.len() / 3;
+        bytes[at] ^= 1;
+        runtime
+            .block_on(store.put(&urls[0].url, Bytes::from(bytes)))
+            .expect("put");
+        let mut reader = Prefetcher::spawn(store, urls.clone(), normalise(), 4);
+        let err = reader.next_batch(2).expect_err("changed").to_string();
+        assert!(
+            err.contains(&urls[0].url) && err.contains("do not match"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -32,6 +32,28 @@ pub enum Error {
         /// A few of their keys.
         examples: String,
     },
+    /// The source has a single class prefix: nothing to classify.
+    #[error(
+        "manifest: the source {source_uri} has one class, {class:?}; a classifier needs at least 2: lay the data out as <source>/<class_label>/<object> with a folder per class"
+    )]
+    OneClass {
+        /// The source URI.
+        source_uri: String,
+        /// The only class.
+        class: String,
+    },
+    /// Keys that later stages would spell differently (control characters, backslashes).
+    #[error(
+        "manifest: {count} object(s) under {source_uri} have names with a control character (tab, newline) or a backslash, which manifests and object stores spell differently (e.g. {examples}); rename them"
+    )]
+    BadKeys {
+        /// The source URI.
+        source_uri: String,
+        /// How many.
+        count: usize,
+        /// A few of them, quoted.
+        examples: String,
+    },
     /// A class has too few objects for the split and minimum.
     #[error(
         "manifest: class {class:?} has {objects} object(s), which split as {counts} — fewer than `min_per_class` {min} in some channel; lower `min_per_class`, change `split` or add data"

@@ -288,6 +288,12 @@ async fn list_source(
             examples: examples.join(", "),
         });
     }
+    if let [class] = level.prefixes.as_slice() {
+        return Err(Error::OneClass {
+            source_uri: source.uri(),
+            class: class.clone(),
+        });
+    }
     progress.classes_found(level.prefixes.len());
     let mut classes: Vec<(String, Vec<Object>)> = futures::stream::iter(level.prefixes)
         .map(|class| async move {
@@ -302,6 +308,25 @@ async fn list_source(
         .try_collect()
         .await?;
     classes.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    // A key is written into JSON manifests, Parquet, shard names and URLs; one with a control
+    // character or a backslash does not come back the same way from every store.
+    let bad: Vec<&str> = classes
+        .iter()
+        .flat_map(|(_, objects)| objects.iter().map(|o| o.key.as_str()))
+        .filter(|k| k.chars().any(|c| c.is_control() || c == '\\'))
+        .collect();
+    if !bad.is_empty() {
+        return Err(Error::BadKeys {
+            source_uri: source.uri(),
+            count: bad.len(),
+            examples: bad
+                .iter()
+                .take(3)
+                .map(|k| format!("{k:?}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+        });
+    }
     Ok(classes)
 }
 

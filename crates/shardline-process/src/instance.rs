@@ -205,10 +205,12 @@ pub async fn run(
             assignment.update(uri.as_bytes());
             assignment.update(b"\n");
             let outcome = match bytes {
-                // A missing object is quarantined like a corrupt one; a store that fails is fatal.
+                // A missing or unreadable object is quarantined like a corrupt one; a store that
+                // fails is fatal.
                 Err(shardline_store::Error::NotFound { .. }) => {
                     Err("the object does not exist".to_string())
                 }
+                Err(e @ shardline_store::Error::Unreadable { .. }) => Err(e.to_string()),
                 Err(e) => return Err(e.into()),
                 Ok(bytes) => {
                     // Decoding runs on this thread: an instance is one core's worth of work, and

@@ -136,7 +136,7 @@ pub fn check_key(input: &str, key: &str) -> Result<(), Error> {
     let bad = key.is_empty()
         || key.starts_with('/')
         || key.contains('\\')
-        || key.contains('\0')
+        || key.chars().any(char::is_control)
         || key
             .split('/')
             .any(|part| part == ".." || part == "." || part.is_empty());
@@ -144,7 +144,7 @@ pub fn check_key(input: &str, key: &str) -> Result<(), Error> {
         return Err(Error::BadInput {
             input: input.to_string(),
             reason: format!(
-                "the key {key:?} is not a plain relative path (absolute, empty segments, `.` or `..`); fix the manifest"
+                "the key {key:?} is not a plain relative path (absolute, empty segments, `.` or `..`, a backslash or a control character); fix the manifest"
             ),
         });
     }
@@ -386,6 +386,13 @@ pub async fn load(inputs: &[(String, String)], settings: Settings) -> Result<Job
                 reason: "this channel is given twice; give each channel once".into(),
             });
         }
+        // A channel's shards go to `<out>/<channel>/`, beside the instances' `logs/`.
+        if channel == "logs" {
+            return Err(Error::BadInput {
+                input: channel.clone(),
+                reason: "`logs` is where the instances' logs go; name the channel otherwise".into(),
+            });
+        }
     }
     if settings.instances == 0 {
         return Err(Error::BadConfig("`instances` must be at least 1".into()));
@@ -399,8 +406,19 @@ pub async fn load(inputs: &[(String, String)], settings: Settings) -> Result<Job
                 reason: "it lists no objects; point it at a non-empty manifest or prefix".into(),
             });
         }
-        for (_, key, _, _) in &raw.entries {
+        let mut keys = std::collections::HashSet::new();
+        for (root, key, _, _) in &raw.entries {
             check_key(&format!("{channel}={url}"), key)?;
+            // The same object twice would be processed twice and weigh twice in training.
+            if !keys.insert((*root, key.as_str())) {
+                return Err(Error::BadInput {
+                    input: format!("{channel}={url}"),
+                    reason: format!(
+                        "it lists {}{key} more than once; list each object once",
+                        raw.roots[*root]
+                    ),
+                });
+            }
         }
         // The first object must be reachable: a wrong prefix or credentials fail here, not later.
         let (root, key) = (&raw.roots[raw.entries[0].0], &raw.entries[0].1);

@@ -38,6 +38,15 @@ pub enum Error {
         /// The underlying error, after retries.
         source: object_store::Error,
     },
+    /// A local file exists but cannot be read (its permissions, a directory where a file was
+    /// expected): a fault of that file, not of the store.
+    #[error("{url} cannot be read ({source}); check the file's permissions and type")]
+    Unreadable {
+        /// The file's URL.
+        url: String,
+        /// What the file system reported.
+        source: object_store::Error,
+    },
     /// The store could not be configured from the URL and the environment.
     #[error("{url}: the store cannot be configured: {source}")]
     Config {
@@ -71,6 +80,11 @@ impl Error {
             object_store::Error::NotFound { .. } => Error::NotFound { url },
             object_store::Error::PermissionDenied { .. }
             | object_store::Error::Unauthenticated { .. } => Error::Denied { url, source },
+            // Local files fail one at a time (EACCES, EISDIR): no S3 setting is at fault.
+            object_store::Error::Generic {
+                store: "LocalFileSystem",
+                ..
+            } => Error::Unreadable { url, source },
             _ => {
                 // object_store reports failed S3 listings as `Generic` errors whose text carries the
                 // HTTP status and the S3 error code; classify them by that.
@@ -96,3 +110,22 @@ impl Error {
 
 /// The store crate's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_local_file_that_cannot_be_read_is_its_own_fault_not_the_stores() {
+        let denied = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        let source = object_store::Error::Generic {
+            store: "LocalFileSystem",
+            source: Box::new(denied),
+        };
+        let e = Error::from_object_store("file:///data/cat/1.jpg".into(), source);
+        assert!(matches!(e, Error::Unreadable { .. }), "{e:?}");
+        let text = e.to_string();
+        assert!(text.contains("file:///data/cat/1.jpg") && text.contains("permissions"));
+        assert!(!text.contains("AWS"), "{text}");
+    }
+}

@@ -12,7 +12,8 @@ use std::time::SystemTime;
 
 use crate::{Error, Object};
 
-/// Lists every file below `dir`, recursively, following symbolic links as object_store does.
+/// Lists every file below `dir`, recursively, following symbolic links that stay below `base`
+/// (a link that leads outside it, or back to a directory above itself, is an error naming it).
 /// Keys are `/`-joined paths relative to `base`. A missing `dir` lists as empty.
 pub(crate) fn list_dir(base: &Path, dir: &Path) -> Result<Vec<Object>, Error> {
     let mut objects = Vec::new();
@@ -20,6 +21,14 @@ pub(crate) fn list_dir(base: &Path, dir: &Path) -> Result<Vec<Object>, Error> {
         path: path.display().to_string(),
         source,
     };
+    let refused = |path: &Path, why: String| {
+        io(
+            path,
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, why),
+        )
+    };
+    // The source's real place: links are judged against it, wherever the source itself points.
+    let root = std::fs::canonicalize(base).unwrap_or_else(|_| base.to_path_buf());
     let mut pending = vec![dir.to_path_buf()];
     while let Some(current) = pending.pop() {
         let entries = match std::fs::read_dir(&current) {
@@ -31,12 +40,42 @@ pub(crate) fn list_dir(base: &Path, dir: &Path) -> Result<Vec<Object>, Error> {
             let entry = entry.map_err(|e| io(&current, e))?;
             let kind = entry.file_type().map_err(|e| io(&entry.path(), e))?;
             let metadata = if kind.is_symlink() {
-                match std::fs::metadata(entry.path()) {
-                    Ok(metadata) => metadata,
+                let path = entry.path();
+                let target = match std::fs::canonicalize(&path) {
+                    Ok(target) => target,
                     // A dangling link is not an object.
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                    Err(e) => return Err(io(&entry.path(), e)),
+                    Err(e) => {
+                        return Err(refused(
+                            &path,
+                            format!(
+                                "this symbolic link cannot be followed ({e}): a link loop? Remove or fix the link"
+                            ),
+                        ));
+                    }
+                };
+                if !target.starts_with(&root) {
+                    return Err(refused(
+                        &path,
+                        format!(
+                            "this symbolic link leads to {}, outside the source {}; sources are read only below their root: copy the file in, or give the source where the files really are",
+                            target.display(),
+                            root.display()
+                        ),
+                    ));
                 }
+                let metadata = std::fs::metadata(&target).map_err(|e| io(&path, e))?;
+                let here = std::fs::canonicalize(&current).unwrap_or_else(|_| current.clone());
+                if metadata.is_dir() && here.starts_with(&target) {
+                    return Err(refused(
+                        &path,
+                        format!(
+                            "this symbolic link leads back to {}, a directory that holds it: a link loop; remove the link",
+                            target.display()
+                        ),
+                    ));
+                }
+                metadata
             } else if kind.is_dir() {
                 pending.push(entry.path());
                 continue;

@@ -265,7 +265,7 @@ fn evaluate(
     let plan = plan_epoch(&channel.shards, comm.size(), 1, 0, 0)?;
     let urls = plan.shards[comm.rank()]
         .iter()
-        .map(|&i| channel.shards[i].url.clone())
+        .map(|&i| channel.shards[i].clone())
         .collect();
     let mut reader = Prefetcher::spawn(channel.store.clone(), urls, normalise.clone(), batch * 2);
     let mut sums = Sums::default();
@@ -380,7 +380,7 @@ pub fn train(
         )?;
         let urls = plan.shards[comm.rank()]
             .iter()
-            .map(|&i| train.shards[i].url.clone())
+            .map(|&i| train.shards[i].clone())
             .collect();
         // Shards are written in key order, one class after another, so batches drawn in that
         // order hold one or two classes (which ruins batch norm's statistics and slows
@@ -542,8 +542,12 @@ pub fn confusion(
     classes: usize,
     device: &Device,
 ) -> Result<Vec<Vec<u64>>, Error> {
-    let urls = channel.shards.iter().map(|s| s.url.clone()).collect();
-    let mut reader = Prefetcher::spawn(channel.store.clone(), urls, normalise.clone(), 128);
+    let mut reader = Prefetcher::spawn(
+        channel.store.clone(),
+        channel.shards.clone(),
+        normalise.clone(),
+        128,
+    );
     let mut matrix = vec![vec![0u64; classes]; classes];
     while let Some(batch) = reader.next_partial(64)? {
         let truths = batch.labels.clone();
