@@ -411,3 +411,26 @@ fn early_stopping_keeps_the_best_epoch_and_records_it() {
         .expect("accuracy");
     assert!((scored - rows[best].0).abs() < 1e-6, "{scored} vs {rows:?}");
 }
+
+/// The defaults agree end to end: `process` with its default instance count (one instance: a
+/// single shard per channel here) followed by `train` with its default workers trains, each
+/// rank on its part of the samples, and evaluates.
+#[test]
+fn default_process_then_default_train_works() {
+    let t = TestDir::new();
+    t.processed(2, 20, &["--size", "16x16"]);
+    assert_eq!(
+        json(t.path("p/train/index.json"))["shardlist"]
+            .as_array()
+            .expect("shards")
+            .len(),
+        1
+    );
+    let out = t
+        .run(&[
+            "train", "--data", "p", "--out", "model", "--epochs", "1", "--batch", "4",
+        ])
+        .ok();
+    assert!(out.contains("test accuracy"), "{out}");
+    assert!(t.path("model/model.tar.gz").is_file());
+}

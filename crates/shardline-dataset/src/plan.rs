@@ -22,8 +22,24 @@ pub struct EpochPlan {
     pub shards: Vec<Vec<usize>>,
     /// Steps every rank runs.
     pub steps: usize,
-    /// Samples each rank's shards hold.
+    /// Samples each rank reads.
     pub samples: Vec<u64>,
+    /// Whole shards could not give every rank a batch (fewer shards than ranks, say): every
+    /// rank reads every shard, in the same order, and keeps every `world`-th sample from its
+    /// rank on (see [`EpochPlan::part`]).
+    pub split: bool,
+}
+
+impl EpochPlan {
+    /// Which samples of its shards rank `rank` keeps: `(rank, world)` keeps those whose position
+    /// in the rank's reading order is `rank` modulo `world`; `(0, 1)` keeps them all.
+    pub fn part(&self, rank: usize) -> (usize, usize) {
+        if self.split {
+            (rank, self.shards.len().max(1))
+        } else {
+            (0, 1)
+        }
+    }
 }
 
 fn instance_of(url: &str) -> Option<&str> {
@@ -84,26 +100,40 @@ pub fn plan_epoch(
         .iter()
         .map(|list| list.iter().map(|&i| shards[i].nsamples).sum())
         .collect();
-    let (rank, fewest) = samples
-        .iter()
-        .enumerate()
-        .min_by_key(|(_, s)| **s)
-        .map(|(r, s)| (r, *s))
-        .unwrap_or((0, 0));
+    let fewest = samples.iter().copied().min().unwrap_or(0);
     let steps = (fewest / batch as u64) as usize;
+    if steps > 0 {
+        return Ok(EpochPlan {
+            shards: per_rank,
+            steps,
+            samples,
+            split: false,
+        });
+    }
+    // Too few shards for whole ones to go round: split the samples instead, so that any number
+    // of ranks trains on any output that holds a batch for each.
+    let total: u64 = shards.iter().map(|s| s.nsamples).sum();
+    let w = world as u64;
+    let samples: Vec<u64> = (0..w)
+        .map(|r| total / w + u64::from(r < total % w))
+        .collect();
+    let steps = (total / w / batch as u64) as usize;
     if steps == 0 {
         return Err(Error::TooFewSamples {
             ranks: world,
             batch,
             needed: batch,
-            rank,
-            samples: fewest,
+            rank: world - 1,
+            samples: total / w,
         });
     }
+    let mut order: Vec<usize> = (0..shards.len()).collect();
+    order.sort_by_key(|&i| (mix(seed, epoch, &shards[i].url), i));
     Ok(EpochPlan {
-        shards: per_rank,
+        shards: vec![order; world],
         steps,
         samples,
+        split: true,
     })
 }
 
@@ -177,9 +207,25 @@ mod tests {
         let err = plan_epoch(&shards, 2, 4, 0, 0)
             .expect_err("too small")
             .to_string();
-        assert!(
-            err.contains("rank 1 gets only 0") || err.contains("gets only"),
-            "{err}"
-        );
+        assert!(err.contains("rank 1 gets only 1"), "{err}");
+    }
+
+    #[test]
+    fn fewer_shards_than_ranks_split_the_samples() {
+        // One processing instance's single shard, two training ranks (the defaults).
+        let shards = vec![shard("algo-1-000000.tar", 11)];
+        let plan = plan_epoch(&shards, 2, 4, 0, 0).expect("plan");
+        assert!(plan.split);
+        assert_eq!(plan.shards, vec![vec![0], vec![0]]);
+        assert_eq!(plan.samples, vec![6, 5]);
+        assert_eq!(plan.steps, 1);
+        assert_eq!((plan.part(0), plan.part(1)), ((0, 2), (1, 2)));
+        // Enough shards: whole ones, as before.
+        let many: Vec<ShardRecord> = (0..4)
+            .map(|i| shard(&format!("algo-1-{i:06}.tar"), 10))
+            .collect();
+        let plan = plan_epoch(&many, 2, 4, 0, 0).expect("plan");
+        assert!(!plan.split);
+        assert_eq!(plan.part(1), (0, 1));
     }
 }

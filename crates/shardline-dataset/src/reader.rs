@@ -99,6 +99,11 @@ struct Sink<'a> {
     /// Random translation of each sample by up to this many pixels (0: none).
     shift: usize,
     shifted: Vec<u8>,
+    /// `(rank, world)`: keep the samples whose position in the reading order is `rank` modulo
+    /// `world`.
+    part: (usize, usize),
+    /// Samples seen so far, kept or not.
+    seen: usize,
 }
 
 impl Sink<'_> {
@@ -149,6 +154,11 @@ impl Sink<'_> {
     }
 
     fn push(&mut self, hwc: Vec<u8>, label: u32) -> bool {
+        let position = self.seen;
+        self.seen += 1;
+        if position % self.part.1 != self.part.0 {
+            return true;
+        }
         if self.capacity <= 1 {
             return self.emit(&hwc, label);
         }
@@ -280,14 +290,16 @@ impl Prefetcher {
         normalise: Normalise,
         depth: usize,
     ) -> Prefetcher {
-        Prefetcher::spawn_shuffled(store, shards, normalise, depth, 0, 0, 0)
+        Prefetcher::spawn_shuffled(store, shards, normalise, depth, 0, 0, 0, (0, 1))
     }
 
     /// Like [`Prefetcher::spawn`], with samples passed through a shuffle buffer of `shuffle`
     /// samples (WebDataset's `shuffle(n)`): shards written in key order hold one class after
     /// another, and batches drawn in that order would too. Each sample is then moved by a random
     /// translation of up to `shift` pixels each way (0: none; the edge is repeated into the
-    /// space it leaves). The order and the translations are a function of `seed`.
+    /// space it leaves). The order and the translations are a function of `seed`. Only the
+    /// samples of `part` are kept (see [`crate::EpochPlan::part`]).
+    #[allow(clippy::too_many_arguments)]
     pub fn spawn_shuffled(
         store: Store,
         shards: Vec<ShardRecord>,
@@ -296,7 +308,9 @@ impl Prefetcher {
         shuffle: usize,
         shift: usize,
         seed: u64,
+        part: (usize, usize),
     ) -> Prefetcher {
+        let part = (part.0, part.1.max(1));
         let (sender, samples) = sync_channel(depth.div_ceil(CHUNK).max(2));
         let shape = normalise.clone();
         let worker = std::thread::spawn(move || {
@@ -322,6 +336,8 @@ impl Prefetcher {
                 chunk: (Vec::new(), Vec::new()),
                 shift,
                 shifted: Vec::new(),
+                part,
+                seen: 0,
             };
             for shard in &shards {
                 match read_shard(&store, &runtime, shard, &shape, &mut sink) {
@@ -532,6 +548,7 @@ mod tests {
                 16,
                 0,
                 seed,
+                (0, 1),
             );
             let batch = reader.next_partial(30).expect("read").expect("batch");
             // The red plane of each sample holds its number.

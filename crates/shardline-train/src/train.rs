@@ -267,7 +267,16 @@ fn evaluate(
         .iter()
         .map(|&i| channel.shards[i].clone())
         .collect();
-    let mut reader = Prefetcher::spawn(channel.store.clone(), urls, normalise.clone(), batch * 2);
+    let mut reader = Prefetcher::spawn_shuffled(
+        channel.store.clone(),
+        urls,
+        normalise.clone(),
+        batch * 2,
+        0,
+        0,
+        0,
+        plan.part(comm.rank()),
+    );
     let mut sums = Sums::default();
     // Evaluation needs no collective per batch, so ranks may hold different numbers of batches.
     while let Some(b) = reader.next_partial(batch)? {
@@ -398,6 +407,7 @@ pub fn train(
             shuffle,
             config.shift_pixels(normalise.shape[0], normalise.shape[1]),
             seed,
+            plan.part(comm.rank()),
         );
         let started = Instant::now();
         let (mut waited, mut reduced) = (0.0, 0.0);
