@@ -1265,3 +1265,51 @@ fn a_new_job_in_the_same_out_leaves_none_of_the_old_outputs() {
     assert_eq!(files("s/o"), ["algo-1/new.txt"]);
     assert_eq!(files("s/logs"), ["algo-1.log"]);
 }
+
+/// Many instances on few cores run in waves of --max-parallel (one per core by default), and an
+/// absurd instance count is refused before anything starts.
+#[test]
+fn instances_are_bounded_and_run_in_waves() {
+    let t = TestDir::new();
+    t.manifests(2, 10);
+    let running = t.path("running");
+    std::fs::create_dir_all(&running).expect("mkdir");
+    let script = t.path("count.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\ntouch {r}/$$\nls {r} | wc -l >> {c}\nsleep 0.3\nrm {r}/$$\n",
+            r = running.display(),
+            c = t.path("counts").display()
+        ),
+    )
+    .expect("write");
+    let mut permissions = std::fs::metadata(&script).expect("meta").permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut permissions, 0o755);
+    std::fs::set_permissions(&script, permissions).expect("chmod");
+    let out = t
+        .process(&[
+            "--out",
+            "s",
+            "--instances",
+            "6",
+            "--max-parallel",
+            "2",
+            "--script",
+            script.to_str().expect("utf-8"),
+        ])
+        .ok();
+    assert!(out.contains("ran on 6 instance(s)"), "{out}");
+    let counts = std::fs::read_to_string(t.path("counts")).expect("counts");
+    let most = counts
+        .lines()
+        .filter_map(|l| l.trim().parse::<usize>().ok())
+        .max();
+    assert_eq!(counts.lines().count(), 6, "{counts}");
+    assert!(most <= Some(2), "more than 2 at once: {counts}");
+    let err = t
+        .process(&["--out", "big", "--instances", "100000"])
+        .fails();
+    assert!(err.contains("more than the 4096"), "{err}");
+    assert!(!t.path("big").exists());
+}

@@ -480,6 +480,7 @@ fn process_config(s: &Resolved) -> Result<ProcessConfig, StepError> {
             error_budget: s.float_or("error_budget", ds.error_budget),
         },
         max_attempts: s.usize_or("max_attempts", d.max_attempts)?,
+        max_parallel: s.usize_or("max_parallel", d.max_parallel)?,
         force: s.bool_or("force", d.force),
         root: None,
         wait_timeout_s: d.wait_timeout_s,

@@ -261,6 +261,7 @@ const PROCESS: &[Field] = &[
     f("jpeg_scaling", Ty::Bool),
     f("error_budget", Ty::Float),
     runtime("max_attempts", Ty::Int),
+    runtime("max_parallel", Ty::Int),
     runtime("force", Ty::Bool),
 ];
 

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
 
+use futures::StreamExt;
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -443,7 +444,16 @@ pub async fn supervise(
             }
         }
     });
-    let results = futures::future::join_all(runs).await;
+    // At most `max_parallel` at once (one per core by default): 300 instances on 2 cores run in
+    // waves rather than as 300 processes fighting for them.
+    let parallel = match config.max_parallel {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let results: Vec<Result<(), Error>> = futures::stream::iter(runs)
+        .buffer_unordered(parallel)
+        .collect()
+        .await;
     results
         .into_iter()
         .collect::<Result<Vec<()>, Error>>()

@@ -55,7 +55,13 @@ pub struct ProcessConfig {
     pub root: Option<PathBuf>,
     /// Under an external launcher, how long rank 0 waits for the other instances, in seconds.
     pub wait_timeout_s: u64,
+    /// Instances the local launcher runs at once (0: one per core); the others wait their turn.
+    #[serde(default)]
+    pub max_parallel: usize,
 }
+
+/// The most instances a job may have.
+pub const MAX_INSTANCES: usize = 4096;
 
 impl Default for ProcessConfig {
     fn default() -> ProcessConfig {
@@ -67,6 +73,7 @@ impl Default for ProcessConfig {
             force: false,
             root: None,
             wait_timeout_s: 3600,
+            max_parallel: 0,
         }
     }
 }
@@ -84,6 +91,15 @@ impl ProcessConfig {
         }
         if s.instances == 0 {
             return Err(bad("instances", "must be at least 1".into()));
+        }
+        if s.instances > MAX_INSTANCES {
+            return Err(bad(
+                "instances",
+                format!(
+                    "{} is more than the {MAX_INSTANCES} a job may have; each instance is a process with its own shards and log: use fewer",
+                    s.instances
+                ),
+            ));
         }
         if !(0.0..=1.0).contains(&s.error_budget) {
             return Err(bad(

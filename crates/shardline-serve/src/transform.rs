@@ -270,6 +270,15 @@ async fn run_job(
     if config.instances == 0 {
         return Err(setting("instances", "must be at least 1"));
     }
+    if config.instances > 4096 {
+        return Err(setting(
+            "instances",
+            &format!(
+                "is {}, more than the 4096 a job may have; each instance is a thread with its own model: use fewer",
+                config.instances
+            ),
+        ));
+    }
     if config.k == 0 {
         return Err(setting("k", "must be at least 1"));
     }

@@ -81,6 +81,9 @@ pub struct Args {
     /// Attempts per instance (the local launcher retries a crashed instance on its share only).
     #[arg(long, default_value_t = ProcessConfig::default().max_attempts)]
     pub max_attempts: usize,
+    /// Instances run at once by the local launcher (0: one per core); the rest wait their turn.
+    #[arg(long, default_value_t = ProcessConfig::default().max_parallel)]
+    pub max_parallel: usize,
     /// Redo instances that already finished this job.
     #[arg(long)]
     pub force: bool,
@@ -213,6 +216,7 @@ pub fn config(args: &Args, instances: usize) -> Result<ProcessConfig> {
         force: args.force,
         root: args.root.clone(),
         wait_timeout_s: args.wait_timeout,
+        max_parallel: args.max_parallel,
     })
 }
 
@@ -268,6 +272,8 @@ pub async fn run(args: Args, ui: &Ui) -> Result<()> {
 
 /// Runs a resolved config: with no launcher identity, as the local launcher of OS processes.
 pub async fn run_config(config: &ProcessConfig, identity: Option<Identity>, ui: &Ui) -> Result<()> {
+    // Before a bar per instance is drawn.
+    config.validate()?;
     let program = std::env::current_exe().context("process: cannot find this executable")?;
     let launcher = LocalProcesses {
         program,
