@@ -96,6 +96,22 @@ fn http(
     (status, body)
 }
 
+/// A PNG whose header declares `width` x `height` pixels and whose pixels never come.
+fn png_header(width: u32, height: u32) -> Vec<u8> {
+    let mut chunk = b"IHDR".to_vec();
+    chunk.extend_from_slice(&width.to_be_bytes());
+    chunk.extend_from_slice(&height.to_be_bytes());
+    chunk.extend_from_slice(&[8, 2, 0, 0, 0]);
+    let mut png = b"\x89PNG\r\n\x1a\n\x00\x00\x00\x0d".to_vec();
+    png.extend_from_slice(&chunk);
+    png.extend_from_slice(&crc32(&chunk).to_be_bytes());
+    // An empty IDAT: the header is complete, the pixels never come.
+    png.extend_from_slice(&[0, 0, 0, 0]);
+    png.extend_from_slice(b"IDAT");
+    png.extend_from_slice(&crc32(b"IDAT").to_be_bytes());
+    png
+}
+
 /// CRC-32 (IEEE), as PNG chunks carry it.
 fn crc32(bytes: &[u8]) -> u32 {
     let mut crc = !0u32;
@@ -245,17 +261,7 @@ fn limits_give_clear_client_errors() {
     );
     assert_eq!(status, 400, "{body}");
     // A PNG header declaring 100000 x 100000 pixels: refused before any decoding.
-    let mut chunk = b"IHDR".to_vec();
-    chunk.extend_from_slice(&100_000u32.to_be_bytes());
-    chunk.extend_from_slice(&100_000u32.to_be_bytes());
-    chunk.extend_from_slice(&[8, 2, 0, 0, 0]);
-    let mut bomb = b"\x89PNG\r\n\x1a\n\x00\x00\x00\x0d".to_vec();
-    bomb.extend_from_slice(&chunk);
-    bomb.extend_from_slice(&crc32(&chunk).to_be_bytes());
-    // An empty IDAT: the header is complete, the pixels never come.
-    bomb.extend_from_slice(&[0, 0, 0, 0]);
-    bomb.extend_from_slice(b"IDAT");
-    bomb.extend_from_slice(&crc32(b"IDAT").to_be_bytes());
+    let bomb = png_header(100_000, 100_000);
     let (status, body) = http(
         a,
         "POST",
@@ -265,6 +271,22 @@ fn limits_give_clear_client_errors() {
     );
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("100000"), "{body}");
+    // One image-size policy: the recipe's `max_pixels` (process's 64 Mpx by default). A
+    // 5000 x 5000 image, which processing accepts, passes the endpoint's size check too (and
+    // fails only on its missing pixels); 9000 x 9000 is over the recipe's limit.
+    let recipe = json(&std::fs::read_to_string(t.path("model/recipe.json")).expect("recipe"));
+    assert_eq!(recipe["max_pixels"], 64 * 1024 * 1024);
+    for (side, over) in [(5000, false), (9000, true)] {
+        let (status, body) = http(
+            a,
+            "POST",
+            "/invocations",
+            &[("Content-Type", "image/png")],
+            &png_header(side, side),
+        );
+        assert_eq!(status, 400, "{body}");
+        assert_eq!(body.contains("over the limit"), over, "{side}: {body}");
+    }
     // Tensor shapes are checked against the data before anything is allocated.
     let lying = serde_json::json!({"inputs": [{"name": "input", "shape": [1000000, 3, 16, 16], "datatype": "FP32", "data": [0.0, 1.0]}]});
     let (status, body) = http(

@@ -20,9 +20,11 @@ use crate::{InferenceError, ModelFiles};
 pub struct ClassifierOptions {
     /// Labels in an answer when the request gives no `k`.
     pub default_k: usize,
-    /// The largest image accepted, in pixels, read from the header before decoding (the
-    /// recipe's own limit applies too, whichever is lower).
-    pub max_pixels: u64,
+    /// A lower limit on the largest image, in pixels, than the recipe's; `None` (the default)
+    /// keeps the recipe's, so that the endpoint and batch transform accept exactly the images
+    /// processing accepted for training (`max_pixels` in recipe.json, set by `process
+    /// --max-pixels`). Read from the header, before decoding.
+    pub max_pixels: Option<u64>,
     /// The most images one JSON tensor request may carry.
     pub max_images: usize,
     /// The Burn device the model threads run on, by name (`cpu`, or `cuda` / `wgpu` in a
@@ -34,8 +36,7 @@ impl Default for ClassifierOptions {
     fn default() -> ClassifierOptions {
         ClassifierOptions {
             default_k: 5,
-            // 4096 x 4096: a decoded RGB image of at most 48 MiB per request in flight.
-            max_pixels: 4096 * 4096,
+            max_pixels: None,
             max_images: 256,
             device: "cpu".into(),
         }
@@ -89,7 +90,9 @@ impl ImageClassifier {
         let mut recipe = files.recipe.clone();
         // Serving sees each image once, as it is: augmentations are for training only.
         recipe.augment.clear();
-        recipe.max_pixels = recipe.max_pixels.min(options.max_pixels);
+        if let Some(max) = options.max_pixels {
+            recipe.max_pixels = recipe.max_pixels.min(max);
+        }
         let normalise = Normalise::from_recipe(&recipe);
         ImageClassifier {
             files: Arc::new(files),
