@@ -18,6 +18,9 @@ pub const LABELS: &str = "labels.json";
 pub const RECIPE: &str = "recipe.json";
 /// Per-epoch metrics.
 pub const METRICS: &str = "metrics.csv";
+/// Per-epoch timings: beside the model, but neither in its lineage nor in its archive (they
+/// differ between identical runs).
+pub const TIMINGS: &str = "timings.csv";
 /// The training curves.
 pub const PLOT: &str = "training.svg";
 /// The model's lineage record, [`crate::lineage::ModelLineage`]; committed last.

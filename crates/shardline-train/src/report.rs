@@ -1,26 +1,32 @@
-//! The model directory's human-readable files: `metrics.csv` and the training curves,
-//! `training.svg`.
+//! The model directory's human-readable files: `metrics.csv`, `timings.csv` and the training
+//! curves, `training.svg`.
 
 use crate::EpochMetrics;
 
-/// `metrics.csv`: one row per epoch.
+/// `metrics.csv`: one row per epoch, what the run learnt: identical runs write identical
+/// files, so it is part of the model's lineage and archive.
 pub fn metrics_csv(metrics: &[EpochMetrics]) -> String {
-    let mut out = String::from(
-        "epoch,train_loss,train_accuracy,validation_loss,validation_accuracy,samples_per_second,data_wait_percent,allreduce_ms,train_seconds,lr\n",
-    );
+    let mut out =
+        String::from("epoch,train_loss,train_accuracy,validation_loss,validation_accuracy,lr\n");
     for m in metrics {
         out.push_str(&format!(
-            "{},{:.6},{:.6},{:.6},{:.6},{:.1},{:.2},{:.3},{:.3},{:.6e}\n",
-            m.epoch,
-            m.train_loss,
-            m.train_accuracy,
-            m.validation_loss,
-            m.validation_accuracy,
-            m.samples_per_second,
-            m.data_wait_percent,
-            m.allreduce_ms,
-            m.train_seconds,
-            m.lr
+            "{},{:.6},{:.6},{:.6},{:.6},{:.6e}\n",
+            m.epoch, m.train_loss, m.train_accuracy, m.validation_loss, m.validation_accuracy, m.lr
+        ));
+    }
+    out
+}
+
+/// `timings.csv`: one row per epoch, how fast it went (samples/s, the share of time spent
+/// waiting for data, allreduce time per step, seconds). Timings differ between identical runs,
+/// so they stay out of the lineage record and the archive.
+pub fn timings_csv(metrics: &[EpochMetrics]) -> String {
+    let mut out =
+        String::from("epoch,samples_per_second,data_wait_percent,allreduce_ms,train_seconds\n");
+    for m in metrics {
+        out.push_str(&format!(
+            "{},{:.1},{:.2},{:.3},{:.3}\n",
+            m.epoch, m.samples_per_second, m.data_wait_percent, m.allreduce_ms, m.train_seconds
         ));
     }
     out

@@ -21,7 +21,7 @@ use shardline_store::Store;
 use shardline_store::commit::{self, Commit};
 
 use crate::evaluate::read;
-use crate::report::{metrics_csv, plot};
+use crate::report::{metrics_csv, plot, timings_csv};
 use crate::train::Decay;
 use crate::train::test_accuracy;
 use crate::{Channel, Data, EpochMetrics, Error, LrScaling, Model, ModelConfig, Resume, Schedule};
@@ -504,6 +504,7 @@ async fn write_model(
     let packed = files::pack(&files).map_err(contract_error)?;
     let lineage_file = files.pop();
     files.push((files::ARCHIVE, packed));
+    files.push((files::TIMINGS, timings_csv(&trained.metrics).into_bytes()));
     let (owner_key, owner_record) = owner::finished(Stage::Train, job).map_err(contract_error)?;
     files.push((owner_key, owner_record));
     files.extend(lineage_file);

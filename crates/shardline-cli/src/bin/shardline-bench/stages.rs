@@ -703,22 +703,25 @@ pub struct TrainArgs {
     pub no_peer: bool,
 }
 
-/// The columns of a metrics.csv, by header name, one vector per epoch.
+/// The columns of a model's metrics.csv and timings.csv, by header name, one map per epoch.
 pub(crate) fn metrics_columns(out: &Path) -> Result<Vec<BTreeMap<String, f64>>> {
-    let path = out.join("metrics.csv");
-    let text =
-        std::fs::read_to_string(&path).with_context(|| format!("bench: {}", path.display()))?;
-    let mut lines = text.lines();
-    let header: Vec<&str> = lines.next().unwrap_or_default().split(',').collect();
-    Ok(lines
-        .map(|line| {
-            header
-                .iter()
-                .zip(line.split(','))
-                .map(|(k, v)| (k.to_string(), v.parse().unwrap_or(f64::NAN)))
-                .collect()
-        })
-        .collect())
+    let mut epochs: Vec<BTreeMap<String, f64>> = Vec::new();
+    for name in ["metrics.csv", "timings.csv"] {
+        let path = out.join(name);
+        let text =
+            std::fs::read_to_string(&path).with_context(|| format!("bench: {}", path.display()))?;
+        let mut lines = text.lines();
+        let header: Vec<&str> = lines.next().unwrap_or_default().split(',').collect();
+        for (i, line) in lines.enumerate() {
+            if epochs.len() <= i {
+                epochs.push(BTreeMap::new());
+            }
+            for (k, v) in header.iter().zip(line.split(',')) {
+                epochs[i].insert(k.to_string(), v.parse().unwrap_or(f64::NAN));
+            }
+        }
+    }
+    Ok(epochs)
 }
 
 /// One framework's time-to-accuracy run: per epoch (cumulative training seconds, test
@@ -791,18 +794,18 @@ pub(crate) fn tensorflow_ready(ui: &Ui) -> Result<()> {
     Ok(())
 }
 
-/// Mean of a metrics.csv column over the epochs after the first.
-fn steady(out: &Path, column: usize) -> Result<f64> {
-    let text = std::fs::read_to_string(out.join("metrics.csv"))?;
-    let values: Vec<f64> = text
-        .lines()
-        .skip(2)
-        .filter_map(|l| l.split(',').nth(column).and_then(|v| v.parse().ok()))
+/// Mean of a metrics or timings column over the epochs after the first.
+fn steady(out: &Path, column: &str) -> Result<f64> {
+    let values: Vec<f64> = metrics_columns(out)?
+        .iter()
+        .skip(1)
+        .filter_map(|epoch| epoch.get(column).copied())
+        .filter(|v| v.is_finite())
         .collect();
     if values.is_empty() {
         bail!(
             "bench: {} has too few epochs; use --epochs 2 or more",
-            out.join("metrics.csv").display()
+            out.join("timings.csv").display()
         );
     }
     Ok(values.iter().sum::<f64>() / values.len() as f64)
@@ -888,9 +891,9 @@ async fn train(args: TrainArgs, ui: &Ui) -> Result<()> {
         rows.push((
             name.to_string(),
             workers,
-            steady(&path, 5)?,
-            steady(&path, 6)?,
-            steady(&path, 7)?,
+            steady(&path, "samples_per_second")?,
+            steady(&path, "data_wait_percent")?,
+            steady(&path, "allreduce_ms")?,
             sample.seconds,
         ));
         Ok(())
@@ -1129,7 +1132,7 @@ async fn train(args: TrainArgs, ui: &Ui) -> Result<()> {
         ),
         test_accuracy: epochs.last().map_or(f64::NAN, |e| e.1),
         epochs,
-        samples_per_second: steady(&out, 5).unwrap_or(f64::NAN),
+        samples_per_second: steady(&out, "samples_per_second").unwrap_or(f64::NAN),
     });
 
     let mut text = format!(
