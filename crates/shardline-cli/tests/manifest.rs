@@ -545,3 +545,65 @@ fn large_channels_are_written_in_parts_that_every_command_takes() {
     assert!(t.path("parts/train.manifest.part-00001").exists());
     assert_eq!(json_file(t.path("parts/train.manifest")), index);
 }
+
+/// `datagen` never writes over another lake: a rerun of the same command is a no-op, other
+/// settings or other objects in --out are refused unless --force.
+#[test]
+fn datagen_refuses_to_overwrite_a_lake() {
+    let t = TestDir::new();
+    let shapes = |extra: &[&str]| {
+        let mut args = vec![
+            "datagen",
+            "shapes",
+            "--out",
+            "lake",
+            "--classes",
+            "2",
+            "--per-class",
+            "3",
+        ];
+        args.extend_from_slice(extra);
+        t.run(&args)
+    };
+    shapes(&[]).ok();
+    let first = std::fs::read(
+        t.path("lake/circle")
+            .join(&files(&t.path("lake/circle"))[0]),
+    )
+    .expect("file");
+    shapes(&[]).ok();
+    let err = shapes(&["--seed", "9"]).fails();
+    assert!(
+        err.contains("made with other settings") && err.contains("--force"),
+        "{err}"
+    );
+    let again = std::fs::read(
+        t.path("lake/circle")
+            .join(&files(&t.path("lake/circle"))[0]),
+    )
+    .expect("file");
+    assert!(first == again, "a refused run wrote over the lake");
+    std::fs::create_dir_all(t.path("photos/cat")).expect("mkdir");
+    std::fs::write(t.path("photos/cat/1.jpg"), b"mine").expect("write");
+    let err = t
+        .run(&[
+            "datagen",
+            "shapes",
+            "--out",
+            "photos",
+            "--classes",
+            "2",
+            "--per-class",
+            "3",
+        ])
+        .fails();
+    assert!(
+        err.contains("does not write") && err.contains("cat/1.jpg"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(t.path("photos/cat/1.jpg")).expect("kept"),
+        b"mine"
+    );
+    shapes(&["--seed", "9", "--force"]).ok();
+}

@@ -469,3 +469,79 @@ fn identical_runs_write_identical_records_and_keep_timings_apart() {
     let lineage = std::fs::read_to_string(t.path("a/lineage.json")).expect("lineage");
     assert!(!lineage.contains("timings.csv"), "{lineage}");
 }
+
+/// A tmpfs of a given size mounted on a path; unmounted when dropped (even when a test fails).
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(path: std::path::PathBuf, size: &str) -> SmallDisk {
+        std::fs::create_dir_all(&path).expect("mkdir");
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&path)
+            .status()
+            .expect("mount (the tests run as root, as .ci/run does)");
+        assert!(status.success(), "mount a tmpfs on {}", path.display());
+        SmallDisk(path)
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// A full disk at any point of training leaves either the whole model (lineage last) or no
+/// model at all: no lineage.json, and no staged files behind (a resumable checkpoint may stay).
+#[test]
+fn a_full_disk_leaves_nothing_that_looks_complete() {
+    let t = TestDir::new();
+    processed(&t, &[]);
+    let mut failures = 0;
+    for (i, size) in ["120k", "400k", "700k", "1000k", "1300k", "4m"]
+        .iter()
+        .enumerate()
+    {
+        let disk = SmallDisk::mount(t.path(&format!("disk{i}")), size);
+        let out = disk.0.join("model");
+        let run = t.run(&[
+            "train",
+            "--data",
+            "p",
+            "--out",
+            out.to_str().expect("utf-8"),
+            "--epochs",
+            "1",
+            "--batch",
+            "4",
+            "--workers",
+            "1",
+        ]);
+        let staged: Vec<String> = common::files(&out.join(".shardline"))
+            .into_iter()
+            .filter(|f| f.contains("staging"))
+            .collect();
+        assert!(staged.is_empty(), "{size}: staged files left: {staged:?}");
+        if run.output.status.success() {
+            assert!(out.join("lineage.json").is_file() && out.join("model.tar.gz").is_file());
+        } else {
+            failures += 1;
+            assert!(
+                run.stderr().contains("No space left"),
+                "{size}: {}",
+                run.stderr()
+            );
+            for file in ["lineage.json", "model.tar.gz", "weights.bin", "model.json"] {
+                assert!(
+                    !out.join(file).exists(),
+                    "{size}: {file} left by a failed run"
+                );
+            }
+        }
+    }
+    assert!(
+        failures > 0,
+        "no size was too small: the test checked nothing"
+    );
+}

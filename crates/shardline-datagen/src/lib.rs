@@ -86,6 +86,14 @@ pub enum Error {
     /// An encoder task died.
     #[error("datagen: an encoder task failed: {0}")]
     Task(String),
+    /// The output holds data this dataset would overwrite or mix with.
+    #[error("datagen: --out {out} {reason}; give an empty --out (or `--force` to write over it)")]
+    OutputTaken {
+        /// The output's URL.
+        out: String,
+        /// What it holds.
+        reason: String,
+    },
     /// The store failed.
     #[error(transparent)]
     Store(#[from] shardline_store::Error),
@@ -267,6 +275,47 @@ pub async fn generate(
         .try_collect::<()>()
         .await?;
     Ok(config.classes * config.per_class)
+}
+
+/// Refuses an `out` that holds anything but this dataset (or the part of it an interrupted run
+/// wrote): another lake's objects, or this dataset's keys made with other settings. A rerun of
+/// the same command is allowed (and writes nothing).
+pub async fn check_out(out: &Store, config: &ShapesConfig) -> Result<(), Error> {
+    config.validate()?;
+    let existing = out.list_all("").await?;
+    if existing.is_empty() {
+        return Ok(());
+    }
+    let ours: std::collections::HashMap<String, (usize, usize)> = (0..config.classes)
+        .flat_map(|c| (0..config.per_class).map(move |i| (c, i)))
+        .map(|(c, i)| (config.key(c, i), (c, i)))
+        .collect();
+    let taken = |reason: String| Error::OutputTaken {
+        out: out.uri(),
+        reason,
+    };
+    let other: Vec<&str> = existing
+        .iter()
+        .map(|o| o.key.as_str())
+        .filter(|k| !ours.contains_key(*k))
+        .collect();
+    if !other.is_empty() {
+        return Err(taken(format!(
+            "holds {} object(s) this dataset does not write (e.g. {})",
+            other.len(),
+            other[..other.len().min(3)].join(", ")
+        )));
+    }
+    for object in &existing {
+        let (class, index) = ours[&object.key];
+        if out.get(&object.key).await?.as_ref() != encode(config, class, index)?.as_slice() {
+            return Err(taken(format!(
+                "holds {} made with other settings (another seed, size or format)",
+                object.key
+            )));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

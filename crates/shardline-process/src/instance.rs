@@ -210,7 +210,7 @@ pub async fn run(
                 Err(shardline_store::Error::NotFound { .. }) => {
                     Err("the object does not exist".to_string())
                 }
-                Err(e @ shardline_store::Error::Unreadable { .. }) => Err(e.to_string()),
+                Err(e @ shardline_store::Error::LocalFile { .. }) => Err(e.to_string()),
                 Err(e) => return Err(e.into()),
                 Ok(bytes) => {
                     // Decoding runs on this thread: an instance is one core's worth of work, and

@@ -100,13 +100,31 @@ impl<'a> Commit<'a> {
         }
     }
 
-    /// Stages one file, to be published under `name` (relative to the store's prefix).
+    /// Stages one file, to be published under `name` (relative to the store's prefix). If it
+    /// cannot be (a full disk), what this commit staged is deleted before the error returns:
+    /// a failed commit leaves nothing behind.
     pub async fn stage(&mut self, name: &str, bytes: Bytes) -> Result<()> {
-        self.store
+        let staged = self
+            .store
             .put(&staging_key(&self.control, &self.id, name), bytes)
-            .await?;
+            .await;
+        if let Err(e) = staged {
+            self.discard().await;
+            return Err(e);
+        }
         self.files.push(name.to_string());
         Ok(())
+    }
+
+    /// Deletes what this commit staged, as far as the store lets it.
+    async fn discard(&self) {
+        let _ = self
+            .store
+            .delete_prefix(&format!("{}/staging/{}", self.control, self.id))
+            .await;
+        self.store
+            .remove_interrupted_uploads(&format!("{}/staging/{}", self.control, self.id));
+        self.store.remove_empty_dirs(&self.control);
     }
 
     /// Starts streaming one file, to be published under `name`: write to it, then hand it to
@@ -121,9 +139,13 @@ impl<'a> Commit<'a> {
         }
     }
 
-    /// Finishes a file started with [`Commit::stage_writer`] and adds it to the commit.
+    /// Finishes a file started with [`Commit::stage_writer`] and adds it to the commit; if it
+    /// cannot be finished, what this commit staged is deleted, as [`Commit::stage`] does.
     pub async fn finish_staged(&mut self, staged: StagedWriter) -> Result<()> {
-        staged.writer.finish().await?;
+        if let Err(e) = staged.writer.finish().await {
+            self.discard().await;
+            return Err(e);
+        }
         self.files.push(staged.name);
         Ok(())
     }

@@ -38,10 +38,10 @@ pub enum Error {
         /// The underlying error, after retries.
         source: object_store::Error,
     },
-    /// A local file exists but cannot be read (its permissions, a directory where a file was
-    /// expected): a fault of that file, not of the store.
-    #[error("{url} cannot be read ({source}); check the file's permissions and type")]
-    Unreadable {
+    /// A local file could not be read or written (its permissions, its type, a full disk): a
+    /// fault of that file or its file system, which the message names, not of a remote store.
+    #[error("{url}: {source}")]
+    LocalFile {
         /// The file's URL.
         url: String,
         /// What the file system reported.
@@ -80,11 +80,11 @@ impl Error {
             object_store::Error::NotFound { .. } => Error::NotFound { url },
             object_store::Error::PermissionDenied { .. }
             | object_store::Error::Unauthenticated { .. } => Error::Denied { url, source },
-            // Local files fail one at a time (EACCES, EISDIR): no S3 setting is at fault.
+            // Local files fail one at a time (EACCES, EISDIR, ENOSPC): no S3 setting is at fault.
             object_store::Error::Generic {
                 store: "LocalFileSystem",
                 ..
-            } => Error::Unreadable { url, source },
+            } => Error::LocalFile { url, source },
             _ => {
                 // object_store reports failed S3 listings as `Generic` errors whose text carries the
                 // HTTP status and the S3 error code; classify them by that.
@@ -123,9 +123,12 @@ mod tests {
             source: Box::new(denied),
         };
         let e = Error::from_object_store("file:///data/cat/1.jpg".into(), source);
-        assert!(matches!(e, Error::Unreadable { .. }), "{e:?}");
+        assert!(matches!(e, Error::LocalFile { .. }), "{e:?}");
         let text = e.to_string();
-        assert!(text.contains("file:///data/cat/1.jpg") && text.contains("permissions"));
+        assert!(
+            text.contains("file:///data/cat/1.jpg") && text.contains("denied"),
+            "{text}"
+        );
         assert!(!text.contains("AWS"), "{text}");
     }
 }

@@ -37,6 +37,9 @@ pub struct ShapesArgs {
     /// Seed of every random choice; the same seed gives the same bytes.
     #[arg(long, default_value_t = ShapesConfig::default().seed)]
     pub seed: u64,
+    /// Write into an --out that holds other data (overwriting what has the same names).
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// Image encodings.
@@ -68,6 +71,9 @@ impl ShapesArgs {
 /// Generates a dataset with a progress bar, returning how many objects were written.
 pub async fn shapes(args: &ShapesArgs, ui: &Ui) -> Result<usize> {
     let out = Store::open(&args.out).with_context(|| format!("datagen: --out {}", args.out))?;
+    if !args.force {
+        shardline_datagen::check_out(&out, &args.config()).await?;
+    }
     generate(&out, &args.config(), ui).await
 }
 
