@@ -1080,6 +1080,32 @@ fn instance_zero_waits_for_the_others_only_as_long_as_it_is_told() {
         "{text}"
     );
     assert!(!t.path("alone/summary.json").exists());
+    // Instance 1 started with a world size of 2, instance 0 with 3: instance 0 says so at once
+    // instead of waiting out its timeout.
+    let rank = |index: &str, world: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_shardline"))
+            .args([
+                "transform",
+                "--model",
+                "model",
+                "--manifest",
+                "m/validation.manifest",
+                "--out",
+                "split",
+                "--wait-timeout",
+                "600",
+            ])
+            .current_dir(t.dir.path())
+            .env("JOB_COMPLETION_INDEX", index)
+            .env("SHARDLINE_WORLD_SIZE", world)
+            .output()
+            .expect("transform")
+    };
+    assert!(rank("1", "2").status.success());
+    let out = rank("0", "3");
+    let text = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("algo-2 ran this job with 2"), "{text}");
 }
 
 /// A transform of a manifest that is not there names it as the transform's input.

@@ -83,9 +83,26 @@ pub fn detect(
                 interface: var("SM_NETWORK_INTERFACE_NAME"),
                 source: "SM_HOSTS and SM_CURRENT_HOST".into(),
             },
-            _ => return Ok(None),
+            (Some(_), None) | (None, Some(_)) => {
+                return Err(bad(
+                    "SM_HOSTS and SM_CURRENT_HOST",
+                    "only one of the two is set; a multi-host job needs both (or neither, to train on this host alone)"
+                        .to_string(),
+                ));
+            }
+            (None, None) => return Ok(None),
         },
     };
+    let mut seen = std::collections::BTreeSet::new();
+    if let Some(twice) = found.hosts.iter().find(|h| !seen.insert(h.as_str())) {
+        return Err(bad(
+            &found.source,
+            format!(
+                "the host {twice:?} is listed twice in {:?}; each host runs one rank",
+                found.hosts
+            ),
+        ));
+    }
     if !found.hosts.contains(&found.current) {
         return Err(bad(
             &found.source,
@@ -256,5 +273,21 @@ mod tests {
         .unwrap();
         let e = detect(dir.path(), &none).unwrap_err().to_string();
         assert!(e.contains("is not a SageMaker resource config"), "{e}");
+        // A host twice would run two ranks on one host under one name.
+        std::fs::write(
+            dir.path().join("input/config/resourceconfig.json"),
+            r#"{"current_host": "algo-1", "hosts": ["algo-1", "algo-2", "algo-1"]}"#,
+        )
+        .unwrap();
+        let e = detect(dir.path(), &none).unwrap_err().to_string();
+        assert!(e.contains("listed twice"), "{e}");
+    }
+
+    #[test]
+    fn half_of_the_toolkit_variables_is_an_error_not_a_local_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let hosts_only = |k: &str| (k == "SM_HOSTS").then(|| r#"["algo-1","algo-2"]"#.to_string());
+        let e = detect(dir.path(), &hosts_only).unwrap_err().to_string();
+        assert!(e.contains("only one of the two"), "{e}");
     }
 }

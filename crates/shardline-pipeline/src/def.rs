@@ -696,6 +696,20 @@ fn check_setting(
             ),
         );
     }
+    // Every integer setting of a step is a count, a size or a seed: none is negative (the run
+    // would refuse it, but only when the step starts).
+    if field.ty == Ty::Int
+        && let Template::Literal(Value::Int(i)) = t
+        && *i < 0
+    {
+        c.problem(
+            span.clone(),
+            format!(
+                "`{}` of step `{step}` must be 0 or more, not {i}",
+                field.name
+            ),
+        );
+    }
     if field.name == "op"
         && let Template::Literal(Value::Str(op)) = t
         && !OPS.contains(&op.as_str())
@@ -1245,6 +1259,18 @@ kind = "evaluate"
                 .iter()
                 .any(|p| p.contains("steps form a cycle: b → c → b")),
             "{found:#?}"
+        );
+    }
+
+    #[test]
+    fn negative_counts_are_refused_at_validation() {
+        let found = problems(
+            "[steps.a]\nkind = \"datagen\"\nout = \"d\"\n[steps.m]\nkind = \"manifest\"\nsource = \"{{ steps.a.outputs.out }}\"\nout = \"m\"\npart_keys = -5\n",
+        );
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].starts_with("8:") && found[0].contains("must be 0 or more"),
+            "{found:?}"
         );
     }
 

@@ -201,8 +201,26 @@ async fn wait_for_others(
             let record = out
                 .get_opt(&format!(".shardline/transform/{host}.json"))
                 .await?
-                .and_then(|b| serde_json::from_slice::<TransformInstance>(&b).ok())
-                .filter(|r| r.identity == *identity);
+                .and_then(|b| serde_json::from_slice::<TransformInstance>(&b).ok());
+            // The same job but another instance count: the launcher's world size and an
+            // instance's `instances` disagree, and waiting would never end. (With `force`, an
+            // earlier job's record may still be there; it is waited out.)
+            if let Some(r) = &record
+                && !config.force
+                && r.identity["instances"] != identity["instances"]
+                && ["model", "manifest", "k"]
+                    .iter()
+                    .all(|k| r.identity[k] == identity[k])
+            {
+                return Err(setting(
+                    "instances",
+                    &format!(
+                        "is {} here, but {host} ran this job with {}; start every instance with the same world size",
+                        identity["instances"], r.identity["instances"]
+                    ),
+                ));
+            }
+            let record = record.filter(|r| r.identity == *identity);
             match record {
                 Some(r) => found.push(r),
                 None => still.push(rank),
