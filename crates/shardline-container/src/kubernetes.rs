@@ -46,6 +46,92 @@ fn bad(setting: &'static str, reason: String) -> Error {
     }
 }
 
+/// Checks what Kubernetes would refuse only when the file is applied: the namespace, Secret and
+/// service account names, environment variable names, CPU and memory quantities.
+fn check_workload(w: &Workload) -> Result<(), Error> {
+    check_name(&w.name)?;
+    let label = |setting: &'static str, v: &str| {
+        let ok = !v.is_empty()
+            && v.len() <= 63
+            && v.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+            && !v.ends_with('-')
+            && v.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        if ok {
+            Ok(())
+        } else {
+            Err(bad(
+                setting,
+                format!(
+                    "{v:?} is not a Kubernetes name: at most 63 lowercase letters, digits and '-'"
+                ),
+            ))
+        }
+    };
+    if let Some(ns) = &w.namespace {
+        label("namespace", ns)?;
+    }
+    for (setting, name) in [
+        ("env-secret", &w.env_secret),
+        ("service-account", &w.service_account),
+    ] {
+        if let Some(name) = name {
+            // A DNS subdomain: labels joined by dots.
+            if name.len() > 253 || name.split('.').any(|part| label(setting, part).is_err()) {
+                return Err(bad(
+                    setting,
+                    format!(
+                        "{name:?} is not a Kubernetes name: lowercase letters, digits, '-' and '.'"
+                    ),
+                ));
+            }
+        }
+    }
+    for (key, _) in &w.env {
+        let ok = key.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+            && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !ok {
+            return Err(bad(
+                "env",
+                format!("{key:?} is not an environment variable name (letters, digits, '_')"),
+            ));
+        }
+    }
+    for (setting, quantity) in [("cpu", &w.cpu), ("memory", &w.memory)] {
+        if let Some(q) = quantity
+            && !is_quantity(q)
+        {
+            return Err(bad(
+                setting,
+                format!("{q:?} is not a Kubernetes quantity (e.g. 2, 500m, 4Gi, 1.5G)"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Whether `q` is a Kubernetes resource quantity: a positive decimal number with an optional
+/// binary (Ki .. Ei), decimal (m, k, M .. E) or exponent suffix.
+fn is_quantity(q: &str) -> bool {
+    let digits = q.trim_start_matches('+');
+    let end = digits
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(digits.len());
+    let (number, suffix) = digits.split_at(end);
+    let number_ok = !number.is_empty()
+        && number != "."
+        && number.matches('.').count() <= 1
+        && number.parse::<f64>().is_ok_and(|v| v > 0.0);
+    let suffix_ok = matches!(
+        suffix,
+        "" | "m" | "k" | "M" | "G" | "T" | "P" | "E" | "Ki" | "Mi" | "Gi" | "Ti" | "Pi" | "Ei"
+    ) || suffix.strip_prefix(['e', 'E']).is_some_and(|e| {
+        let e = e.strip_prefix(['+', '-']).unwrap_or(e);
+        !e.is_empty() && e.chars().all(|c| c.is_ascii_digit())
+    });
+    number_ok && suffix_ok
+}
+
 /// Checks a name Kubernetes must accept as a Job name and pod subdomain (an RFC 1035 label; at
 /// most 50 characters, leaving room for the pods' suffixes).
 pub fn check_name(name: &str) -> Result<(), Error> {
@@ -148,7 +234,7 @@ impl Workload {
 /// A headless Service and an Indexed Job of `instances` pods, each one instance of the stage
 /// (`retries` more tries per index).
 pub fn indexed_job(w: &Workload, instances: usize, retries: u32) -> Result<Vec<Value>, Error> {
-    check_name(&w.name)?;
+    check_workload(w)?;
     if instances == 0 {
         return Err(bad("instances", "must be at least 1".into()));
     }
@@ -190,7 +276,7 @@ pub fn indexed_job(w: &Workload, instances: usize, retries: u32) -> Result<Vec<V
 /// A Kubeflow MPIJob of `workers` ranks: the launcher runs `mpirun -np WORKERS shardline ARGS`,
 /// the environment passed to every rank.
 pub fn mpijob(w: &Workload, workers: usize, slots_per_worker: usize) -> Result<Value, Error> {
-    check_name(&w.name)?;
+    check_workload(w)?;
     if workers == 0 {
         return Err(bad("workers", "must be at least 1".into()));
     }
@@ -213,18 +299,30 @@ pub fn mpijob(w: &Workload, workers: usize, slots_per_worker: usize) -> Result<V
         mpirun.push("-x".into());
         mpirun.push(k.clone());
     }
-    if w.env_secret.is_some() {
-        for k in ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"] {
-            mpirun.push("-x".into());
-            mpirun.push(k.into());
+    let command = match &w.env_secret {
+        None => {
+            mpirun.extend(w.shardline_command());
+            mpirun
         }
-    }
-    mpirun.extend(w.shardline_command());
+        // The Secret's keys are known only in the cluster (a session token, a region, an
+        // endpoint, ...): the launcher passes on every AWS_ variable it has, whatever the Secret
+        // holds. The ranks' command goes through "$@", never through the shell's parsing.
+        Some(_) => {
+            let script = format!(
+                "exec {} $(env | sed -n 's/^\\(AWS_[A-Za-z0-9_]*\\)=.*/-x \\1/p') \"$@\"",
+                mpirun.join(" ")
+            );
+            ["sh".to_string(), "-c".into(), script, "sh".into()]
+                .into_iter()
+                .chain(w.shardline_command())
+                .collect()
+        }
+    };
     let root = [
         ("OMPI_ALLOW_RUN_AS_ROOT", "1".to_string()),
         ("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1".to_string()),
     ];
-    let mut launcher = w.container("launcher", mpirun, &root);
+    let mut launcher = w.container("launcher", command, &root);
     // The launcher only starts the ranks: it needs no more than the default resources.
     if let Some(obj) = launcher.as_object_mut() {
         obj.remove("resources");
@@ -406,6 +504,72 @@ mod tests {
         assert!(line.starts_with("mpirun --allow-run-as-root --bind-to none -np 6 -x AWS_ENDPOINT_URL shardline train"), "{line}");
         assert_eq!(doc["spec"]["mpiReplicaSpecs"]["Worker"]["replicas"], 3);
         assert_eq!(doc["spec"]["slotsPerWorker"], 2);
+    }
+
+    #[test]
+    fn quantities_and_names_kubernetes_refuses_are_refused_here() {
+        for q in ["2", "500m", "4Gi", "1.5G", "0.5", "1e3", "128974848"] {
+            assert!(is_quantity(q), "{q}");
+        }
+        for q in ["", "4GB", "two", "-1", "0", "1..5", "4 Gi", "m"] {
+            assert!(!is_quantity(q), "{q}");
+        }
+        let refused = |change: &dyn Fn(&mut Workload)| {
+            let mut w = workload();
+            change(&mut w);
+            indexed_job(&w, 2, 0).unwrap_err().to_string()
+        };
+        assert!(refused(&|w| w.memory = Some("4GB".into())).contains("quantity"));
+        assert!(refused(&|w| w.cpu = Some("lots".into())).contains("quantity"));
+        assert!(refused(&|w| w.namespace = Some("Prod".into())).contains("namespace"));
+        assert!(refused(&|w| w.env_secret = Some("aws_keys".into())).contains("env-secret"));
+        assert!(refused(&|w| w.env.push(("BAD-NAME".into(), "1".into()))).contains("env"));
+    }
+
+    #[test]
+    fn an_mpijob_with_a_secret_passes_on_every_aws_variable_the_launcher_has() {
+        let mut w = workload();
+        w.env_secret = Some("aws-keys".into());
+        w.args = vec!["train".into(), "--out".into(), "s3://lake/m o".into()];
+        let doc = mpijob(&w, 2, 1).unwrap();
+        let launcher =
+            &doc["spec"]["mpiReplicaSpecs"]["Launcher"]["template"]["spec"]["containers"][0];
+        let command: Vec<String> = launcher["command"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(command[..2], ["sh", "-c"]);
+        // Run it, with an `mpirun` that prints what it was given.
+        let dir = tempfile::tempdir().unwrap();
+        let fake = dir.path().join("mpirun");
+        std::fs::write(
+            &fake,
+            "#!/bin/sh\nfor a in \"$@\"; do echo \"[$a]\"; done\n",
+        )
+        .unwrap();
+        std::process::Command::new("chmod")
+            .arg("+x")
+            .arg(&fake)
+            .status()
+            .unwrap();
+        let out = std::process::Command::new(&command[0])
+            .args(&command[1..])
+            .env("PATH", format!("{}:/usr/bin:/bin", dir.path().display()))
+            .env("AWS_SESSION_TOKEN", "t")
+            .env("AWS_REGION", "eu-west-1")
+            .output()
+            .unwrap();
+        let printed = String::from_utf8_lossy(&out.stdout);
+        for expected in [
+            "[-x]\n[AWS_SESSION_TOKEN]",
+            "[-x]\n[AWS_REGION]",
+            "[s3://lake/m o]",
+            "[-np]\n[2]",
+        ] {
+            assert!(printed.contains(expected), "{expected:?} in {printed}");
+        }
     }
 
     #[test]
