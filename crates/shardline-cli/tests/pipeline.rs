@@ -688,7 +688,8 @@ split = "train=0.5,validation=0.25,test=0.25"
     assert!(stdout.contains("✓ manifests succeeded"), "{stdout}");
     let stdout = t.run(&["pipeline", "run", &file]).ok();
     assert!(stdout.contains("= manifests cached"), "{stdout}");
-    // The same keys with other bytes: new ETags, so the objects are digested again.
+    // The same keys with other bytes: new ETags, so the objects are digested again (datagen
+    // writes over a lake only when told).
     t.run(&[
         "datagen",
         "shapes",
@@ -702,6 +703,7 @@ split = "train=0.5,validation=0.25,test=0.25"
         "16",
         "--seed",
         "9",
+        "--force",
     ])
     .ok();
     let stdout = t.run(&["pipeline", "run", &file]).ok();

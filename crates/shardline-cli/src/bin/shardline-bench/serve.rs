@@ -126,6 +126,7 @@ fn prepare(exe: &Path, dir: &Path, ui: &Ui) -> Result<PathBuf> {
         "32",
         "--format",
         "png",
+        "--force",
     ])?;
     run(&["manifest", "--source", "data", "--out", "m"])?;
     run(&[

@@ -845,6 +845,8 @@ async fn train(args: TrainArgs, ui: &Ui) -> Result<()> {
                 &args.per_class.to_string(),
                 "--size",
                 "64",
+                // The bench's own scratch data: another --per-class rewrites it.
+                "--force",
             ]),
             "datagen.log",
             &[],
