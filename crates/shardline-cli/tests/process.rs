@@ -225,6 +225,16 @@ fn bad_inputs_fail_before_any_work() {
         .run(&[
             "process",
             "--input",
+            &format!("train={}", t.arg("twice.manifest")),
+            "--out",
+            "memory://x/",
+        ])
+        .fails();
+    assert!(err.contains("process of its own"), "{err}");
+    let err = t
+        .run(&[
+            "process",
+            "--input",
             &format!("logs={}", t.arg("twice.manifest")),
             "--out",
             "p",

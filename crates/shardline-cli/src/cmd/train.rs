@@ -277,12 +277,17 @@ impl shardline_train::Progress for Bars<'_> {
         self.bar.inc(1);
     }
     fn epoch(&self, m: &EpochMetrics) {
+        // Without a validation channel there is no validation accuracy to print (it is NaN).
+        let validation = if m.validation_accuracy.is_finite() {
+            format!("validation {:.3}", m.validation_accuracy)
+        } else {
+            "no validation channel".to_string()
+        };
         self.message(&format!(
-            "  epoch {:>3}: loss {:.4}, accuracy {:.3}, validation {:.3}, {:.0} samples/s, data wait {:.1}%, allreduce {:.2} ms/step",
+            "  epoch {:>3}: loss {:.4}, accuracy {:.3}, {validation}, {:.0} samples/s, data wait {:.1}%, allreduce {:.2} ms/step",
             m.epoch,
             m.train_loss,
             m.train_accuracy,
-            m.validation_accuracy,
             m.samples_per_second,
             m.data_wait_percent,
             m.allreduce_ms
