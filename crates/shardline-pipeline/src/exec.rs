@@ -202,6 +202,9 @@ fn explain(previous: &serde_json::Value, now: &serde_json::Value) -> String {
             get(now, "version")
         ));
     }
+    if get(previous, "defaults") != get(now, "defaults") {
+        why.push("the step kind's defaults changed (another Shardline build)".to_string());
+    }
     if get(previous, "kind") != get(now, "kind") {
         why.push(format!(
             "kind {} → {}",
@@ -420,6 +423,9 @@ impl<'a> Run<'a> {
         let components = json!({
             "kind": step.kind.name(),
             "version": VERSION,
+            // A setting left out takes the library's default: a build whose defaults differ
+            // must not reuse what another build computed with its own.
+            "defaults": run::defaults_digest(step.kind),
             "settings": key_settings,
             "inputs": input_digests,
         });
@@ -1471,4 +1477,27 @@ pub fn load(db: &Db, id: &str) -> Result<(Definition, Execution), Error> {
         })?;
     let def = crate::def::parse(&file, &text)?;
     Ok((def, execution))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_change_of_defaults_is_a_miss_that_says_so() {
+        let before = json!({"kind": "train", "version": VERSION, "defaults": run::defaults_digest(Kind::Train), "settings": {}, "inputs": {}});
+        let mut after = before.clone();
+        after["defaults"] = json!("sha256:another-build");
+        assert_ne!(key_of(&before), key_of(&after));
+        assert!(explain(&before, &after).contains("defaults changed"));
+        // Stable within a build, and distinct per kind.
+        assert_eq!(
+            run::defaults_digest(Kind::Train),
+            run::defaults_digest(Kind::Train)
+        );
+        assert_ne!(
+            run::defaults_digest(Kind::Train),
+            run::defaults_digest(Kind::Process)
+        );
+    }
 }

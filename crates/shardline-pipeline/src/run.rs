@@ -775,6 +775,24 @@ async fn evaluate(s: &Resolved, cx: &Context<'_>) -> Result<Done, StepError> {
     })
 }
 
+/// A digest of every default a step of `kind` takes for the settings it is not given (the
+/// library configs' `Debug` forms, which name every field and value).
+pub fn defaults_digest(kind: Kind) -> String {
+    let text = match kind {
+        Kind::Datagen => format!("{:?}", shardline_datagen::ShapesConfig::default()),
+        Kind::Manifest => format!("{:?}", shardline_manifest::Config::default()),
+        Kind::Process => format!("{:?}", ProcessConfig::default()),
+        Kind::Train => format!("{:?}", shardline_train::TrainConfig::default()),
+        Kind::Evaluate => format!("{:?}", shardline_train::evaluate::EvaluateConfig::default()),
+        Kind::Transform => format!(
+            "{:?}",
+            shardline_serve::transform::TransformConfig::default()
+        ),
+        _ => String::new(),
+    };
+    shardline_lineage::Digest::of(text.as_bytes()).to_string()
+}
+
 async fn register(s: &Resolved, cx: &Context<'_>) -> Result<Done, StepError> {
     let url = s.str("registry").unwrap_or_else(|| cx.registry.to_string());
     let registry = shardline_registry::Registry::open(&url)
