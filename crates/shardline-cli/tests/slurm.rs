@@ -75,10 +75,11 @@ fn step_log(
 }
 
 /// The jobs Slurm knows, in the order they were submitted, as (name, state, nodes).
+/// Every job Slurm knows: the step it runs (its comment, `step NAME`), its state and its node.
 fn jobs(slurm: &Slurm<'_>) -> Vec<(String, String, String)> {
     let mut jobs: Vec<(u64, (String, String, String))> = slurm
         .client(0, "squeue")
-        .args(["-h", "-t", "all", "-o", "%i|%j|%T|%N"])
+        .args(["-h", "-t", "all", "-o", "%i|%k|%T|%N"])
         .run()
         .expect("squeue")
         .lines()
@@ -171,7 +172,7 @@ fn the_quickstart_pipeline_runs_as_slurm_jobs_and_caches_as_locally() {
     ];
     let known = jobs(&slurm);
     for name in names {
-        let job = format!("shardline.quickstart.{name}");
+        let job = format!("step {name}");
         let found: Vec<_> = known.iter().filter(|(n, _, _)| *n == job).collect();
         assert_eq!(found.len(), 1, "{job} in {known:?}");
         assert_eq!(found[0].1, "COMPLETED", "{job} in {known:?}");
@@ -207,10 +208,7 @@ fn the_quickstart_pipeline_runs_as_slurm_jobs_and_caches_as_locally() {
         let log = step_log(&slurm, &t, &state, "predict", "algo-3");
         assert!(log.contains("rank 2 of 3 on host h"), "{log}");
         assert!(log.contains("algo-3: "), "{log}");
-        let train = known
-            .iter()
-            .find(|(n, _, _)| n == "shardline.quickstart.train")
-            .unwrap();
+        let train = known.iter().find(|(n, _, _)| n == "step train").unwrap();
         assert!(
             train.2.contains(',') || train.2.contains('['),
             "the training job ran on one node only: {train:?}"
@@ -221,7 +219,8 @@ fn the_quickstart_pipeline_runs_as_slurm_jobs_and_caches_as_locally() {
     let again = quickstart("slurm");
     let again: Vec<&str> = again.iter().map(String::as_str).collect();
     shardline(&slurm, &t, &again).ok();
-    let second = statuses(&show(&slurm, &t, "last"));
+    let shown = show(&slurm, &t, "last");
+    let second = statuses(&shown);
     for (step, status) in &second {
         let want = match step.as_str() {
             "too_low" => "skipped",
@@ -229,7 +228,7 @@ fn the_quickstart_pipeline_runs_as_slurm_jobs_and_caches_as_locally() {
             "check" => "succeeded",
             _ => "cached",
         };
-        assert_eq!(status, want, "{second:?}");
+        assert_eq!(status, want, "{second:?}\n{shown:#}");
     }
     // And locally: the same keys, so the same hits.
     let local = quickstart("local");
@@ -336,7 +335,7 @@ after = ["first"]
     loop {
         let running = jobs(&slurm)
             .iter()
-            .any(|(n, s, _)| n == "shardline.jobs.first" && s == "RUNNING");
+            .any(|(n, s, _)| n == "step first" && s == "RUNNING");
         let step_running = std::fs::read_dir(t.path("state/logs"))
             .map(|_| {
                 let s = show(&slurm, &t, "last");
@@ -393,7 +392,7 @@ after = ["first"]
     assert!(!exit.success());
     let after: Vec<_> = jobs(&slurm)
         .into_iter()
-        .filter(|(n, _, _)| n.starts_with("shardline.jobs."))
+        .filter(|(n, _, _)| n.starts_with("step "))
         .collect();
     let slow: Vec<_> = after.iter().rev().take(2).collect();
     for (name, state, _) in &slow {
@@ -418,6 +417,59 @@ after = ["first"]
         "left running: {}",
         String::from_utf8_lossy(&sleeping.stdout)
     );
+
+    // `max_parallel = 1`: three independent steps run one after another, held by Slurm.
+    let mut steps = String::from("name = \"serial\"\nmax_parallel = 1\n");
+    for name in ["a", "b", "c"] {
+        let script = t.path(&format!("{name}.sh"));
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\ndate +%s.%N > {times}/{name}.start\nsleep 1\necho done > \"$SM_MODEL_DIR/done.txt\"\ndate +%s.%N > {times}/{name}.end\n",
+                times = t.arg("times")
+            ),
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        steps.push_str(&format!(
+            "\n[steps.{name}]\nkind = \"command\"\ncontract = \"training\"\nprogram = \"{program}\"\ninputs = {{ train = \"{input}\" }}\nout = \"{out}/{name}\"\n",
+            program = script.display(),
+            input = t.arg("in"),
+            out = t.arg("serial-out"),
+        ));
+    }
+    std::fs::create_dir_all(t.path("times")).unwrap();
+    std::fs::write(t.path("serial.toml"), steps).unwrap();
+    shardline(
+        &slurm,
+        &t,
+        &[
+            "pipeline",
+            "run",
+            &t.arg("serial.toml"),
+            "--engine",
+            "slurm",
+            "--state",
+            &state,
+        ],
+    )
+    .ok();
+    let time = |name: &str| -> f64 {
+        std::fs::read_to_string(t.path(&format!("times/{name}")))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let mut spans: Vec<(f64, f64)> = ["a", "b", "c"]
+        .iter()
+        .map(|n| (time(&format!("{n}.start")), time(&format!("{n}.end"))))
+        .collect();
+    spans.sort_by(|x, y| x.0.total_cmp(&y.0));
+    for pair in spans.windows(2) {
+        assert!(pair[0].1 <= pair[1].0, "two steps ran at once: {spans:?}");
+    }
     slurm.stop().expect("slurm teardown");
     hosts.stop().expect("hosts teardown");
 }

@@ -235,10 +235,15 @@ impl Run<'_> {
         let cwd = std::env::current_dir()
             .map_err(|e| Error::Usage(format!("the working directory: {e}")))?;
 
-        // Submit in dependency order: every job names its dependencies' jobs.
+        // Submit in dependency order: every job names its dependencies' jobs. With fewer
+        // `max_parallel` than steps, the jobs are dealt round-robin to that many slots, each a
+        // job name Slurm runs one job of at a time (`--dependency=singleton`): at most
+        // `max_parallel` of the execution's jobs run at once, held by Slurm itself.
+        let max = self.opts.max_parallel.unwrap_or(def.max_parallel).max(1);
+        let slots = (max < def.steps.len()).then_some(max);
         let mut jobs: BTreeMap<String, String> = BTreeMap::new();
         let mut submitted: Vec<String> = Vec::new();
-        for step in &def.steps {
+        for (position, step) in def.steps.iter().enumerate() {
             let script = run_dir.join(format!("{}.sh", step.name));
             let text = format!(
                 "#!/bin/sh\n# Step `{step}` of execution {exec} of pipeline {pipeline}, submitted by `shardline pipeline run --engine slurm`.\nexec {program} pipeline step --state {state} --run {run} {exec} {step_q}\n",
@@ -255,9 +260,19 @@ impl Run<'_> {
             let log_dir = state_dir.join("logs").join(&self.exec_id).join(&step.name);
             std::fs::create_dir_all(&log_dir)
                 .map_err(|e| Error::Usage(format!("{}: {e}", log_dir.display())))?;
+            let job_name = match slots {
+                None => format!("shardline.{}.{}", def.name, step.name),
+                Some(n) => format!(
+                    "shardline.{}.{}.slot{}",
+                    def.name,
+                    &self.exec_id[..self.exec_id.len().min(8)],
+                    position % n
+                ),
+            };
             let mut args = vec![
                 "--parsable".to_string(),
-                format!("--job-name=shardline.{}.{}", def.name, step.name),
+                format!("--job-name={job_name}"),
+                format!("--comment=step {}", step.name),
                 format!("--output={}/slurm-%j.out", log_dir.display()),
                 format!("--chdir={}", cwd.display()),
                 format!("--ntasks={}", self.tasks(step, engine)),
@@ -268,8 +283,15 @@ impl Run<'_> {
                 .iter()
                 .filter_map(|d| jobs.get(d).map(String::as_str))
                 .collect();
+            let mut dependency = Vec::new();
             if !deps.is_empty() {
-                args.push(format!("--dependency=afterok:{}", deps.join(":")));
+                dependency.push(format!("afterok:{}", deps.join(":")));
+            }
+            if slots.is_some() {
+                dependency.push("singleton".to_string());
+            }
+            if !dependency.is_empty() {
+                args.push(format!("--dependency={}", dependency.join(",")));
             }
             args.extend(engine.sbatch_args.iter().cloned());
             args.push(script.display().to_string());
