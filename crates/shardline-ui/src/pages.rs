@@ -1,5 +1,5 @@
-//! The pages, rendered with maud (every interpolated value is HTML-escaped unless wrapped in
-//! `PreEscaped`, which only this crate's own SVG and markup go through). A page is a pure
+//! The pages, rendered with maud: every interpolated string is HTML-escaped, and the only markup
+//! embedded as it is is maud's own output (the SVG and rows this crate renders). A page is a pure
 //! function of what [`crate::source`] read; links are made by [`Ctx`], which knows whether the
 //! page is served or exported as a static file.
 
