@@ -112,6 +112,261 @@ fn open(profile: &Path, url: &str) -> String {
     visit.dom
 }
 
+/// Keeps appending to a running step's log until dropped.
+struct Appender {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Appender {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Records a running execution (this process runs it) with one running step `slow` whose
+/// instance log gains a line every 200 ms, as the executor records them.
+fn live_step(t: &TestDir) -> Appender {
+    use shardline_pipeline::db::{Db, Execution, StepRow};
+    let db = Db::open(&t.path(".shardline")).expect("the store");
+    let now = shardline_pipeline::db::unix_now();
+    db.put_execution(&Execution {
+        id: "live-1".into(),
+        pipeline: "live".into(),
+        digest: "sha256:none".into(),
+        file: "live.toml".into(),
+        params: serde_json::json!({}),
+        status: "running".into(),
+        message: None,
+        pid: i64::from(std::process::id()),
+        started: now,
+        finished: None,
+        runs: 1,
+    })
+    .expect("execution");
+    db.put_step(&StepRow {
+        execution: "live-1".into(),
+        step: "slow".into(),
+        kind: "process".into(),
+        status: "running".into(),
+        attempts: 1,
+        instances: 1,
+        started: Some(now),
+        ..StepRow::default()
+    })
+    .expect("step");
+    let log = t.path("slow-algo-1.log");
+    std::fs::write(&log, "2026-01-01T00:00:00Z before the page\n").expect("log");
+    db.put_log("live-1", "slow", 1, "algo-1", &log)
+        .expect("log row");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stop.clone();
+    let thread = std::thread::spawn(move || {
+        let mut n = 0;
+        while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(200));
+            n += 1;
+            let mut file = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&log)
+                .expect("log");
+            use std::io::Write;
+            let _ = writeln!(
+                file,
+                "2026-01-01T00:00:{n:02}Z appended while the page was open"
+            );
+        }
+    });
+    Appender {
+        stop,
+        thread: Some(thread),
+    }
+}
+
+/// A page kept open in chromium and read through the DevTools protocol (JSON over a WebSocket):
+/// `--dump-dom` dumps at the load event, before an event stream has delivered anything.
+struct Devtools {
+    socket: std::net::TcpStream,
+    next: u64,
+    log: std::path::PathBuf,
+    _browser: Running,
+}
+
+/// One HTTP/1.1 GET to a loopback port; the body, or `None` when nothing answers yet.
+fn http_get(port: u16, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    Some(text.split_once("\r\n\r\n")?.1.to_string())
+}
+
+impl Devtools {
+    fn open(profile: &Path, url: &str) -> Devtools {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let log = profile.join("devtools-stderr.log");
+        let child = Command::new(chromium())
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+                "--disable-extensions",
+                "--disable-dev-shm-usage",
+                "--enable-logging=stderr",
+                "--v=0",
+            ])
+            .arg(format!("--remote-debugging-port={port}"))
+            .arg(format!(
+                "--user-data-dir={}",
+                profile.join("devtools").display()
+            ))
+            .arg(url)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("the browser's log"))
+            .spawn()
+            .expect("start chromium");
+        let browser = Running(child);
+        let started = Instant::now();
+        let target = loop {
+            let page = http_get(port, "/json/list")
+                .and_then(|body| serde_json::from_str::<serde_json::Value>(&body).ok())
+                .and_then(|list| {
+                    list.as_array()?
+                        .iter()
+                        .find(|t| t["type"] == "page" && t["url"] == url)?["webSocketDebuggerUrl"]
+                        .as_str()
+                        .map(str::to_string)
+                });
+            match page {
+                Some(ws) => break ws,
+                None if started.elapsed() > Duration::from_secs(60) => {
+                    panic!("chromium did not open {url} for DevTools within a minute")
+                }
+                None => std::thread::sleep(Duration::from_millis(200)),
+            }
+        };
+        let path = &target[target.find("/devtools/").expect("a DevTools path")..];
+        let mut socket = std::net::TcpStream::connect(("127.0.0.1", port)).expect("DevTools");
+        socket
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
+        use std::io::{Read, Write};
+        write!(
+            socket,
+            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        .expect("upgrade");
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            socket.read_exact(&mut byte).expect("the upgrade answer");
+            head.push(byte[0]);
+        }
+        assert!(
+            head.starts_with(b"HTTP/1.1 101"),
+            "{}",
+            String::from_utf8_lossy(&head)
+        );
+        Devtools {
+            socket,
+            next: 0,
+            log,
+            _browser: browser,
+        }
+    }
+
+    /// The value of a JavaScript expression in the page.
+    fn evaluate(&mut self, expression: &str) -> serde_json::Value {
+        use std::io::{Read, Write};
+        self.next += 1;
+        let call = serde_json::json!({
+            "id": self.next,
+            "method": "Runtime.evaluate",
+            "params": {"expression": expression, "returnByValue": true},
+        })
+        .to_string();
+        // A client's frame: final, text, masked.
+        let mut frame = vec![0x81u8];
+        let len = call.len();
+        if len < 126 {
+            frame.push(0x80 | len as u8);
+        } else if len < 65536 {
+            frame.push(0x80 | 126);
+            frame.extend_from_slice(&(len as u16).to_be_bytes());
+        } else {
+            frame.push(0x80 | 127);
+            frame.extend_from_slice(&(len as u64).to_be_bytes());
+        }
+        let mask = [0x12u8, 0x34, 0x56, 0x78];
+        frame.extend_from_slice(&mask);
+        frame.extend(call.bytes().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        self.socket.write_all(&frame).expect("send to DevTools");
+        loop {
+            let mut message = Vec::new();
+            loop {
+                let mut h = [0u8; 2];
+                self.socket.read_exact(&mut h).expect("a DevTools frame");
+                let mut len = u64::from(h[1] & 0x7f);
+                if len == 126 {
+                    let mut b = [0u8; 2];
+                    self.socket.read_exact(&mut b).expect("length");
+                    len = u64::from(u16::from_be_bytes(b));
+                } else if len == 127 {
+                    let mut b = [0u8; 8];
+                    self.socket.read_exact(&mut b).expect("length");
+                    len = u64::from_be_bytes(b);
+                }
+                let mut payload = vec![0u8; len as usize];
+                self.socket.read_exact(&mut payload).expect("payload");
+                assert_ne!(h[0] & 0x0f, 0x8, "DevTools closed the connection");
+                message.extend_from_slice(&payload);
+                if h[0] & 0x80 != 0 {
+                    break;
+                }
+            }
+            let reply: serde_json::Value = serde_json::from_slice(&message).expect("JSON");
+            if reply["id"] == self.next {
+                return reply["result"]["result"]["value"].clone();
+            }
+        }
+    }
+
+    /// Waits until `condition` (JavaScript) is true in the page, for at most 20 s.
+    fn wait_for(&mut self, condition: &str) -> bool {
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(20) {
+            if self.evaluate(condition) == serde_json::Value::Bool(true) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        false
+    }
+
+    /// The browser's console messages so far.
+    fn console(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("CONSOLE") || l.contains("Refused to") || l.contains("Uncaught"))
+            .map(str::to_string)
+            .collect()
+    }
+}
+
 fn screenshot(profile: &Path, url: &str, file: &Path) {
     let shot = format!("--screenshot={}", file.display());
     browse(
@@ -278,6 +533,41 @@ fn every_page_opens_in_headless_chromium_with_its_content_and_no_console_error()
         &format!("{base}/executions/{first_id}/training"),
         &shots.join("training.png"),
     );
+    // A step that is running: its log page tails what an instance appends, in the browser,
+    // and the execution's page follows it until it ends, then closes its stream.
+    let live = live_step(&t);
+    let mut page = Devtools::open(
+        profile,
+        &format!("{base}/executions/live-1/steps/slow/logs"),
+    );
+    assert!(
+        page.wait_for("document.querySelectorAll('tr.tailed').length > 0"),
+        "the live tail did not arrive: {}",
+        page.evaluate("document.documentElement.outerHTML")
+    );
+    let row = page.evaluate("document.querySelector('tr.tailed').textContent");
+    assert!(
+        row.as_str()
+            .is_some_and(|r| r.contains("appended while the page was open")),
+        "{row}"
+    );
+    assert!(page.console().is_empty(), "{:?}", page.console());
+    drop(page);
+    let mut page = Devtools::open(profile, &format!("{base}/executions/live-1"));
+    assert!(page.wait_for("document.body.classList.contains('scripted')"));
+    shardline_pipeline::db::Db::open(&t.path(".shardline"))
+        .expect("the store")
+        .set_execution_status("live-1", "succeeded", None)
+        .expect("finish");
+    assert!(
+        page.wait_for("document.body.classList.contains('ended') && document.querySelector('#live .st-succeeded') !== null"),
+        "the page did not follow the execution to its end: {}",
+        page.evaluate("document.documentElement.outerHTML")
+    );
+    assert!(page.console().is_empty(), "{:?}", page.console());
+    drop(page);
+    drop(live);
+
     // The server is still up and answered everything.
     assert!(server.0.try_wait().expect("server").is_none());
 }

@@ -8,9 +8,16 @@
     source.addEventListener("update", function (e) {
       var live = document.getElementById("live");
       if (!live) return;
-      // Replacing the live part must not move the reader: keep the scroll position.
+      // Replacing the live part must not move the reader: keep the page's scroll position and
+      // that of each scrolled box inside it (the DAG scrolls on its own).
       var x = window.scrollX, y = window.scrollY;
+      var boxes = Array.prototype.map.call(live.querySelectorAll(".dag-wrap"), function (b) {
+        return [b.scrollLeft, b.scrollTop];
+      });
       live.innerHTML = e.data;
+      Array.prototype.forEach.call(live.querySelectorAll(".dag-wrap"), function (b, i) {
+        if (boxes[i]) { b.scrollLeft = boxes[i][0]; b.scrollTop = boxes[i][1]; }
+      });
       window.scrollTo(x, y);
     });
     source.addEventListener("append", function (e) {

@@ -361,8 +361,8 @@ async fn step_logs(
     State(app): State<App>,
     Path((id, step)): Path<(String, String)>,
     Query(q): Query<LogQuery>,
-) -> Page {
-    html(render_logs(
+) -> Result<Response, Fail> {
+    let page = render_logs(
         &app.source,
         &Ctx::SERVED,
         &id,
@@ -370,7 +370,19 @@ async fn step_logs(
         q.attempt,
         q.page.unwrap_or(0),
         q.view.as_deref().unwrap_or("interleaved"),
-    )?)
+    )?;
+    // A finished step's logs no longer change: the browser keeps the page it was served.
+    let e = app.source.execution(&id)?;
+    let finished = !matches!(
+        app.source.step(&e, &step)?.status.as_str(),
+        "running" | "pending"
+    );
+    let cache = if finished {
+        "private, max-age=86400"
+    } else {
+        "no-store"
+    };
+    Ok(([(header::CACHE_CONTROL, cache)], Html(page.into_string())).into_response())
 }
 
 #[derive(Deserialize)]
@@ -425,7 +437,7 @@ async fn log_events(
                 }
                 if fresh.iter().any(|l| !l.is_empty()) {
                     let instances: Vec<String> = files.iter().map(|(i, _)| i.clone()).collect();
-                    let rows = pages::log_rows(&instances, &logs::interleave(&fresh));
+                    let rows = pages::log_rows(&instances, &logs::interleave(&fresh), true);
                     let event = Event::default().event("append").data(rows.into_string());
                     return Some((Ok(event), (offsets, false)));
                 }

@@ -471,11 +471,13 @@ pub fn execution(
     layout(ctx, &format!("Execution {}", e.id), events, body)
 }
 
-/// The rows of interleaved log lines (also what a live tail appends).
-pub fn log_rows(instances: &[String], lines: &[(usize, String)]) -> Markup {
+/// The rows of interleaved log lines; `tailed`: rows a live tail appends (marked, so that a
+/// reader sees what is new).
+pub fn log_rows(instances: &[String], lines: &[(usize, String)], tailed: bool) -> Markup {
+    let mark = if tailed { " tailed" } else { "" };
     html! {
         @for (i, line) in lines {
-            tr class=(format!("i{}", i % 8)) {
+            tr class=(format!("i{}{mark}", i % 8)) {
                 td class="gutter" { (instances.get(*i).map_or("?", String::as_str)) }
                 td class="line" { (line) }
             }
@@ -545,7 +547,7 @@ pub fn logs(
                 }
             }
         } @else {
-            table class="log" { tbody id="log-lines" { (log_rows(instances, &lines)) } }
+            table class="log" { tbody id="log-lines" { (log_rows(instances, &lines, false)) } }
         }
     };
     layout(

@@ -282,6 +282,13 @@ async fn logs_interleave_instances_and_collapse_progress_lines() {
         body.contains(">100% done<") && !body.contains("50%"),
         "{body}"
     );
+    let (_, headers, _) = request(&app, "GET", "/executions/e1/steps/data/logs", Some(HOST)).await;
+    assert_eq!(
+        headers["cache-control"], "private, max-age=86400",
+        "a finished step's log"
+    );
+    let (_, headers, _) = request(&app, "GET", "/executions/e2/steps/data/logs", Some(HOST)).await;
+    assert_eq!(headers["cache-control"], "no-store", "a running step's log");
     let (status, _) = get(&app, "/executions/e1/steps/data/logs?attempt=7").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     let (_, body) = get(&app, "/executions/e1/steps/data/logs?page=3").await;
@@ -478,6 +485,7 @@ async fn over_a_socket_the_live_streams_follow_a_running_execution_and_close_whe
     let tail = tail.await.expect("tail");
     assert!(tail.contains("event: append"), "{tail}");
     assert!(tail.contains("appended later"), "{tail}");
+    assert!(tail.contains("class=\"i1 tailed\""), "{tail}");
 
     // The execution page's stream updates and then ends once the execution has.
     let events =
