@@ -1,9 +1,10 @@
 //! `shardline ui` in a real browser: the quickstart pipeline runs (twice, the second from cache),
 //! the dashboard serves its store on a loopback port, and Debian's headless chromium opens every
 //! page. The DOM after the scripts ran must show each step in the DAG, the chart series, the
-//! confusion matrix's cells and the instances' log lines; any console message (a CSP violation,
-//! a script error) fails the test. Screenshots of the execution and training pages are saved
-//! under the target directory.
+//! confusion matrix's cells and the instances' log lines; a running step's page must receive the
+//! lines its instance appends (read through DevTools), and a running execution's page must
+//! follow it to its end; any console message (a CSP violation, a script error) fails the test.
+//! Screenshots of the execution and training pages are saved under the target directory.
 
 mod common;
 
@@ -42,9 +43,10 @@ fn chromium() -> &'static str {
     "chromium"
 }
 
-/// Runs headless chromium with `args` on `url`, killed after a minute.
-fn browse(profile: &Path, url: &str, args: &[&str]) -> Visit {
-    let child = Command::new(chromium())
+/// Headless chromium with its own profile, logging its console to stderr.
+fn headless(profile: &Path) -> Command {
+    let mut command = Command::new(chromium());
+    command
         .args([
             "--headless",
             "--no-sandbox",
@@ -55,7 +57,13 @@ fn browse(profile: &Path, url: &str, args: &[&str]) -> Visit {
             "--enable-logging=stderr",
             "--v=0",
         ])
-        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg(format!("--user-data-dir={}", profile.display()));
+    command
+}
+
+/// Runs headless chromium with `args` on `url`, killed after a minute.
+fn browse(profile: &Path, url: &str, args: &[&str]) -> Visit {
+    let child = headless(profile)
         .args(args)
         .arg(url)
         .stdout(Stdio::piped())
@@ -217,22 +225,8 @@ impl Devtools {
             .expect("a free port")
             .port();
         let log = profile.join("devtools-stderr.log");
-        let child = Command::new(chromium())
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--no-first-run",
-                "--disable-extensions",
-                "--disable-dev-shm-usage",
-                "--enable-logging=stderr",
-                "--v=0",
-            ])
+        let child = headless(&profile.join("devtools"))
             .arg(format!("--remote-debugging-port={port}"))
-            .arg(format!(
-                "--user-data-dir={}",
-                profile.join("devtools").display()
-            ))
             .arg(url)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("the browser's log"))

@@ -337,6 +337,7 @@ pub(crate) fn render_logs(
         chunks.push(logs::page(path, page).unwrap_or_default());
     }
     let instances: Vec<String> = files.iter().map(|(i, _)| i.clone()).collect();
+    let flags = flags(source, &e.id, &row, chosen, &files)?;
     let live = matches!(row.status.as_str(), "running" | "pending")
         && chunks.iter().all(|c| c.end >= c.size)
         && view != "side";
@@ -353,8 +354,64 @@ pub(crate) fn render_logs(
         )
     });
     Ok(pages::logs(
-        ctx, &e, &row, &attempts, chosen, &instances, &chunks, page, view, events,
+        ctx, &e, &row, &attempts, chosen, &instances, &flags, &chunks, page, view, events,
     ))
+}
+
+/// What to flag on each instance of an attempt: the one its error names as failed, and those
+/// whose log kept growing well after the others' stopped (stragglers).
+fn flags(
+    source: &Source,
+    execution: &str,
+    row: &shardline_pipeline::db::StepRow,
+    attempt: i64,
+    files: &[(String, std::path::PathBuf)],
+) -> Result<Vec<Vec<String>>, Error> {
+    let error = source
+        .db()
+        .attempts(execution, &row.step)?
+        .into_iter()
+        .find(|(n, _, _)| *n == attempt)
+        .and_then(|(_, _, error)| error)
+        .or_else(|| row.reason.clone())
+        .unwrap_or_default();
+    let failed = logs::failed_instance(&error);
+    let start = row.started.unwrap_or(0.0);
+    let ends: Vec<f64> = files
+        .iter()
+        .map(|(_, path)| {
+            std::fs::metadata(path)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(f64::NAN, |d| d.as_secs_f64() - start)
+        })
+        .collect();
+    // Only instances' logs (algo-N) are compared; the step's own log ends with the step.
+    let instance = |name: &str| name.starts_with("algo-");
+    let timed: Vec<f64> = files
+        .iter()
+        .zip(&ends)
+        .map(|((name, _), end)| if instance(name) { *end } else { f64::NAN })
+        .collect();
+    let slow = logs::stragglers(&timed, 5.0);
+    Ok(files
+        .iter()
+        .enumerate()
+        .map(|(i, (name, _))| {
+            let mut notes = Vec::new();
+            if failed == Some(name.as_str()) {
+                notes.push(format!("{name} failed this attempt"));
+            }
+            if slow[i] && instance(name) {
+                notes.push(format!(
+                    "{name} straggled: its log last grew {:.0} s after the step started",
+                    ends[i]
+                ));
+            }
+            notes
+        })
+        .collect())
 }
 
 async fn step_logs(
@@ -437,7 +494,7 @@ async fn log_events(
                 }
                 if fresh.iter().any(|l| !l.is_empty()) {
                     let instances: Vec<String> = files.iter().map(|(i, _)| i.clone()).collect();
-                    let rows = pages::log_rows(&instances, &logs::interleave(&fresh), true);
+                    let rows = pages::log_rows(&instances, &logs::interleave(&fresh), true, &[]);
                     let event = Event::default().event("append").data(rows.into_string());
                     return Some((Ok(event), (offsets, false)));
                 }

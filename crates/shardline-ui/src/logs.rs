@@ -142,6 +142,36 @@ pub fn interleave(logs: &[Vec<String>]) -> Vec<(usize, String)> {
     out
 }
 
+/// The instance a step's error names as failed (`instance algo-2 failed after ...`, the process
+/// stage's error), if any.
+pub fn failed_instance(error: &str) -> Option<&str> {
+    let (_, rest) = error.split_once("instance ")?;
+    let (host, rest) = rest.split_once(' ')?;
+    rest.starts_with("failed").then_some(host)
+}
+
+/// Which instances straggled: those whose log last grew more than half again the median of the
+/// others' time after the step started, and at least `slack` seconds later than that median.
+/// `ends` are seconds from the step's start to each log's last change.
+pub fn stragglers(ends: &[f64], slack: f64) -> Vec<bool> {
+    (0..ends.len())
+        .map(|i| {
+            let mut others: Vec<f64> = ends
+                .iter()
+                .enumerate()
+                .filter(|&(j, e)| j != i && e.is_finite())
+                .map(|(_, e)| *e)
+                .collect();
+            if others.is_empty() {
+                return false;
+            }
+            others.sort_by(f64::total_cmp);
+            let median = others[others.len() / 2];
+            ends[i] > median * 1.5 && ends[i] > median + slack
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -183,6 +213,21 @@ mod tests {
         std::fs::write(&path, "a\nb\r\nc d\n").expect("write");
         assert_eq!(tail(&path, c.end).expect("tail").lines, ["c d"]);
         assert!(tail(&path, 999).expect("past the end").lines.is_empty());
+    }
+
+    #[test]
+    fn the_failed_instance_and_stragglers_are_found() {
+        let error = "process: instance algo-2 failed after 3 attempt(s): exited with status 1; its log is x";
+        assert_eq!(failed_instance(error), Some("algo-2"));
+        assert_eq!(failed_instance("cannot read the manifest"), None);
+        assert_eq!(failed_instance("instance algo-1 started"), None);
+        assert_eq!(
+            stragglers(&[10.0, 11.0, 12.0, 40.0], 5.0),
+            [false, false, false, true]
+        );
+        // Close together, or a lone instance: nobody straggles.
+        assert_eq!(stragglers(&[1.0, 2.0, 3.9], 5.0), [false, false, false]);
+        assert_eq!(stragglers(&[100.0], 5.0), [false]);
     }
 
     #[test]

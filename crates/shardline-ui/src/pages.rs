@@ -472,12 +472,17 @@ pub fn execution(
 }
 
 /// The rows of interleaved log lines; `tailed`: rows a live tail appends (marked, so that a
-/// reader sees what is new).
-pub fn log_rows(instances: &[String], lines: &[(usize, String)], tailed: bool) -> Markup {
+/// reader sees what is new); `flagged`: the instances to mark (failed, straggling).
+pub fn log_rows(
+    instances: &[String],
+    lines: &[(usize, String)],
+    tailed: bool,
+    flagged: &[bool],
+) -> Markup {
     let mark = if tailed { " tailed" } else { "" };
     html! {
         @for (i, line) in lines {
-            tr class=(format!("i{}{mark}", i % 8)) {
+            tr class=(format!("i{}{mark}{}", i % 8, if flagged.get(*i).copied().unwrap_or(false) { " flagged" } else { "" })) {
                 td class="gutter" { (instances.get(*i).map_or("?", String::as_str)) }
                 td class="line" { (line) }
             }
@@ -494,11 +499,13 @@ pub fn logs(
     attempts: &[i64],
     attempt: i64,
     instances: &[String],
+    flags: &[Vec<String>],
     chunks: &[Chunk],
     page: u64,
     view: &str,
     events: Option<String>,
 ) -> Markup {
+    let flagged: Vec<bool> = flags.iter().map(|f| !f.is_empty()).collect();
     let more = chunks.iter().any(|c| c.end < c.size);
     let route = |attempt: Option<i64>, page: u64, view: &'static str| Route::Logs {
         execution: &e.id,
@@ -531,6 +538,9 @@ pub fn logs(
                 @if more { (link(ctx, route(Some(attempt), page + 1, view), "next")) }
             }
         }
+        @if flags.iter().any(|f| !f.is_empty()) {
+            ul class="flags" { @for note in flags.iter().flatten() { li { (note) } } }
+        }
         p class="search" {
             input id="search" type="search" placeholder="search (Enter: next match)" aria-label="search the log";
             " " span id="search-count" {}
@@ -540,14 +550,14 @@ pub fn logs(
         } @else if view == "side" {
             div class="side" {
                 @for (i, c) in chunks.iter().enumerate() {
-                    div class="column" {
+                    div class=(if flagged[i] { "column flagged" } else { "column" }) {
                         h3 { (instances[i]) }
                         pre class="log" { @for l in &c.lines { span class="line" { (l) } "\n" } }
                     }
                 }
             }
         } @else {
-            table class="log" { tbody id="log-lines" { (log_rows(instances, &lines, false)) } }
+            table class="log" { tbody id="log-lines" { (log_rows(instances, &lines, false, &flagged)) } }
         }
     };
     layout(

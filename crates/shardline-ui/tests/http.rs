@@ -141,8 +141,26 @@ async fn fixture() -> Fixture {
         ] {
             let log = f.state().join(format!("{id}-{instance}.log"));
             std::fs::write(&log, text).expect("log");
+            // algo-1's log last grew a minute after the step started (at 100 s), algo-2's at once.
+            let end = if instance == "algo-1" { 160 } else { 101 };
+            std::fs::File::options()
+                .append(true)
+                .open(&log)
+                .and_then(|f| {
+                    f.set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(end))
+                })
+                .expect("set the log's time");
             db.put_log(id, "data", 1, instance, &log).expect("log row");
         }
+        db.start_attempt(id, "data", 1).expect("attempt");
+        db.finish_attempt(
+            id,
+            "data",
+            1,
+            "failed",
+            Some("process: instance algo-2 failed after 1 attempt(s): exited with status 1"),
+        )
+        .expect("attempt");
         db.put_edges(
             id,
             "data",
