@@ -484,6 +484,14 @@ fn every_page_opens_in_headless_chromium_with_its_content_and_no_console_error()
     );
     assert!(dom.contains("class=\"side\""), "{dom}");
 
+    // The data: class balance (4 classes, 3 channels) and each instance's processing report.
+    let dom = open(profile, &format!("{base}/executions/{first_id}/data"));
+    assert_eq!(dom.matches("<rect class=\"bar").count(), 12, "{dom}");
+    assert!(
+        dom.contains(">algo-1<") && dom.contains(">algo-2<"),
+        "{dom}"
+    );
+
     // Training curves: loss and accuracy, train and validation, per epoch.
     let dom = open(profile, &format!("{base}/executions/{first_id}/training"));
     for series in ["train_loss", "validation_loss", "train_accuracy"] {

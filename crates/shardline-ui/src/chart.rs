@@ -109,6 +109,53 @@ pub fn line_chart(title: &str, x_name: &str, series: &[Series]) -> Markup {
     }
 }
 
+/// A grouped bar chart: one group per category (a class), one bar per series (a channel) with
+/// `values[series][category]`.
+pub fn bar_chart(
+    title: &str,
+    categories: &[String],
+    names: &[String],
+    values: &[Vec<f64>],
+) -> Markup {
+    let top = values
+        .iter()
+        .flatten()
+        .copied()
+        .filter(|v| v.is_finite())
+        .fold(0.0, f64::max)
+        .max(1.0);
+    let y1 = ticks(0.0, top).last().copied().unwrap_or(top).max(top);
+    let py = |y: f64| TOP + (1.0 - y / y1) * (H - TOP - BOTTOM);
+    let group = (W - LEFT - RIGHT) / categories.len().max(1) as f64;
+    let bar = group * 0.8 / names.len().max(1) as f64;
+    html! {
+        figure class="chart" {
+            figcaption { (title) }
+            svg xmlns="http://www.w3.org/2000/svg" width=(W) height=(H) viewBox=(format!("0 0 {W} {H}")) role="img" {
+                @for t in ticks(0.0, y1) {
+                    line class="grid" x1=(LEFT) x2=(W - RIGHT) y1=(py(t)) y2=(py(t)) {}
+                    text class="tick" x=(LEFT - 4.0) y=(py(t) + 4.0) text-anchor="end" { (label(t)) }
+                }
+                @for (c, name) in categories.iter().enumerate() {
+                    text class="tick" x=(LEFT + group * (c as f64 + 0.5)) y=(H - BOTTOM + 14.0) text-anchor="middle" { (name) }
+                    @for (s, series) in values.iter().enumerate() {
+                        @let v = series.get(c).copied().filter(|v| v.is_finite()).unwrap_or(0.0);
+                        rect class=(format!("bar s{}", s % 8)) data-series=(names.get(s).map_or("", String::as_str))
+                            x=(LEFT + group * c as f64 + group * 0.1 + bar * s as f64) y=(py(v))
+                            width=(bar) height=(py(0.0) - py(v)) {
+                            title { (names.get(s).map_or("", String::as_str)) " " (name) ": " (v) }
+                        }
+                    }
+                }
+                line class="axis" x1=(LEFT) x2=(W - RIGHT) y1=(H - BOTTOM) y2=(H - BOTTOM) {}
+            }
+            ul class="legend" {
+                @for (i, n) in names.iter().enumerate() { li class=(format!("s{}", i % 8)) { (n) } }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -127,6 +174,19 @@ mod tests {
             250000.0,
             &["0", "50000", "1.0e5", "1.5e5", "2.0e5", "2.5e5"],
         );
+    }
+
+    #[test]
+    fn a_bar_per_series_and_category() {
+        let drawn = bar_chart(
+            "balance",
+            &["a".into(), "<b>".into()],
+            &["train".into(), "test".into()],
+            &[vec![3.0, 4.0], vec![1.0, f64::NAN]],
+        )
+        .into_string();
+        assert_eq!(drawn.matches("<rect").count(), 4);
+        assert!(drawn.contains("&lt;b&gt;") && !drawn.contains("<b>"));
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! The same pages as static HTML files (a CI artifact, an email): the executions list, every
-//! execution, its training curves, the first page of every step's logs, the models, and the
+//! execution, its data and training curves, the first page of every step's logs, the models, and the
 //! assets, linked to each other by relative paths. Live updates, filters, paging, lineage and
 //! comparisons need the server and are left out.
 
@@ -8,7 +8,7 @@ use std::path::Path;
 use maud::Markup;
 
 use crate::http::{
-    ASSETS, render_execution, render_index, render_logs, render_model, render_training,
+    ASSETS, render_data, render_execution, render_index, render_logs, render_model, render_training,
 };
 use crate::pages::{self, Ctx, Route};
 use crate::{Error, Options, Source};
@@ -73,6 +73,16 @@ pub async fn export(options: &Options, dir: &Path) -> Result<usize, Error> {
         .await?;
         files += 1;
         let steps = source.db().steps(id)?;
+        if steps
+            .iter()
+            .any(|s| s.kind == "manifest" || s.kind == "process")
+        {
+            page(dir, Route::Data(id), async |ctx| {
+                render_data(&source, ctx, id).await
+            })
+            .await?;
+            files += 1;
+        }
         if steps.iter().any(|s| s.kind == "train") {
             page(dir, Route::Training(id, None), async |ctx| {
                 render_training(&source, ctx, id, None).await

@@ -74,6 +74,7 @@ pub fn app(source: Arc<Source>, host: &str, port: u16) -> Router {
         .route("/executions/{id}", get(execution))
         .route("/executions/{id}/events", get(execution_events))
         .route("/executions/{id}/training", get(training))
+        .route("/executions/{id}/data", get(data))
         .route("/executions/{id}/steps/{step}/logs", get(step_logs))
         .route("/executions/{id}/steps/{step}/logs/events", get(log_events))
         .route("/models", get(models))
@@ -550,6 +551,17 @@ async fn training(
     Query(q): Query<TrainingQuery>,
 ) -> Page {
     html(render_training(&app.source, &Ctx::SERVED, &id, q.with.as_deref()).await?)
+}
+
+/// An execution's data page.
+pub(crate) async fn render_data(source: &Source, ctx: &Ctx, id: &str) -> Result<Markup, Error> {
+    let e = source.execution(id)?;
+    let records = source.data(&e).await?;
+    Ok(pages::data(ctx, &e, &records))
+}
+
+async fn data(State(app): State<App>, Path(id): Path<String>) -> Page {
+    html(render_data(&app.source, &Ctx::SERVED, &id).await?)
 }
 
 async fn models(State(app): State<App>) -> Page {

@@ -41,6 +41,8 @@ pub enum Route<'a> {
     },
     /// An execution's training curves, maybe with another's overlaid.
     Training(&'a str, Option<&'a str>),
+    /// An execution's data: class balance and the processing report.
+    Data(&'a str),
     /// The registries' models.
     Models,
     /// One model version: registry index, name, version.
@@ -142,6 +144,7 @@ fn served(route: Route<'_>) -> String {
             encode(id),
             query(&[("with", with.map(str::to_string))])
         ),
+        Route::Data(id) => format!("/executions/{}/data", encode(id)),
         Route::Models => "/models".into(),
         Route::Model(r, name, v) => format!("/models/{r}/{}/{v}", encode(name)),
         Route::Lineage(artifact, depth) => format!(
@@ -179,6 +182,7 @@ pub fn exported(route: Route<'_>) -> Option<String> {
             file_name(step)
         ),
         Route::Training(id, None) => format!("executions/{}/training.html", file_name(id)),
+        Route::Data(id) => format!("executions/{}/data.html", file_name(id)),
         Route::Models => "models.html".into(),
         Route::Model(r, name, v) => format!("models/{r}/{}/{v}.html", file_name(name)),
         Route::Asset(name) => format!("assets/{name}"),
@@ -449,12 +453,16 @@ pub fn execution(
     outputs: &[(String, String)],
 ) -> Markup {
     let has_training = steps.iter().any(|s| s.kind == "train");
+    let has_data = steps
+        .iter()
+        .any(|s| s.kind == "manifest" || s.kind == "process");
     let body = html! {
         p class="meta" {
             "pipeline " strong { (e.pipeline) } " · " (e.file) " · run " (e.runs) " time(s)"
         }
         p class="params" { "parameters: " code { (compact(&e.params)) } }
         p class="links" {
+            @if has_data { (link(ctx, Route::Data(&e.id), "data")) " " }
             @if has_training { (link(ctx, Route::Training(&e.id, None), "training curves")) " " }
             @if let Some(p) = previous { (link(ctx, Route::Compare(&p.id, &e.id), "compare with the previous execution")) }
         }
@@ -807,6 +815,137 @@ pub fn lineage(ctx: &Ctx, artifact: &str, depth: usize, edges: &[Edge]) -> Marku
         }
     };
     layout(ctx, "Lineage", None, body)
+}
+
+fn number(v: &serde_json::Value) -> String {
+    v.as_f64().map_or_else(
+        || v.to_string(),
+        |f| {
+            if f.fract() == 0.0 {
+                format!("{f:.0}")
+            } else {
+                format!("{f:.1}")
+            }
+        },
+    )
+}
+
+/// A manifest step's class balance: objects per class (rows) and channel (columns), as a chart
+/// and a table.
+fn balance(step: &str, record: &serde_json::Value) -> Markup {
+    let counts = record["counts"].as_object();
+    let classes: Vec<String> = counts
+        .map(|c| c.keys().cloned().collect())
+        .unwrap_or_default();
+    let mut channels: Vec<String> = Vec::new();
+    for per in counts.into_iter().flat_map(|c| c.values()) {
+        for ch in per.as_object().into_iter().flat_map(|o| o.keys()) {
+            if !channels.contains(ch) {
+                channels.push(ch.clone());
+            }
+        }
+    }
+    // train, validation, test first, in that order, then any other channel.
+    let rank = |c: &String| {
+        ["train", "validation", "test"]
+            .iter()
+            .position(|k| k == c)
+            .unwrap_or(3)
+    };
+    channels.sort_by_key(|c| (rank(c), c.clone()));
+    let value =
+        |class: &str, channel: &str| record["counts"][class][channel].as_f64().unwrap_or(0.0);
+    let values: Vec<Vec<f64>> = channels
+        .iter()
+        .map(|ch| classes.iter().map(|c| value(c, ch)).collect())
+        .collect();
+    html! {
+        h2 { "Class balance: " (step) }
+        @if classes.is_empty() { p { "The manifest's record has no counts." } } @else {
+            (crate::chart::bar_chart("Objects per class and channel", &classes, &channels, &values))
+            table class="balance" {
+                thead { tr { th { "class" } @for ch in &channels { th { (ch) } } } }
+                tbody {
+                    @for c in &classes {
+                        tr { td { (c) } @for ch in &channels { td class="num" { (value(c, ch)) } } }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A process step's report: per instance, throughput, time, memory and objects per channel, and
+/// every quarantined object with its reason.
+fn processing(step: &str, report: &serde_json::Value) -> Markup {
+    let instances: Vec<&serde_json::Value> = report["instances"]
+        .as_array()
+        .map(|a| a.iter().collect())
+        .unwrap_or_default();
+    let quarantined: Vec<(&str, &serde_json::Value)> = instances
+        .iter()
+        .flat_map(|i| {
+            let host = i["host"].as_str().unwrap_or("");
+            i["quarantine"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(move |q| (host, q))
+        })
+        .collect();
+    html! {
+        h2 { "Processing: " (step) }
+        p class="meta" {
+            (report["status"].as_str().unwrap_or("")) " · assigned " (number(&report["assigned"]))
+            " · written " (number(&report["written"])) " · quarantined " (number(&report["quarantined"]))
+        }
+        table class="instances" {
+            thead { tr { th { "instance" } th { "records/s" } th { "seconds" } th { "peak RSS (MiB)" } th { "per channel: assigned / written / quarantined" } } }
+            tbody {
+                @for i in &instances {
+                    tr {
+                        td { (i["host"].as_str().unwrap_or("")) }
+                        td class="num" { (number(&i["records_per_second"])) }
+                        td class="num" { (i["seconds"].as_f64().map_or("-".into(), |s| format!("{s:.2}"))) }
+                        td class="num" { (number(&i["peak_rss_mib"])) }
+                        td {
+                            @for (ch, v) in i["channels"].as_object().into_iter().flatten() {
+                                div { (ch) ": " (v.as_array().map(|a| a.iter().map(number).collect::<Vec<_>>().join(" / ")).unwrap_or_default()) }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        @if quarantined.is_empty() { p { "Nothing was quarantined." } } @else {
+            h3 { "Quarantined objects" }
+            table class="quarantine" {
+                thead { tr { th { "instance" } th { "channel" } th { "object" } th { "reason" } } }
+                tbody {
+                    @for (host, q) in &quarantined {
+                        tr {
+                            td { (host) }
+                            td { (q["channel"].as_str().unwrap_or("")) }
+                            td { (q["uri"].as_str().unwrap_or("")) }
+                            td { (q["reason"].as_str().unwrap_or("")) }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// An execution's data: each manifest step's class balance and each process step's report.
+pub fn data(ctx: &Ctx, e: &Execution, records: &[(String, String, serde_json::Value)]) -> Markup {
+    let body = html! {
+        p class="meta" { (link(ctx, Route::Execution(&e.id), &e.id)) " · pipeline " (e.pipeline) }
+        @if records.is_empty() { p { "No manifest or process step of this execution has its record yet." } }
+        @for (step, kind, record) in records {
+            @if kind == "manifest" { (balance(step, record)) } @else { (processing(step, record)) }
+        }
+    };
+    layout(ctx, &format!("Data of {}", e.id), None, body)
 }
 
 /// One side of a comparison: the execution, its steps by name, and their metrics.

@@ -188,6 +188,34 @@ impl Source {
         Ok(out)
     }
 
+    /// What the execution's data steps recorded beside their outputs: each manifest step's
+    /// `lineage.json` (objects per class and channel) and each process step's `report.json`
+    /// (per instance: throughput, time, memory, objects per channel, quarantined objects), as
+    /// (step, kind, the record); steps whose record cannot be read are left out.
+    pub async fn data(
+        &self,
+        e: &Execution,
+    ) -> Result<Vec<(String, String, serde_json::Value)>, Error> {
+        let mut out = Vec::new();
+        for s in self.db.steps(&e.id)? {
+            let file = match s.kind.as_str() {
+                "manifest" => "lineage.json",
+                "process" => "report.json",
+                _ => continue,
+            };
+            let Some(dir) = s.outputs.as_ref().and_then(|o| o["out"].as_str()) else {
+                continue;
+            };
+            let Some(bytes) = shardline_store::Store::open(dir)?.get_opt(file).await? else {
+                continue;
+            };
+            if let Ok(record) = serde_json::from_slice(&bytes) {
+                out.push((s.step.clone(), s.kind.clone(), record));
+            }
+        }
+        Ok(out)
+    }
+
     /// Every registry the dashboard may read: those given, then those the store's register
     /// steps name, each once, in that order. A registry is addressed by its index here.
     pub fn registries(&self) -> Result<Vec<String>, Error> {

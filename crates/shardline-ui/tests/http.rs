@@ -83,6 +83,23 @@ async fn fixture() -> Fixture {
     )
     .expect("metrics");
     std::fs::write(Path::new(&model).join("model.tar.gz"), b"not really").expect("tarball");
+    std::fs::create_dir_all(f.path("manifests")).expect("manifests");
+    std::fs::write(
+        Path::new(&f.path("manifests")).join("lineage.json"),
+        json!({"counts": {XSS: {"train": 3, "test": 1}, "square": {"train": 4, "test": 2}}})
+            .to_string(),
+    )
+    .expect("manifest lineage");
+    std::fs::create_dir_all(f.path("processed")).expect("processed");
+    std::fs::write(
+        Path::new(&f.path("processed")).join("report.json"),
+        json!({"status": "succeeded", "assigned": 10, "written": 9, "quarantined": 1, "instances": [
+            {"host": "algo-1", "channels": {"train": [7, 6, 1]}, "records_per_second": 120.5, "seconds": 0.5, "peak_rss_mib": 20.0,
+             "quarantine": [{"channel": "train", "uri": "file:///d/x.jpg", "reason": XSS}]}
+        ]})
+        .to_string(),
+    )
+    .expect("process report");
     let registry = f.path("registry");
     let evaluation = json!({
         "accuracy": 0.75,
@@ -119,8 +136,12 @@ async fn fixture() -> Fixture {
         data.outputs = Some(json!({"out": f.path("data")}));
         data.instances = 2;
         db.put_step(&data).expect("step");
-        db.put_step(&step(id, "manifests", "manifest", 1, status))
-            .expect("step");
+        let mut manifests = step(id, "manifests", "manifest", 1, status);
+        manifests.outputs = Some(json!({"out": f.path("manifests")}));
+        db.put_step(&manifests).expect("step");
+        let mut shards = step(id, "shards", "process", 4, "succeeded");
+        shards.outputs = Some(json!({"out": f.path("processed")}));
+        db.put_step(&shards).expect("step");
         let mut train = step(id, XSS, "train", 2, "succeeded");
         train.outputs = Some(json!({"model": model}));
         db.put_step(&train).expect("step");
@@ -230,6 +251,7 @@ async fn every_page_renders_with_user_text_escaped() {
         "/?pipeline=tiny&status=succeeded",
         "/executions/e1",
         "/executions/e1/training",
+        "/executions/e1/data",
         "/executions/e2/training?with=e1",
         "/executions/e1/steps/data/logs",
         "/executions/e1/steps/data/logs?view=side&attempt=1",
@@ -280,6 +302,16 @@ async fn every_page_renders_with_user_text_escaped() {
     for cell in [">7<", ">3<", ">2<", ">8<", ">0.800<", ">0.700<"] {
         assert!(body.contains(cell), "{cell}: {body}");
     }
+    let (_, body) = get(&app, "/executions/e1/data").await;
+    assert_eq!(body.matches("<rect class=\"bar").count(), 4, "{body}");
+    assert!(
+        body.contains(&format!("<td>{ESCAPED}</td>")),
+        "a class and a reason: {body}"
+    );
+    assert!(
+        body.contains(">120.5<") && body.contains("train: 7 / 6 / 1"),
+        "{body}"
+    );
     let (_, body) = get(&app, "/executions/e1/training").await;
     assert_eq!(body.matches("<polyline").count(), 7, "{body}");
     let (_, body) = get(&app, "/executions/e2/training?with=e1").await;
@@ -535,6 +567,7 @@ async fn an_export_writes_the_pages_linked_by_relative_paths() {
         "index.html",
         "executions/e1.html",
         "executions/e1/training.html",
+        "executions/e1/data.html",
         "executions/e1/logs/data.html",
         "models.html",
         "models/0/shapes/1.html",
