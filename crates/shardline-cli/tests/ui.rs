@@ -555,8 +555,41 @@ fn every_page_opens_in_headless_chromium_with_its_content_and_no_console_error()
     );
     assert!(page.console().is_empty(), "{:?}", page.console());
     drop(page);
+    // Search jumps to a match, centred with the lines around it.
+    let mut page = Devtools::open(
+        profile,
+        &format!("{base}/executions/{first_id}/steps/process/logs"),
+    );
+    assert!(page.wait_for("document.body.classList.contains('scripted')"));
+    page.evaluate(
+        "const s = document.getElementById('search'); s.value = 'attempt 1'; \
+         s.dispatchEvent(new Event('input')); \
+         s.dispatchEvent(new KeyboardEvent('keydown', {key: 'Enter'})); true",
+    );
+    let current = page.evaluate("document.querySelector('.line.current').textContent");
+    assert!(
+        current.as_str().is_some_and(|l| l.contains("attempt 1")),
+        "{current}"
+    );
+    let count = page.evaluate("document.getElementById('search-count').textContent");
+    assert!(
+        count.as_str().is_some_and(|c| c.ends_with(" matches")),
+        "{count}"
+    );
+    drop(page);
+
+    // The running execution's page: a live update keeps the reader where they were.
     let mut page = Devtools::open(profile, &format!("{base}/executions/live-1"));
     assert!(page.wait_for("document.body.classList.contains('scripted')"));
+    page.evaluate(
+        "document.body.style.minHeight = '5000px'; window.scrollTo(0, 1234); \
+         document.querySelector('#live > p').dataset.old = 'yes'; true",
+    );
+    assert!(
+        page.wait_for("document.querySelector('#live > p').dataset.old === undefined"),
+        "no live update arrived"
+    );
+    assert_eq!(page.evaluate("window.scrollY"), serde_json::json!(1234));
     shardline_pipeline::db::Db::open(&t.path(".shardline"))
         .expect("the store")
         .set_execution_status("live-1", "succeeded", None)

@@ -365,6 +365,11 @@ async fn only_get_and_head_and_every_response_has_the_safety_headers() {
         let (_, headers, _) = request(&app, "GET", uri, Some(HOST)).await;
         assert_safe_headers(&headers, uri);
     }
+    let total: usize = shardline_ui::http::ASSETS
+        .iter()
+        .map(|(_, _, t)| t.len())
+        .sum();
+    assert!(total < 100 * 1024, "the assets are {total} bytes");
     let (_, headers, body) = request(&app, "GET", "/assets/app.js", Some(HOST)).await;
     assert!(
         headers["content-type"]
