@@ -224,6 +224,7 @@ fn details(
             Ok(pages::StepDetail {
                 attempts: source.db().attempts(&s.execution, &s.step)?,
                 metrics: source.db().metrics(&s.execution, &s.step)?,
+                has_logs: !source.db().logs(&s.execution, &s.step)?.is_empty(),
             })
         })
         .collect()

@@ -333,6 +333,9 @@ pub struct StepDetail {
     pub attempts: Vec<(i64, String, Option<String>)>,
     /// Its metrics.
     pub metrics: Vec<(String, f64)>,
+    /// Whether it has logs (a condition or a skipped step has none): only then is it linked to
+    /// its logs page, which an export writes only for such steps.
+    pub has_logs: bool,
 }
 
 /// The cache outcome; the executor's reason already says `hit: ...` or why a miss missed.
@@ -349,11 +352,18 @@ fn cache_text(s: &StepRow) -> String {
 }
 
 /// The DAG of an execution's steps.
-pub fn step_dag(ctx: &Ctx, e: &Execution, steps: &[StepRow], deps: &[Vec<usize>]) -> Markup {
+pub fn step_dag(
+    ctx: &Ctx,
+    e: &Execution,
+    steps: &[StepRow],
+    deps: &[Vec<usize>],
+    details: &[StepDetail],
+) -> Markup {
     let nodes: Vec<dag::Node> = steps
         .iter()
         .zip(deps)
-        .map(|(s, d)| {
+        .zip(details)
+        .map(|((s, d), detail)| {
             let instances = if s.instances > 1 {
                 format!(" · {} instances", s.instances)
             } else {
@@ -380,13 +390,15 @@ pub fn step_dag(ctx: &Ctx, e: &Execution, steps: &[StepRow], deps: &[Vec<usize>]
                     s.instances
                 ),
                 class: format!("st-{}", s.status),
-                href: ctx.href(Route::Logs {
-                    execution: &e.id,
-                    step: &s.step,
-                    attempt: None,
-                    page: 0,
-                    view: "interleaved",
-                }),
+                href: ctx
+                    .href(Route::Logs {
+                        execution: &e.id,
+                        step: &s.step,
+                        attempt: None,
+                        page: 0,
+                        view: "interleaved",
+                    })
+                    .filter(|_| detail.has_logs),
                 deps: d.clone(),
                 weight: match (s.started, s.finished) {
                     (Some(a), Some(b)) if b > a && s.cache.as_deref() != Some("hit") => b - a,
@@ -412,14 +424,17 @@ pub fn execution_live(
             "started " (time(e.started)) " UTC · " (duration(Some(e.started), e.finished))
             @if let Some(m) = &e.message { " — " span class="message" { (m) } }
         }
-        div class="dag-wrap" { (step_dag(ctx, e, steps, deps)) }
+        div class="dag-wrap" { (step_dag(ctx, e, steps, deps, details)) }
         p class="legend-note" { "The critical path (the chain of steps that took longest) is outlined in bold." }
         table class="steps" {
             thead { tr { th { "step" } th { "kind" } th { "status" } th { "time" } th { "attempts" } th { "instances" } th { "cache / why" } th { "metrics" } } }
             tbody {
                 @for (s, d) in steps.iter().zip(details) {
                     tr {
-                        td { (link(ctx, Route::Logs { execution: &e.id, step: &s.step, attempt: None, page: 0, view: "interleaved" }, &s.step)) }
+                        td {
+                            @if d.has_logs { (link(ctx, Route::Logs { execution: &e.id, step: &s.step, attempt: None, page: 0, view: "interleaved" }, &s.step)) }
+                            @else { (s.step) }
+                        }
                         td { (s.kind) }
                         td { (status(&s.status)) }
                         td { (duration(s.started, s.finished)) }

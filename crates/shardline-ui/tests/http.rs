@@ -588,4 +588,31 @@ async fn an_export_writes_the_pages_linked_by_relative_paths() {
     assert!(logs.contains("href=\"../../../assets/app.css\""), "{logs}");
     assert!(!logs.contains("data-events"), "no live stream in an export");
     assert!(!logs.contains(XSS));
+    // Every link of every exported page leads to a file of the export.
+    let mut pages = vec![out.clone()];
+    let mut checked = 0;
+    while let Some(dir) = pages.pop() {
+        for entry in std::fs::read_dir(&dir).expect("read the export") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                pages.push(path);
+                continue;
+            }
+            if path.extension().is_none_or(|e| e != "html") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).expect("page");
+            for link in text.split("href=\"").skip(1) {
+                let target = &link[..link.find('"').expect("quote")];
+                let file = path.parent().expect("folder").join(target);
+                assert!(
+                    file.is_file(),
+                    "{} links to {target}, which is not there",
+                    path.display()
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked > 20, "{checked} links");
 }

@@ -56,3 +56,18 @@ pub async fn run(args: Args, ui: &Ui) -> Result<()> {
     .await
     .context("ui")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_defaults_keep_the_dashboard_on_loopback() {
+        let args: Args = crate::cmd::parse(&["ui"]);
+        assert_eq!((args.host.as_str(), args.port), ("127.0.0.1", 8081));
+        assert!(args.export.is_none());
+        let args: Args = crate::cmd::parse(&["ui", "--port", "0", "--export", "out"]);
+        assert_eq!(args.port, 0);
+        assert_eq!(args.export, Some(PathBuf::from("out")));
+    }
+}
