@@ -204,13 +204,24 @@ pub(crate) fn render_index(
     Ok(pages::executions(ctx, &all, &shown, pipeline, status))
 }
 
-fn live_part(source: &Source, ctx: &Ctx, id: &str) -> Result<(Markup, bool), Error> {
-    let e = source.execution(id)?;
-    let (steps, deps) = source.graph(&e)?;
+/// An execution with its steps, their dependencies and details.
+fn run_of(source: &Source, id: &str) -> Result<pages::Run, Error> {
+    let execution = source.execution(id)?;
+    let (steps, deps) = source.graph(&execution)?;
     let details = details(source, &steps)?;
+    Ok(pages::Run {
+        execution,
+        steps,
+        deps,
+        details,
+    })
+}
+
+fn live_part(source: &Source, ctx: &Ctx, id: &str) -> Result<(Markup, bool), Error> {
+    let run = run_of(source, id)?;
     Ok((
-        pages::execution_live(ctx, &e, &steps, &deps, &details),
-        e.shown_status() == "running",
+        pages::execution_live(ctx, &run),
+        run.execution.shown_status() == "running",
     ))
 }
 
@@ -232,15 +243,15 @@ fn details(
 
 /// One execution's page.
 pub(crate) fn render_execution(source: &Source, ctx: &Ctx, id: &str) -> Result<Markup, Error> {
-    let e = source.execution(id)?;
-    let (steps, deps) = source.graph(&e)?;
-    let details = details(source, &steps)?;
+    let run = run_of(source, id)?;
+    let e = &run.execution;
     let all = source.executions(Some(&e.pipeline), None)?;
     let previous = all
         .iter()
         .filter(|o| o.started < e.started)
         .max_by(|a, b| a.started.total_cmp(&b.started));
-    let outputs: Vec<(String, String)> = steps
+    let outputs: Vec<(String, String)> = run
+        .steps
         .iter()
         .flat_map(|s| {
             s.outputs
@@ -255,9 +266,7 @@ pub(crate) fn render_execution(source: &Source, ctx: &Ctx, id: &str) -> Result<M
         .collect();
     let events = (e.shown_status() == "running")
         .then(|| format!("/executions/{}/events", pages::encode(&e.id)));
-    Ok(pages::execution(
-        ctx, &e, &steps, &deps, &details, previous, events, &outputs,
-    ))
+    Ok(pages::execution(ctx, &run, previous, events, &outputs))
 }
 
 async fn execution(State(app): State<App>, Path(id): Path<String>) -> Page {

@@ -351,14 +351,26 @@ fn cache_text(s: &StepRow) -> String {
     }
 }
 
+/// An execution as its page shows it.
+pub struct Run {
+    /// The execution.
+    pub execution: Execution,
+    /// Its steps, in the definition's order.
+    pub steps: Vec<StepRow>,
+    /// For each step, the steps it depends on (indexes into `steps`).
+    pub deps: Vec<Vec<usize>>,
+    /// For each step, its attempts, metrics and whether it has logs.
+    pub details: Vec<StepDetail>,
+}
+
 /// The DAG of an execution's steps.
-pub fn step_dag(
-    ctx: &Ctx,
-    e: &Execution,
-    steps: &[StepRow],
-    deps: &[Vec<usize>],
-    details: &[StepDetail],
-) -> Markup {
+pub fn step_dag(ctx: &Ctx, run: &Run) -> Markup {
+    let Run {
+        execution: e,
+        steps,
+        deps,
+        details,
+    } = run;
     let nodes: Vec<dag::Node> = steps
         .iter()
         .zip(deps)
@@ -411,20 +423,20 @@ pub fn step_dag(
 }
 
 /// The part of the execution page that live updates replace: its status, DAG and step table.
-pub fn execution_live(
-    ctx: &Ctx,
-    e: &Execution,
-    steps: &[StepRow],
-    deps: &[Vec<usize>],
-    details: &[StepDetail],
-) -> Markup {
+pub fn execution_live(ctx: &Ctx, run: &Run) -> Markup {
+    let Run {
+        execution: e,
+        steps,
+        details,
+        ..
+    } = run;
     html! {
         p class="summary" {
             (status(e.shown_status())) " "
             "started " (time(e.started)) " UTC · " (duration(Some(e.started), e.finished))
             @if let Some(m) = &e.message { " — " span class="message" { (m) } }
         }
-        div class="dag-wrap" { (step_dag(ctx, e, steps, deps, details)) }
+        div class="dag-wrap" { (step_dag(ctx, run)) }
         p class="legend-note" { "The critical path (the chain of steps that took longest) is outlined in bold." }
         table class="steps" {
             thead { tr { th { "step" } th { "kind" } th { "status" } th { "time" } th { "attempts" } th { "instances" } th { "cache / why" } th { "metrics" } } }
@@ -456,17 +468,14 @@ pub fn execution_live(
 }
 
 /// One execution: parameters, links, and the live part.
-#[allow(clippy::too_many_arguments)]
 pub fn execution(
     ctx: &Ctx,
-    e: &Execution,
-    steps: &[StepRow],
-    deps: &[Vec<usize>],
-    details: &[StepDetail],
+    run: &Run,
     previous: Option<&Execution>,
     events: Option<String>,
     outputs: &[(String, String)],
 ) -> Markup {
+    let (e, steps) = (&run.execution, &run.steps);
     let has_training = steps.iter().any(|s| s.kind == "train");
     let has_data = steps
         .iter()
@@ -481,7 +490,7 @@ pub fn execution(
             @if has_training { (link(ctx, Route::Training(&e.id, None), "training curves")) " " }
             @if let Some(p) = previous { (link(ctx, Route::Compare(&p.id, &e.id), "compare with the previous execution")) }
         }
-        div id="live" { (execution_live(ctx, e, steps, deps, details)) }
+        div id="live" { (execution_live(ctx, run)) }
         @if !outputs.is_empty() {
             h2 { "Outputs and their lineage" }
             ul class="outputs" {
