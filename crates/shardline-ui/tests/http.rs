@@ -346,6 +346,36 @@ async fn logs_interleave_instances_and_collapse_progress_lines() {
 }
 
 #[tokio::test]
+async fn a_large_log_is_served_a_page_at_a_time() {
+    let f = fixture().await;
+    // A 24 MiB log of one instance: every page holds about 256 KiB of it.
+    let log = f.state().join("e1-algo-1.log");
+    let line = format!("2026-01-01T00:00:05Z {}\n", "x".repeat(100));
+    let mut text = String::with_capacity(24 << 20);
+    let mut n = 0;
+    while text.len() < 24 << 20 {
+        text.push_str(&format!("{n:08} {line}"));
+        n += 1;
+    }
+    std::fs::write(&log, &text).expect("a large log");
+    let app = router(&f);
+    let (status, first) = get(&app, "/executions/e1/steps/data/logs").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(first.len() < 1 << 20, "page 0 is {} bytes", first.len());
+    assert!(
+        first.contains("00000000 ") && first.contains(">next<"),
+        "page 0"
+    );
+    let (_, last) = get(&app, "/executions/e1/steps/data/logs?page=95").await;
+    assert!(last.len() < 1 << 20, "page 95 is {} bytes", last.len());
+    assert!(
+        last.contains(&format!("{:08} ", n - 1)),
+        "the last line is on page 95"
+    );
+    assert!(!last.contains(">next<"), "page 95 is the last");
+}
+
+#[tokio::test]
 async fn only_get_and_head_and_every_response_has_the_safety_headers() {
     let f = fixture().await;
     let app = router(&f);
