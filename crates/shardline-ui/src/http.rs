@@ -49,11 +49,14 @@ struct App {
 
 /// The Host header values a request may carry for a server bound to `host` on `port`.
 pub fn allowed_hosts(host: &str, port: u16) -> Vec<String> {
-    let mut names = vec![host.to_ascii_lowercase()];
-    let loopback = host == "localhost"
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback() || ip.is_unspecified());
+    let ip = host.parse::<std::net::IpAddr>().ok();
+    // An IPv6 address is bracketed in a Host header: [::1]:8081.
+    let mut names = vec![match ip {
+        Some(std::net::IpAddr::V6(v6)) => format!("[{v6}]"),
+        _ => host.to_ascii_lowercase(),
+    }];
+    let loopback =
+        host == "localhost" || ip.is_some_and(|ip| ip.is_loopback() || ip.is_unspecified());
     if loopback {
         names.extend(["localhost".into(), "127.0.0.1".into(), "[::1]".into()]);
     }

@@ -444,6 +444,17 @@ async fn the_host_header_must_name_this_server() {
     assert_eq!(status, StatusCode::OK);
 }
 
+#[test]
+fn the_allowed_hosts_of_a_bind_address() {
+    let check = |host: &str, want: &[&str]| {
+        assert_eq!(shardline_ui::http::allowed_hosts(host, 9), want, "{host}");
+    };
+    check("127.0.0.1", &["127.0.0.1:9", "[::1]:9", "localhost:9"]);
+    check("::1", &["127.0.0.1:9", "[::1]:9", "localhost:9"]);
+    check("Dash.Example", &["dash.example:9"]);
+    check("10.1.2.3", &["10.1.2.3:9"]);
+}
+
 fn app_for(source: Source, host: &str) -> axum::Router {
     app(Arc::new(source), host, PORT)
 }
