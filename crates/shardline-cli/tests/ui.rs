@@ -513,6 +513,10 @@ fn every_page_opens_in_headless_chromium_with_its_content_and_no_console_error()
         "{confusion}"
     );
     assert!(dom.contains("precision"), "{dom}");
+    // The model's lineage: the train step run that wrote it.
+    let lineage = href(&dom, "/lineage?").replace("&amp;", "&");
+    let dom = open(profile, &format!("{base}{lineage}"));
+    assert!(dom.contains("data-node=\"train\""), "{dom}");
 
     // An output's lineage neighbourhood.
     let dom = open(profile, &format!("{base}/executions/{first_id}"));
