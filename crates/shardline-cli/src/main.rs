@@ -79,6 +79,9 @@ enum Command {
     /// Where an artifact came from (up to the raw listing) and what used it (down to models and
     /// transforms), from the pipeline executions' records.
     Lineage(cmd::pipeline::LineageArgs),
+    /// The dashboard: executions, DAGs, per-instance logs, training curves, models and lineage
+    /// in the browser, read-only, on 127.0.0.1 (or --export DIR as static pages).
+    Ui(cmd::ui::Args),
     /// One instance of a `shardline process` job, its job as JSON on stdin (started by the local
     /// launcher, not by hand).
     #[command(hide = true)]
@@ -224,6 +227,7 @@ fn main() -> ExitCode {
             Command::Launch(command) => cmd::launch::run(command, &ui).await,
             Command::Logs(args) => cmd::pipeline::logs(args).await,
             Command::Lineage(args) => cmd::pipeline::lineage(args, &ui).await,
+            Command::Ui(args) => cmd::ui::run(args, &ui).await,
             Command::Instance => cmd::process::instance().await,
         }
     });

@@ -273,6 +273,31 @@ impl Db {
         })
     }
 
+    /// Opens the store in `state_dir` for reading only (the dashboard): SQLite refuses every
+    /// write through it, and nothing is created, so a missing store is an error.
+    pub fn open_read_only(state_dir: &Path) -> Result<Db> {
+        let path = state_dir.join("state.db");
+        let fail = |message: String| DbError {
+            path: path.display().to_string(),
+            message,
+        };
+        if !path.is_file() {
+            return Err(fail(
+                "there is no execution store here; run a pipeline first or give its --state".into(),
+            ));
+        }
+        let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
+            | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | rusqlite::OpenFlags::SQLITE_OPEN_URI;
+        let conn = Connection::open_with_flags(&path, flags).map_err(|e| fail(e.to_string()))?;
+        conn.busy_timeout(Duration::from_secs(30))
+            .map_err(|e| fail(e.to_string()))?;
+        Ok(Db {
+            conn: Mutex::new(conn),
+            path,
+        })
+    }
+
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path

@@ -12,6 +12,7 @@ pub mod serve;
 pub mod train;
 pub mod train_script;
 pub mod transform;
+pub mod ui;
 
 /// Parses a subcommand's flags as the command line would (for tests of flags → config).
 #[cfg(test)]

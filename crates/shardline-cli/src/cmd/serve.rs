@@ -88,7 +88,7 @@ pub(crate) async fn locate(
 }
 
 /// Resolves when the process is asked to stop (Ctrl-C or SIGTERM).
-async fn stop_signal() {
+pub(crate) async fn stop_signal() {
     let interrupt = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
