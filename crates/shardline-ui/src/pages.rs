@@ -600,13 +600,13 @@ pub fn logs(
     )
 }
 
-/// The columns of `metrics.csv` charted, with their titles.
+/// The columns of `metrics.csv` and `timings.csv` charted, with their titles.
 const CHARTS: &[(&str, &[&str])] = &[
     ("Loss", &["train_loss", "validation_loss"]),
     ("Accuracy", &["train_accuracy", "validation_accuracy"]),
     ("Samples per second", &["samples_per_second"]),
     ("Data wait (% of step time)", &["data_wait_percent"]),
-    ("Allreduce (ms per epoch)", &["allreduce_ms"]),
+    ("Allreduce (ms per step)", &["allreduce_ms"]),
 ];
 
 /// The training curves of an execution, with another's overlaid (dashed) when given.

@@ -163,7 +163,8 @@ impl Source {
         })
     }
 
-    /// The curves of an execution's train steps, from each model's `metrics.csv`.
+    /// The curves of an execution's train steps, from each model's `metrics.csv` and
+    /// `timings.csv`.
     pub async fn training(&self, e: &Execution) -> Result<Vec<Training>, Error> {
         let mut out = Vec::new();
         for s in self
@@ -179,10 +180,17 @@ impl Source {
             let Some(csv) = store.get_opt("metrics.csv").await? else {
                 continue;
             };
+            // What was learnt is in metrics.csv, how fast in timings.csv: one row per epoch each.
+            let mut epochs = parse_metrics(&csv);
+            if let Some(timings) = store.get_opt("timings.csv").await? {
+                for (epoch, row) in epochs.iter_mut().zip(parse_metrics(&timings)) {
+                    epoch.extend(row);
+                }
+            }
             out.push(Training {
                 step: s.step.clone(),
                 model: model.to_string(),
-                epochs: parse_metrics(&csv),
+                epochs,
             });
         }
         Ok(out)
