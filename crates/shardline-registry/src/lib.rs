@@ -236,7 +236,7 @@ fn check_archive(tarball: &[u8], source: &str) -> Result<()> {
     for entry in entries {
         let mut entry = entry.map_err(|e| {
             not(format!(
-                "model.tar.gz is is not a gzip-compressed tar archive ({e}); register what `shardline train` wrote"
+                "model.tar.gz is not a gzip-compressed tar archive ({e}); register what `shardline train` wrote"
             ))
         })?;
         let path = entry

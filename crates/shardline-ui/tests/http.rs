@@ -79,10 +79,23 @@ async fn fixture() -> Fixture {
     std::fs::create_dir_all(&model).expect("model dir");
     std::fs::write(
         Path::new(&model).join("metrics.csv"),
-        "epoch,train_loss,train_accuracy,validation_loss,validation_accuracy,samples_per_second,data_wait_percent,allreduce_ms,train_seconds,lr\n1,1.2,0.4,1.3,0.35,900,3.5,12,1.0,0.002\n2,0.8,0.6,0.9,0.55,950,2.5,11,1.0,0.002\n",
+        "epoch,train_loss,train_accuracy,validation_loss,validation_accuracy,lr\n1,1.2,0.4,1.3,0.35,0.002\n2,0.8,0.6,0.9,0.55,0.002\n",
     )
     .expect("metrics");
-    std::fs::write(Path::new(&model).join("model.tar.gz"), b"not really").expect("tarball");
+    std::fs::write(
+        Path::new(&model).join("timings.csv"),
+        "epoch,samples_per_second,data_wait_percent,allreduce_ms,train_seconds\n1,900,3.5,12,1.0\n2,950,2.5,11,1.0\n",
+    )
+    .expect("timings");
+    // The members the registry checks for; the dashboard reads only the record.
+    let packed = shardline_contract::model::pack(&[
+        ("labels.json", br#"{"classes": ["a", "b"]}"#.to_vec()),
+        ("model.json", b"{}".to_vec()),
+        ("recipe.json", b"{}".to_vec()),
+        ("weights.bin", b"w".to_vec()),
+    ])
+    .expect("pack");
+    std::fs::write(Path::new(&model).join("model.tar.gz"), packed).expect("tarball");
     std::fs::create_dir_all(f.path("manifests")).expect("manifests");
     std::fs::write(
         Path::new(&f.path("manifests")).join("lineage.json"),
