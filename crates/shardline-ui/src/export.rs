@@ -1,14 +1,16 @@
 //! The same pages as static HTML files (a CI artifact, an email): the executions list, every
-//! execution, its data and training curves, the first page of every step's logs, the models, and the
-//! assets, linked to each other by relative paths. Live updates, filters, paging, lineage and
-//! comparisons need the server and are left out.
+//! execution, its data and training curves, its comparison with the execution before it, the
+//! first page of every step's logs, the models, every artifact's lineage (at the served default
+//! depth, 2), and the assets, linked to each other by relative paths. Live updates, filters, log
+//! paging and other lineage depths need the server and are left out (their links are text).
 
 use std::path::Path;
 
 use maud::Markup;
 
 use crate::http::{
-    ASSETS, render_data, render_execution, render_index, render_logs, render_model, render_training,
+    ASSETS, render_compare, render_data, render_execution, render_index, render_lineage,
+    render_logs, render_model, render_training,
 };
 use crate::pages::{self, Ctx, Route};
 use crate::{Error, Options, Source};
@@ -65,7 +67,40 @@ pub async fn export(options: &Options, dir: &Path) -> Result<usize, Error> {
     };
     page(dir, all, async |ctx| render_index(&source, ctx, None, None)).await?;
     files += 1;
-    for e in source.executions(None, None)? {
+    let executions = source.executions(None, None)?;
+    // Every artifact a page may link to a lineage page of: what the steps read and wrote, and
+    // where registered models came from.
+    let mut artifacts = std::collections::BTreeSet::new();
+    for e in &executions {
+        let id = e.id.as_str();
+        // The comparison the list and the execution's page link to: with the one before it.
+        if let Some(before) = executions
+            .iter()
+            .filter(|o| o.pipeline == e.pipeline && o.started < e.started)
+            .max_by(|a, b| a.started.total_cmp(&b.started))
+        {
+            let before = before.id.as_str();
+            page(dir, Route::Compare(before, id), async |ctx| {
+                render_compare(&source, ctx, before, id)
+            })
+            .await?;
+            files += 1;
+        }
+        for s in source.db().steps(id)? {
+            for edge in source.db().edges_of_step(id, &s.step)? {
+                artifacts.insert(edge.uri);
+            }
+            if let Some(outputs) = s.outputs.as_ref().and_then(|o| o.as_object()) {
+                artifacts.extend(
+                    outputs
+                        .values()
+                        .filter_map(|v| v.as_str())
+                        .map(String::from),
+                );
+            }
+        }
+    }
+    for e in executions {
         let id = e.id.as_str();
         page(dir, Route::Execution(id), async |ctx| {
             render_execution(&source, ctx, id)
@@ -118,12 +153,32 @@ pub async fn export(options: &Options, dir: &Path) -> Result<usize, Error> {
     for registry in &registries {
         let i = registry.index;
         for r in registry.records.iter().flatten() {
+            artifacts.insert(r.source.clone());
             page(dir, Route::Model(i, &r.name, r.version), async |ctx| {
                 render_model(&source, ctx, i, &r.name, r.version).await
             })
             .await?;
             files += 1;
         }
+    }
+    for artifact in &artifacts {
+        let route = Route::Lineage(artifact, 2);
+        page(dir, route, async |ctx| {
+            match render_lineage(&source, ctx, artifact, 2) {
+                Err(Error::NotFound(_)) => Ok(pages::layout(
+                    ctx,
+                    "Lineage",
+                    None,
+                    maud::html! {
+                        h1 { "Lineage" }
+                        p { "No step run in this store read or wrote " code { (artifact) } "." }
+                    },
+                )),
+                other => other,
+            }
+        })
+        .await?;
+        files += 1;
     }
     Ok(files)
 }

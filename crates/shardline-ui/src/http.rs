@@ -609,9 +609,12 @@ struct LineageQuery {
 
 async fn lineage(State(app): State<App>, Query(q): Query<LineageQuery>) -> Page {
     let depth = q.depth.unwrap_or(2).clamp(1, 10);
-    let artifact = app.source.artifact(&q.artifact)?;
-    let edges = app.source.neighbourhood(&artifact, depth)?;
-    html(pages::lineage(&Ctx::SERVED, &artifact, depth, &edges))
+    html(render_lineage(
+        &app.source,
+        &Ctx::SERVED,
+        &q.artifact,
+        depth,
+    )?)
 }
 
 #[derive(Deserialize)]
@@ -621,6 +624,16 @@ struct CompareQuery {
 }
 
 async fn compare(State(app): State<App>, Query(q): Query<CompareQuery>) -> Page {
+    html(render_compare(&app.source, &Ctx::SERVED, &q.a, &q.b)?)
+}
+
+/// Two executions compared: parameters, each step's status and cache, metrics.
+pub(crate) fn render_compare(
+    source: &Source,
+    ctx: &Ctx,
+    a: &str,
+    b: &str,
+) -> Result<Markup, Error> {
     let side = |id: &str| -> Result<
         (
             shardline_pipeline::db::Execution,
@@ -629,18 +642,18 @@ async fn compare(State(app): State<App>, Query(q): Query<CompareQuery>) -> Page 
         ),
         Error,
     > {
-        let e = app.source.execution(id)?;
-        let steps = app.source.db().steps_by_name(&e.id)?;
+        let e = source.execution(id)?;
+        let steps = source.db().steps_by_name(&e.id)?;
         let mut metrics = BTreeMap::new();
         for s in steps.keys() {
-            for (k, v) in app.source.db().metrics(&e.id, s)? {
+            for (k, v) in source.db().metrics(&e.id, s)? {
                 metrics.insert((s.clone(), k), v);
             }
         }
         Ok((e, steps, metrics))
     };
-    let (ea, sa, ma) = side(&q.a)?;
-    let (eb, sb, mb) = side(&q.b)?;
+    let (ea, sa, ma) = side(a)?;
+    let (eb, sb, mb) = side(b)?;
     let a = pages::Side {
         execution: &ea,
         steps: sa,
@@ -651,5 +664,17 @@ async fn compare(State(app): State<App>, Query(q): Query<CompareQuery>) -> Page 
         steps: sb,
         metrics: mb,
     };
-    html(pages::compare(&Ctx::SERVED, &a, &b))
+    Ok(pages::compare(ctx, &a, &b))
+}
+
+/// An artifact's lineage page (a page saying no step run touched it, when none did).
+pub(crate) fn render_lineage(
+    source: &Source,
+    ctx: &Ctx,
+    artifact: &str,
+    depth: usize,
+) -> Result<Markup, Error> {
+    let artifact = source.artifact(artifact)?;
+    let edges = source.neighbourhood(&artifact, depth)?;
+    Ok(pages::lineage(ctx, &artifact, depth, &edges))
 }

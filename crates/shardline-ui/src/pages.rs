@@ -186,7 +186,20 @@ pub fn exported(route: Route<'_>) -> Option<String> {
         Route::Models => "models.html".into(),
         Route::Model(r, name, v) => format!("models/{r}/{}/{v}.html", file_name(name)),
         Route::Asset(name) => format!("assets/{name}"),
+        // An artifact's neighbourhood at the served default depth; URIs can be longer than a
+        // file name may be, so the file is named by a hash of it.
+        Route::Lineage(artifact, 2) => format!("lineage/{:016x}.html", fnv1a(artifact)),
+        Route::Compare(a, b) => {
+            format!("executions/{}/compare-{}.html", file_name(b), file_name(a))
+        }
         _ => return None,
+    })
+}
+
+/// 64-bit FNV-1a: a stable, dependency-free name for an exported lineage page.
+fn fnv1a(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     })
 }
 
@@ -1082,7 +1095,21 @@ mod tests {
             Ctx { export: Some(2) }.href(logs).as_deref(),
             Some("../../executions/e1/logs/a~2Fb~20c.html")
         );
-        assert_eq!(Ctx { export: Some(0) }.href(Route::Compare("a", "b")), None);
+        assert_eq!(
+            Ctx { export: Some(0) }
+                .href(Route::Compare("a", "b"))
+                .as_deref(),
+            Some("executions/b/compare-a.html")
+        );
+        assert_eq!(
+            Ctx { export: Some(0) }.href(Route::Lineage("s3://b/k", 3)),
+            None
+        );
+        assert!(
+            Ctx { export: Some(1) }
+                .href(Route::Lineage("s3://b/k", 2))
+                .is_some_and(|h| h.starts_with("../lineage/") && h.ends_with(".html"))
+        );
         assert_eq!(
             served(Route::Lineage("s3://b/k?x", 2)),
             "/lineage?artifact=s3%3A%2F%2Fb%2Fk%3Fx&depth=2"

@@ -630,6 +630,7 @@ async fn an_export_writes_the_pages_linked_by_relative_paths() {
         "executions/e1/logs/data.html",
         "models.html",
         "models/0/shapes/1.html",
+        "executions/e2/compare-e1.html",
         "assets/app.js",
         "assets/app.css",
     ] {
@@ -669,4 +670,8 @@ async fn an_export_writes_the_pages_linked_by_relative_paths() {
         }
     }
     assert!(checked > 20, "{checked} links");
+    let lineage = std::fs::read_dir(out.join("lineage"))
+        .expect("lineage pages")
+        .count();
+    assert!(lineage > 0, "no lineage page exported");
 }
