@@ -1,9 +1,9 @@
 //! `shardline ui` in a real browser: the quickstart pipeline runs (twice, the second from cache),
 //! the dashboard serves its store on a loopback port, and Debian's headless chromium opens every
 //! page. The DOM after the scripts ran must show each step in the DAG, the chart series, the
-//! confusion matrix's cells and the instances' log lines; a running step's page must receive the
-//! lines its instance appends (read through DevTools), and a running execution's page must
-//! follow it to its end; any console message (a CSP violation, a script error) fails the test.
+//! confusion matrix's cells and the instances' log lines; the log page of a step of a real
+//! pipeline that is running must receive the lines it prints (read through DevTools), and the
+//! running execution's page must follow it to its end; any console message (a CSP violation, a script error) fails the test.
 //! Screenshots of the execution and training pages are saved under the target directory.
 
 mod common;
@@ -120,77 +120,55 @@ fn open(profile: &Path, url: &str) -> String {
     visit.dom
 }
 
-/// Keeps appending to a running step's log until dropped.
-struct Appender {
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Drop for Appender {
-    fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+/// Starts a real pipeline whose one step, `slow`, prints a line every 200 ms until the file
+/// `stop` appears; returns the running coordinator and the execution's id once its step runs.
+fn live_pipeline(t: &TestDir, stop: &Path) -> (Running, String) {
+    std::fs::create_dir_all(t.path("live-in")).expect("mkdir");
+    std::fs::write(t.path("live-in/part-0.csv"), "1,2\n").expect("input");
+    let script = t.path("slow.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nn=0\nwhile [ ! -f {stop} ]; do n=$((n+1)); echo \"line $n printed while the page was open\"; sleep 0.2; done\necho done > \"$SM_MODEL_DIR/done.txt\"\n",
+            stop = stop.display()
+        ),
+    )
+    .expect("script");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    std::fs::write(
+        t.path("live.toml"),
+        format!(
+            "name = \"live\"\n\n[steps.slow]\nkind = \"command\"\ncontract = \"training\"\nprogram = \"{}\"\ninputs = {{ train = \"{}\" }}\nout = \"{}\"\n",
+            script.display(),
+            t.arg("live-in"),
+            t.arg("live-out")
+        ),
+    )
+    .expect("definition");
+    let child = Command::new(env!("CARGO_BIN_EXE_shardline"))
+        .args(["pipeline", "run", "live.toml"])
+        .current_dir(t.path(""))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the live pipeline");
+    let running = Running(child);
+    let waited = Instant::now();
+    loop {
+        let shown = t.run(&["pipeline", "show", "last", "--json"]);
+        if let Ok(shown) = serde_json::from_str::<serde_json::Value>(&shown.stdout())
+            && shown["execution"]["pipeline"] == "live"
+            && shown["steps"][0]["status"] == "running"
+        {
+            let id = shown["execution"]["id"].as_str().expect("id").to_string();
+            return (running, id);
         }
-    }
-}
-
-/// Records a running execution (this process runs it) with one running step `slow` whose
-/// instance log gains a line every 200 ms, as the executor records them.
-fn live_step(t: &TestDir) -> Appender {
-    use shardline_pipeline::db::{Db, Execution, StepRow};
-    let db = Db::open(&t.path(".shardline")).expect("the store");
-    let now = shardline_pipeline::db::unix_now();
-    db.put_execution(&Execution {
-        id: "live-1".into(),
-        pipeline: "live".into(),
-        digest: "sha256:none".into(),
-        file: "live.toml".into(),
-        params: serde_json::json!({}),
-        status: "running".into(),
-        message: None,
-        pid: i64::from(std::process::id()),
-        started: now,
-        finished: None,
-        runs: 1,
-    })
-    .expect("execution");
-    db.put_step(&StepRow {
-        execution: "live-1".into(),
-        step: "slow".into(),
-        kind: "process".into(),
-        status: "running".into(),
-        attempts: 1,
-        instances: 1,
-        started: Some(now),
-        ..StepRow::default()
-    })
-    .expect("step");
-    let log = t.path("slow-algo-1.log");
-    std::fs::write(&log, "2026-01-01T00:00:00Z before the page\n").expect("log");
-    db.put_log("live-1", "slow", 1, "algo-1", &log)
-        .expect("log row");
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let flag = stop.clone();
-    let thread = std::thread::spawn(move || {
-        let mut n = 0;
-        while !flag.load(std::sync::atomic::Ordering::Relaxed) {
-            std::thread::sleep(Duration::from_millis(200));
-            n += 1;
-            let mut file = std::fs::OpenOptions::new()
-                .append(true)
-                .open(&log)
-                .expect("log");
-            use std::io::Write;
-            let _ = writeln!(
-                file,
-                "2026-01-01T00:00:{n:02}Z appended while the page was open"
-            );
-        }
-    });
-    Appender {
-        stop,
-        thread: Some(thread),
+        assert!(
+            waited.elapsed() < Duration::from_secs(60),
+            "the live pipeline's step did not start"
+        );
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
@@ -539,23 +517,18 @@ fn every_page_opens_in_headless_chromium_with_its_content_and_no_console_error()
         &format!("{base}/executions/{first_id}/training"),
         &shots.join("training.png"),
     );
-    // A step that is running: its log page tails what an instance appends, in the browser,
-    // and the execution's page follows it until it ends, then closes its stream.
-    let live = live_step(&t);
+    // A step of a real pipeline that is running: its log page tails what the step prints, in
+    // the browser.
+    let stop = t.path("stop-the-live-step");
+    let (live, live_id) = live_pipeline(&t, &stop);
     let mut page = Devtools::open(
         profile,
-        &format!("{base}/executions/live-1/steps/slow/logs"),
+        &format!("{base}/executions/{live_id}/steps/slow/logs"),
     );
     assert!(
-        page.wait_for("document.querySelectorAll('tr.tailed').length > 0"),
+        page.wait_for("[...document.querySelectorAll('tr.tailed')].some(r => r.textContent.includes('printed while the page was open'))"),
         "the live tail did not arrive: {}",
         page.evaluate("document.documentElement.outerHTML")
-    );
-    let row = page.evaluate("document.querySelector('tr.tailed').textContent");
-    assert!(
-        row.as_str()
-            .is_some_and(|r| r.contains("appended while the page was open")),
-        "{row}"
     );
     assert!(page.console().is_empty(), "{:?}", page.console());
     drop(page);
@@ -582,8 +555,9 @@ fn every_page_opens_in_headless_chromium_with_its_content_and_no_console_error()
     );
     drop(page);
 
-    // The running execution's page: a live update keeps the reader where they were.
-    let mut page = Devtools::open(profile, &format!("{base}/executions/live-1"));
+    // The running execution's page: a live update keeps the reader where they were, and the
+    // page follows the execution to its end when the step finishes.
+    let mut page = Devtools::open(profile, &format!("{base}/executions/{live_id}"));
     assert!(page.wait_for("document.body.classList.contains('scripted')"));
     page.evaluate(
         "document.body.style.minHeight = '5000px'; window.scrollTo(0, 1234); \
@@ -594,15 +568,13 @@ fn every_page_opens_in_headless_chromium_with_its_content_and_no_console_error()
         "no live update arrived"
     );
     assert_eq!(page.evaluate("window.scrollY"), serde_json::json!(1234));
-    shardline_pipeline::db::Db::open(&t.path(".shardline"))
-        .expect("the store")
-        .set_execution_status("live-1", "succeeded", None)
-        .expect("finish");
+    std::fs::write(&stop, b"").expect("stop the step");
     assert!(
         page.wait_for("document.body.classList.contains('ended') && document.querySelector('#live .st-succeeded') !== null"),
         "the page did not follow the execution to its end: {}",
         page.evaluate("document.documentElement.outerHTML")
     );
+    assert_eq!(page.evaluate("window.scrollY"), serde_json::json!(1234));
     assert!(page.console().is_empty(), "{:?}", page.console());
     drop(page);
     drop(live);

@@ -224,7 +224,8 @@ pub async fn run(
     // The SageMaker layout under the root.
     let temporary;
     let root = match &config.root {
-        Some(root) => root.clone(),
+        // Absolute: the script runs in another directory, and SageMaker's paths are absolute.
+        Some(root) => std::path::absolute(root).map_err(|e| Error::io(root, e))?,
         None => {
             temporary = tempfile::Builder::new()
                 .prefix("shardline-train-")

@@ -109,7 +109,8 @@ pub async fn run(
     let started = Instant::now();
     let temp;
     let root: PathBuf = match root {
-        Some(root) => root.to_path_buf(),
+        // Absolute: the program runs in another directory, and SageMaker's paths are absolute.
+        Some(root) => std::path::absolute(root).map_err(io(root))?,
         None => {
             temp = tempfile::Builder::new()
                 .prefix(&format!("shardline-{host}-"))
