@@ -164,8 +164,8 @@ impl TrainingHosts {
         command
     }
 
-    /// What a follower does: waits (at most `appear`) for the MPI daemon (`orted`) the leader's
-    /// `mpirun` starts on this host, then for it to end.
+    /// What a follower does: waits (at most `appear`) for the MPI daemon the leader's `mpirun`
+    /// starts on this host (`orted` in Open MPI 4, `prted` in Open MPI 5), then for it to end.
     pub fn follow(&self, appear: Duration) -> Result<(), Error> {
         let started = Instant::now();
         loop {
@@ -193,7 +193,8 @@ impl TrainingHosts {
     }
 }
 
-/// The `orted` processes of this host: in this process's UTS namespace (a container's host name),
+/// The Open MPI daemons (`orted`, or Open MPI 5's `prted`) of this host: in this process's UTS
+/// namespace (a container's host name),
 /// so that hosts sharing one process table (namespace hosts on one machine) see only their own.
 fn daemons() -> Vec<PathBuf> {
     let own = std::fs::read_link("/proc/self/ns/uts").ok();
@@ -204,7 +205,8 @@ fn daemons() -> Vec<PathBuf> {
         .flatten()
         .map(|e| e.path())
         .filter(|p| {
-            std::fs::read_to_string(p.join("comm")).is_ok_and(|c| c.trim() == "orted")
+            std::fs::read_to_string(p.join("comm"))
+                .is_ok_and(|c| matches!(c.trim(), "orted" | "prted"))
                 && std::fs::read_link(p.join("ns/uts")).ok() == own
         })
         .collect()
