@@ -780,3 +780,19 @@ part_keys = 0
     let err = t.run(&["pipeline", "run", "p.toml"]).fails();
     assert!(err.contains("`part_keys` must be at least 1"), "{err}");
 }
+
+/// Commands that only read the execution store never create one.
+#[test]
+fn reading_commands_never_create_a_store() {
+    let t = TestDir::new();
+    for args in [
+        vec!["pipeline", "list", "--state", "nowhere"],
+        vec!["pipeline", "show", "last", "--state", "nowhere"],
+        vec!["logs", "last", "data", "--state", "nowhere"],
+        vec!["lineage", "model:x", "--state", "nowhere"],
+    ] {
+        let err = t.run(&args).fails();
+        assert!(err.contains("no execution store here"), "{args:?}: {err}");
+        assert!(!t.path("nowhere").exists(), "{args:?} created the store");
+    }
+}

@@ -683,7 +683,8 @@ pub async fn run(command: Command, ui: &Ui) -> Result<()> {
             Ok(())
         }
         Command::List { state } => {
-            let db = Db::open(&state.state)?;
+            // Reading commands never create a store.
+            let db = Db::open_read_only(&state.state)?;
             let executions = db.executions()?;
             if executions.is_empty() {
                 ui.say(format!(
@@ -713,7 +714,7 @@ pub async fn run(command: Command, ui: &Ui) -> Result<()> {
             json,
             state,
         } => {
-            let db = Db::open(&state.state)?;
+            let db = Db::open_read_only(&state.state)?;
             let id = execution_id(&db, &execution)?;
             let e = db.execution(&id)?.with_context(|| {
                 format!("pipeline: no execution {id}; `shardline pipeline list` shows them")
@@ -725,7 +726,7 @@ pub async fn run(command: Command, ui: &Ui) -> Result<()> {
 
 /// `shardline logs`.
 pub async fn logs(args: LogsArgs) -> Result<()> {
-    let db = Db::open(&args.state.state)?;
+    let db = Db::open_read_only(&args.state.state)?;
     let id = execution_id(&db, &args.execution)?;
     let mut logs = db.logs(&id, &args.step)?;
     let rows = db.steps(&id)?;
@@ -812,7 +813,7 @@ pub async fn logs(args: LogsArgs) -> Result<()> {
 
 /// `shardline lineage`.
 pub async fn lineage(args: LineageArgs, ui: &Ui) -> Result<()> {
-    let db = Db::open(&args.state.state)?;
+    let db = Db::open_read_only(&args.state.state)?;
     let artifact = match args.artifact.strip_prefix("model:") {
         Some(reference) => {
             let url = args
