@@ -579,6 +579,36 @@ fn every_page_opens_in_headless_chromium_with_its_content_and_no_console_error()
     drop(page);
     drop(live);
 
+    // A pipeline of 55 steps: its DAG holds every step, and no two nodes overlap on screen.
+    let mut big = String::from("name = \"big\"\nmax_parallel = 4\n");
+    for i in 0..55 {
+        big.push_str(&format!(
+            "\n[steps.s{i:02}]\nkind = \"datagen\"\nout = \"big/s{i:02}\"\nclasses = 2\nper_class = 1\nsize = 8\n"
+        ));
+        if i >= 5 {
+            big.push_str(&format!("after = [\"s{:02}\"]\n", i - 5));
+        }
+    }
+    std::fs::write(t.path("big.toml"), big).expect("definition");
+    t.run(&["pipeline", "run", "big.toml"]).ok();
+    let shown: serde_json::Value =
+        serde_json::from_str(&t.run(&["pipeline", "show", "last", "--json"]).ok())
+            .expect("show --json");
+    let big_id = shown["execution"]["id"].as_str().expect("id").to_string();
+    let mut page = Devtools::open(profile, &format!("{base}/executions/{big_id}"));
+    assert!(page.wait_for("document.body.classList.contains('scripted')"));
+    let layout = page.evaluate(
+        "(() => { const r = [...document.querySelectorAll('svg.dag g.node')].map(g => g.getBoundingClientRect()); \
+         let overlaps = 0; \
+         for (let i = 0; i < r.length; i++) for (let j = i + 1; j < r.length; j++) { \
+           const a = r[i], b = r[j]; \
+           if (a.left < b.right && b.left < a.right && a.top < b.bottom && b.top < a.bottom) overlaps++; } \
+         return r.length + ' nodes, ' + overlaps + ' overlapping'; })()",
+    );
+    assert_eq!(layout, serde_json::json!("55 nodes, 0 overlapping"));
+    assert!(page.console().is_empty(), "{:?}", page.console());
+    drop(page);
+
     // The server is still up and answered everything.
     assert!(server.0.try_wait().expect("server").is_none());
 }

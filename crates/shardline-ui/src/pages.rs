@@ -464,7 +464,7 @@ pub fn execution_live(ctx: &Ctx, run: &Run) -> Markup {
                         td { (status(&s.status)) }
                         td { (duration(s.started, s.finished)) }
                         td { (s.attempts) }
-                        td { (s.instances) }
+                        td { @if s.instances > 0 { (s.instances) } @else { "-" } }
                         td class="why" {
                             (cache_text(s))
                             @if let Some(r) = s.reason.as_deref().filter(|r| !r.starts_with("hit") && !r.starts_with("miss")) { " " (r) }
