@@ -6,7 +6,11 @@ ids), normalises the tensors exactly as Shardline does (x = (value - mean[c]) / 
 computed as (value - mean) * (1 / std) in float32 like shardline-dataset), and trains the
 reference CNN: Conv2D(32, 3x3, relu) -> MaxPool2D(2) -> Conv2D(64, 3x3, relu) -> MaxPool2D(2) ->
 Flatten -> Dense(128, relu) -> Dense(classes), Adam, softmax cross-entropy, on the CPU with a fixed
-number of threads. Every channel is loaded into memory before the clock starts; the clock measures
+number of threads; `--model resnet18` trains the CIFAR ResNet-18 instead (3x3 stem, 4 stages of 2
+basic blocks, batch norm, projection shortcuts, global average pool), `--model bncnn` Shardline's
+default (3 blocks of stride-2 3x3 convolution + batch norm + ReLU, 16/32/64, dense 128). After
+training, inference is timed at batch 64 on the test channel (`model(x, training=False)` in a
+compiled function, as a serving loop runs it). Every channel is loaded into memory before the clock starts; the clock measures
 training only (cumulative over epochs; evaluation after each epoch is left out). Prints one line
 per epoch on stderr and the result as JSON on stdout (and to --json FILE).
 """
@@ -33,10 +37,12 @@ def parse_args():
     parser.add_argument("--threads", type=int, default=2, help="intra- and inter-op threads")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--onednn", choices=["on", "off"], default="off")
+    parser.add_argument("--model", choices=["reference", "resnet18", "bncnn"], default="reference")
+    parser.add_argument("--infer-batch", type=int, default=64, help="batch of the inference timing")
     parser.add_argument("--json", help="also write the result to this file")
     args = parser.parse_args()
-    if args.epochs < 1 or args.batch < 1 or args.threads < 1:
-        fail("--epochs, --batch and --threads must be at least 1")
+    if args.epochs < 1 or args.batch < 1 or args.threads < 1 or args.infer_batch < 1:
+        fail("--epochs, --batch, --threads and --infer-batch must be at least 1")
     return args
 
 
@@ -84,6 +90,72 @@ def load_channel(np, data, name, recipe):
     return x.astype(np.float32, copy=False), np.array(ys, dtype=np.int64)
 
 
+def build(tf, kind, shape, classes):
+    """The model and the padding of its convolutions."""
+    layers = tf.keras.layers
+    if kind == "resnet18":
+        inputs = tf.keras.Input(shape=shape)
+
+        def conv_bn(x, width, stride, size=3):
+            x = layers.Conv2D(width, size, strides=stride, padding="same", use_bias=False)(x)
+            return layers.BatchNormalization()(x)
+
+        x = layers.ReLU()(conv_bn(inputs, 64, 1))
+        channels = 64
+        for stage, width in enumerate([64, 128, 256, 512]):
+            for block in range(2):
+                stride = 2 if stage > 0 and block == 0 else 1
+                y = layers.ReLU()(conv_bn(x, width, stride))
+                y = conv_bn(y, width, 1)
+                shortcut = conv_bn(x, width, stride, size=1) if stride != 1 or channels != width else x
+                x = layers.ReLU()(layers.Add()([y, shortcut]))
+                channels = width
+        x = layers.GlobalAveragePooling2D()(x)
+        return tf.keras.Model(inputs, layers.Dense(classes)(x)), "same"
+    if kind == "bncnn":
+        stack = [tf.keras.Input(shape=shape)]
+        for width in (16, 32, 64):
+            stack += [
+                layers.Conv2D(width, 3, strides=2, padding="same", use_bias=False),
+                layers.BatchNormalization(),
+                layers.ReLU(),
+            ]
+        stack += [layers.Flatten(), layers.Dense(128, activation="relu"), layers.Dense(classes)]
+        return tf.keras.Sequential(stack), "same"
+    # Unpadded convolutions as the Keras tutorials write them; inputs too small for two unpadded
+    # 3x3 convolutions and 2x2 pools (under 14 pixels, such as scikit-learn's 8x8 digits) get
+    # "same" padding instead.
+    padding = "same" if min(shape[0:2]) < 14 else "valid"
+    model = tf.keras.Sequential(
+        [
+            tf.keras.Input(shape=shape),
+            layers.Conv2D(32, 3, activation="relu", padding=padding),
+            layers.MaxPooling2D(2),
+            layers.Conv2D(64, 3, activation="relu", padding=padding),
+            layers.MaxPooling2D(2),
+            layers.Flatten(),
+            layers.Dense(128, activation="relu"),
+            layers.Dense(classes),
+        ]
+    )
+    return model, padding
+
+
+def inference_rate(tf, np, model, x, batch):
+    """Samples per second of `model(x, training=False)` at `batch`, over at least a second."""
+    forward = tf.function(lambda b: model(b, training=False))
+    batches = [x[i : i + batch] for i in range(0, len(x) - batch + 1, batch)] or [x]
+    forward(batches[0])  # traced and warmed outside the clock
+    samples, started = 0, time.perf_counter()
+    while True:
+        for b in batches:
+            forward(b).numpy()
+            samples += len(b)
+        seconds = time.perf_counter() - started
+        if seconds >= 1.0:
+            return samples / seconds
+
+
 def main():
     args = parse_args()
 
@@ -129,22 +201,7 @@ def main():
                 fail(f"label id {classes - 1} is out of range of the {len(labels)} labels in {lineage_path}")
             classes = len(labels)
 
-    # Unpadded convolutions as the Keras tutorials write them; inputs too small for two unpadded
-    # 3x3 convolutions and 2x2 pools (under 14 pixels, such as scikit-learn's 8x8 digits) get
-    # "same" padding instead.
-    padding = "same" if min(train[0].shape[1:3]) < 14 else "valid"
-    model = tf.keras.Sequential(
-        [
-            tf.keras.Input(shape=train[0].shape[1:]),
-            tf.keras.layers.Conv2D(32, 3, activation="relu", padding=padding),
-            tf.keras.layers.MaxPooling2D(2),
-            tf.keras.layers.Conv2D(64, 3, activation="relu", padding=padding),
-            tf.keras.layers.MaxPooling2D(2),
-            tf.keras.layers.Flatten(),
-            tf.keras.layers.Dense(128, activation="relu"),
-            tf.keras.layers.Dense(classes),
-        ]
-    )
+    model, padding = build(tf, args.model, train[0].shape[1:], classes)
     model.compile(
         optimizer=tf.keras.optimizers.Adam(args.lr),
         loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -186,8 +243,15 @@ def main():
             file=sys.stderr,
         )
 
+    infer_x = (test if test is not None else train)[0]
+    infer = inference_rate(tf, np, model, infer_x, args.infer_batch)
+    print(f"  inference at batch {args.infer_batch}: {infer:.0f} samples/s", file=sys.stderr)
+
     result = {
         "framework": f"tensorflow {tf.__version__}",
+        "model": args.model,
+        "inference_batch": args.infer_batch,
+        "inference_samples_per_s": infer,
         "onednn": args.onednn,
         "threads": args.threads,
         "batch": args.batch,

@@ -8,7 +8,8 @@
 //! one rank per host, and the others (followers) wait for the MPI daemon that `mpirun` starts on
 //! them to come and go, then exit.
 //!
-//! [`detect`] reads the hosts; [`TrainingHosts::mpirun`] is the leader's command;
+//! [`detect`] reads the hosts; [`TrainingHosts::lead`] is what the leader does (its command is
+//! [`TrainingHosts::mpirun`]);
 //! [`TrainingHosts::follow`] is what a follower does.
 
 use std::ffi::OsString;
@@ -162,6 +163,30 @@ impl TrainingHosts {
         }
         command.arg(program).args(args);
         command
+    }
+
+    /// What the leader does: runs `program args` as one MPI rank per host ([`Self::mpirun`])
+    /// and waits for it; on failure writes SageMaker's `<root>/output/failure` (what the console
+    /// shows) and returns the error.
+    pub fn lead(&self, root: &Path, program: &Path, args: &[OsString]) -> Result<(), Error> {
+        let status = self.mpirun(program, args).status().map_err(|source| Error::Start {
+            stage: "train",
+            program: "mpirun".into(),
+            source,
+            hint: "is Open MPI installed in the image?".into(),
+        })?;
+        if status.success() {
+            return Ok(());
+        }
+        let reason = format!("the MPI job over these hosts failed ({status})");
+        let failure = root.join("output/failure");
+        if let Some(dir) = failure.parent()
+            && std::fs::create_dir_all(dir).is_ok()
+        {
+            // Best effort: the error below is the report; this file is SageMaker's copy of it.
+            let _ = std::fs::write(&failure, format!("train: {}: {reason}", self.hosts.join(", ")));
+        }
+        Err(bad(self.hosts.join(", "), reason))
     }
 
     /// What a follower does: waits (at most `appear`) for the MPI daemon the leader's `mpirun`

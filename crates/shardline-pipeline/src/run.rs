@@ -731,6 +731,49 @@ async fn as_ranks(
     Ok(done)
 }
 
+/// One rank of a step started by a [`RankLauncher`] (`shardline pipeline rank`): reads the step's
+/// resolved settings from `settings` (JSON), writes its own log as `<logs>/algo-N.log` and runs
+/// the step's `kind` (`train` or `transform`) as rank `rank` of `size`.
+pub async fn rank_job(
+    kind: &str,
+    settings: &Path,
+    done: &Path,
+    logs: &Path,
+    rank: usize,
+    size: Option<usize>,
+) -> Result<(), StepError> {
+    let text = std::fs::read(settings)
+        .map_err(|e| StepError::infra(format!("{}: {e}", settings.display())))?;
+    let resolved: Resolved = serde_json::from_slice::<BTreeMap<String, Value>>(&text)
+        .map(Resolved)
+        .map_err(|e| {
+            StepError::invalid(format!(
+                "{} is not a step's settings (a JSON object): {e}",
+                settings.display()
+            ))
+        })?;
+    let log_path = logs.join(format!("{}.log", shardline_contract::instance::host(rank)));
+    let log = StepLog::create(&log_path, Box::new(|_: &str| {}))
+        .map_err(|e| StepError::infra(format!("{}: {e}", log_path.display())))?;
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    log.line(&format!(
+        "pipeline rank: rank {rank} of {} on host {}",
+        size.map_or_else(|| "?".to_string(), |n| n.to_string()),
+        host.trim()
+    ));
+    let result = match kind {
+        "train" => train_rank(&resolved, rank, size, done, &log).await,
+        "transform" => transform_rank(&resolved, rank, size, done, &log).await,
+        other => Err(StepError::invalid(format!(
+            "kind {other:?} is not train or transform"
+        ))),
+    };
+    if let Err(e) = &result {
+        log.line(&format!("error: {}", e.message));
+    }
+    result
+}
+
 /// One rank of a training step started by a [`RankLauncher`]: trains as rank `rank` of an MPI
 /// job with the step's resolved `settings`; rank 0 writes its [`Done`] to `done` (atomically).
 pub async fn train_rank(

@@ -8,7 +8,7 @@ use shardline_contract::shards::{Index, index_key};
 use shardline_dataset::Normalise;
 use shardline_store::Store;
 
-use crate::{Channel, Error, ModelConfig};
+use crate::{Channel, Error, Model, ModelConfig};
 
 /// What to evaluate.
 #[derive(Debug, Clone)]
@@ -164,6 +164,31 @@ pub fn report(
         classes,
         confusion_matrix: matrix,
     }
+}
+
+/// Inference samples/s of `model` on `device` at `batch` images of `input` (`[c, h, w]`), as the
+/// endpoint and batch transform run it: one warm-up batch, then batches for at least `seconds`.
+pub fn inference_rate(
+    model: &Model,
+    input: [usize; 3],
+    batch: usize,
+    seconds: f64,
+    device: &burn::tensor::Device,
+) -> f64 {
+    let [c, h, w] = input;
+    let images = burn::tensor::Tensor::<4>::random(
+        [batch.max(1), c, h, w],
+        burn::tensor::Distribution::Normal(0.0, 1.0),
+        device,
+    );
+    let _ = model.forward(images.clone()).into_data();
+    let started = std::time::Instant::now();
+    let mut samples = 0;
+    while samples == 0 || started.elapsed().as_secs_f64() < seconds {
+        let _ = model.forward(images.clone()).into_data();
+        samples += batch.max(1);
+    }
+    samples as f64 / started.elapsed().as_secs_f64()
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@
 pub mod device;
 mod error;
 pub mod evaluate;
+pub mod kernels;
 pub mod model;
 pub mod report;
 pub mod stage;

@@ -16,6 +16,7 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{AdaptiveAvgPool2d, AdaptiveAvgPool2dConfig, MaxPool2d, MaxPool2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, PaddingConfig2d};
 use burn::tensor::activation::relu;
+use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
@@ -250,6 +251,70 @@ impl ModelConfig {
         Some((weights.checked_add(head)?, activations))
     }
 
+    /// Multiply-adds of one image's forward pass through the convolutions and dense layers (the
+    /// GEMM work; pooling, batch norm and activations are left out). Training costs about three
+    /// times this: the forward pass, the input gradient and the weight gradient.
+    pub fn forward_macs(&self) -> u128 {
+        let n = |v: usize| v as u128;
+        let [c, mut h, mut w] = self.input;
+        let dense = |mut features: usize, widths: &[usize], classes: usize| {
+            let mut macs = 0u128;
+            for &width in widths.iter().chain(std::iter::once(&classes)) {
+                macs += n(features) * n(width);
+                features = width;
+            }
+            macs
+        };
+        // A 3x3 convolution (stride, padding 1 unless unpadded) from `cin` to `cout` channels at
+        // the current size; updates the size.
+        let conv = |h: &mut usize, w: &mut usize, cin: usize, cout: usize, k: usize, stride: usize, padded: bool| {
+            let pad = if padded { k / 2 } else { 0 };
+            *h = (*h + 2 * pad - k) / stride + 1;
+            *w = (*w + 2 * pad - k) / stride + 1;
+            n(*h) * n(*w) * n(cin) * n(cout) * n(k * k)
+        };
+        match self.kind {
+            Kind::Mlp => dense(c * h * w, &self.widths, self.classes),
+            Kind::Reference | Kind::Bncnn | Kind::Cnn => {
+                let mut macs = 0u128;
+                let mut channels = c;
+                for &width in &self.widths {
+                    macs += match self.kind {
+                        Kind::Reference => {
+                            let m = conv(&mut h, &mut w, channels, width, 3, 1, false);
+                            (h, w) = (h / 2, w / 2);
+                            m
+                        }
+                        _ => conv(&mut h, &mut w, channels, width, 3, 2, true),
+                    };
+                    channels = width;
+                }
+                macs + match self.kind {
+                    Kind::Cnn => dense(channels, &[], self.classes),
+                    _ => dense(channels * h * w, &self.dense, self.classes),
+                }
+            }
+            Kind::Resnet18 => {
+                let mut channels = self.widths[0];
+                let mut macs = conv(&mut h, &mut w, c, channels, 3, 1, true);
+                for (stage, &width) in self.widths.iter().enumerate() {
+                    for block in 0..2 {
+                        let stride = if stage > 0 && block == 0 { 2 } else { 1 };
+                        let (mut h1, mut w1) = (h, w);
+                        if stride != 1 || channels != width {
+                            let (mut hd, mut wd) = (h, w);
+                            macs += conv(&mut hd, &mut wd, channels, width, 1, stride, false);
+                        }
+                        macs += conv(&mut h1, &mut w1, channels, width, 3, stride, true);
+                        macs += conv(&mut h1, &mut w1, width, width, 3, 1, true);
+                        (h, w, channels) = (h1, w1, width);
+                    }
+                }
+                macs + dense(channels, &[], self.classes)
+            }
+        }
+    }
+
     /// Height and width of bncnn's last block: each block halves them (rounding up, as a padded
     /// stride-2 convolution does).
     fn strided_features(&self) -> (usize, usize) {
@@ -354,7 +419,7 @@ impl Model {
     /// Class logits, `[batch, classes]`.
     pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
         let features: Tensor<2> = if !self.blocks.is_empty() {
-            let mut x = relu(self.norms[0].forward(self.convs[0].forward(images)));
+            let mut x = relu(self.norms[0].forward(conv(&self.convs[0], images)));
             for block in &self.blocks {
                 x = block.forward(x);
             }
@@ -367,8 +432,8 @@ impl Model {
             x
         } else if !self.norms.is_empty() {
             let mut x = images;
-            for (conv, norm) in self.convs.iter().zip(&self.norms) {
-                x = relu(norm.forward(conv.forward(x)));
+            for (layer, norm) in self.convs.iter().zip(&self.norms) {
+                x = relu(norm.forward(conv(layer, x)));
             }
             let mut x: Tensor<2> = x.flatten(1, 3);
             for layer in &self.hidden {
@@ -377,8 +442,8 @@ impl Model {
             x
         } else if let Some(maxpool) = &self.maxpool {
             let mut x = images;
-            for conv in &self.convs {
-                x = maxpool.forward(relu(conv.forward(x)));
+            for layer in &self.convs {
+                x = crate::kernels::max_pool2d(maxpool, relu(conv(layer, x)));
             }
             let mut x: Tensor<2> = x.flatten(1, 3);
             for layer in &self.hidden {
@@ -387,13 +452,32 @@ impl Model {
             x
         } else {
             let mut x = images;
-            for conv in &self.convs {
-                x = relu(conv.forward(x));
+            for layer in &self.convs {
+                x = relu(conv(layer, x));
             }
             self.pool.forward(x).flatten(1, 3)
         };
         self.head.forward(features)
     }
+}
+
+/// `layer` applied to `x` through Shardline's kernels ([`crate::kernels::conv2d`]), with the
+/// options `Conv2d::forward` would use.
+fn conv(layer: &Conv2d, x: Tensor<4>) -> Tensor<4> {
+    let padding = match layer.padding {
+        PaddingConfig2d::Valid => [(0, 0), (0, 0)],
+        PaddingConfig2d::Explicit(top, left, bottom, right) => [(top, bottom), (left, right)],
+        // Not in the zoo: Burn's own layer works out "same".
+        PaddingConfig2d::Same => return layer.forward(x),
+    };
+    let options =
+        ConvOptions::new_with_padding(layer.stride, padding, layer.dilation, layer.groups);
+    crate::kernels::conv2d(
+        x,
+        layer.weight.val(),
+        layer.bias.as_ref().map(|b| b.val()),
+        options,
+    )
 }
 
 /// Dense layers of `widths` after `features` inputs, pushed onto `hidden`; the features they end
@@ -451,10 +535,10 @@ impl Residual {
     }
 
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let y = relu(self.norm1.forward(self.conv1.forward(x.clone())));
-        let y = self.norm2.forward(self.conv2.forward(y));
+        let y = relu(self.norm1.forward(conv(&self.conv1, x.clone())));
+        let y = self.norm2.forward(conv(&self.conv2, y));
         let shortcut = match (&self.down, &self.down_norm) {
-            (Some(conv), Some(norm)) => norm.forward(conv.forward(x)),
+            (Some(down), Some(norm)) => norm.forward(conv(down, x)),
             _ => x,
         };
         relu(y + shortcut)
@@ -534,6 +618,17 @@ mod tests {
             (11_150_000..11_200_000).contains(&count),
             "{count} parameters"
         );
+    }
+
+    #[test]
+    fn forward_work_is_counted_layer_by_layer() {
+        // conv 3->32 at 30x30, conv 32->64 at 13x13, dense 2304->128->10.
+        let reference = ModelConfig::reference([3, 32, 32], 10);
+        let expected = 30 * 30 * 3 * 32 * 9 + 13 * 13 * 32 * 64 * 9 + 6 * 6 * 64 * 128 + 128 * 10;
+        assert_eq!(reference.forward_macs(), expected);
+        // The CIFAR ResNet-18 costs about 0.56 G multiply-adds per 32x32 image.
+        let resnet = ModelConfig::resnet18([3, 32, 32], 10).forward_macs();
+        assert!((540_000_000..580_000_000).contains(&resnet), "{resnet}");
     }
 
     #[test]

@@ -408,6 +408,11 @@ pub async fn run(config: &TrainConfig, progress: &dyn Progress) -> Result<TrainR
         device: config.device.clone(),
         progress,
     };
+    // The kernels' threads: this machine's cores shared out among the ranks (under MPI all ranks
+    // are counted as if on this host, so several hosts' ranks use fewer threads than they could,
+    // never more than the cores).
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    crate::kernels::set_threads((cores / world.unwrap_or(1).max(1)).max(1));
     let result = if mpi {
         mpi_rank(&run, config.collective_timeout)?
     } else {

@@ -399,39 +399,9 @@ async fn rank(kind: &str, settings: &Path, done: &Path, logs: &Path) -> Result<(
     let (rank, size) = super::train::launcher_rank()?.context(
         "pipeline rank: no launcher's rank in the environment; it is started by srun --mpi=pmix (or mpirun)",
     )?;
-    let text = std::fs::read(settings)
-        .with_context(|| format!("pipeline rank: {}", settings.display()))?;
-    let json: serde_json::Value = serde_json::from_slice(&text)
-        .with_context(|| format!("pipeline rank: {} is not JSON", settings.display()))?;
-    let resolved =
-        shardline_pipeline::run::Resolved(serde_json::from_value(json).with_context(|| {
-            format!(
-                "pipeline rank: {} is not a step's settings",
-                settings.display()
-            )
-        })?);
-    let name = shardline_contract::instance::host(rank);
-    let log_path = logs.join(format!("{name}.log"));
-    let log = shardline_pipeline::run::StepLog::create(&log_path, Box::new(|_: &str| {}))
-        .with_context(|| format!("pipeline rank: {}", log_path.display()))?;
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-    log.line(&format!(
-        "pipeline rank: rank {rank} of {} on host {}",
-        size.map_or_else(|| "?".to_string(), |n| n.to_string()),
-        host.trim()
-    ));
-    let result = match kind {
-        "train" => shardline_pipeline::run::train_rank(&resolved, rank, size, done, &log).await,
-        "transform" => {
-            shardline_pipeline::run::transform_rank(&resolved, rank, size, done, &log).await
-        }
-        other => bail!("pipeline rank: --kind {other} is not train or transform"),
-    };
-    if let Err(e) = result {
-        log.line(&format!("error: {}", e.message));
-        bail!("pipeline rank {rank}: {}", e.message);
-    }
-    Ok(())
+    shardline_pipeline::run::rank_job(kind, settings, done, logs, rank, size)
+        .await
+        .map_err(|e| anyhow::anyhow!("pipeline rank {rank}: {}", e.message))
 }
 
 /// Resolves `last` to the newest execution.

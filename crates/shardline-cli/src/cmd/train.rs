@@ -350,24 +350,7 @@ fn across_sagemaker_hosts(
         "train: leading a SageMaker job of {n} hosts ({}): one rank per host with mpirun",
         hosts.hosts.join(", ")
     ));
-    let status = hosts
-        .mpirun(&program, &args)
-        .status()
-        .context("train: cannot start mpirun (is Open MPI installed in the image?)")?;
-    if !status.success() {
-        let message = format!(
-            "train: the MPI job over the SageMaker hosts {} failed ({status})",
-            hosts.hosts.join(", ")
-        );
-        let failure = Path::new(shardline_container::hosts::ROOT).join("output/failure");
-        if let Some(dir) = failure.parent()
-            && std::fs::create_dir_all(dir).is_ok()
-        {
-            let _ = std::fs::write(&failure, &message);
-        }
-        bail!("{message}");
-    }
-    Ok(())
+    Ok(hosts.lead(Path::new(shardline_container::hosts::ROOT), &program, &args)?)
 }
 
 /// Runs the stage with a resolved config and prints its summary.

@@ -13,6 +13,7 @@ mod real;
 mod serve;
 mod simulate;
 mod stages;
+mod train;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
