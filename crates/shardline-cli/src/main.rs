@@ -188,25 +188,8 @@ fn ran<'a>(mut command: &'a clap::Command, mut matches: &clap::ArgMatches) -> &'
     command
 }
 
-/// glibc's allocator gives every freed block over 128 KiB back to the kernel at once (and trims
-/// its heaps), so each tensor of a training step is fresh memory, a page fault per 4 KiB: a third
-/// of the reference CNN's step went there. Blocks up to 64 MiB are kept for reuse instead, and
-/// heaps trimmed only past 256 MiB free. A `GLIBC_TUNABLES` naming malloc settings wins.
-#[allow(unsafe_code)]
-fn keep_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    if !std::env::var("GLIBC_TUNABLES").is_ok_and(|t| t.contains("malloc")) {
-        // SAFETY: mallopt only changes the allocator's thresholds; it is called before any
-        // thread is started.
-        unsafe {
-            libc::mallopt(libc::M_MMAP_THRESHOLD, 64 << 20);
-            libc::mallopt(libc::M_TRIM_THRESHOLD, 256 << 20);
-        }
-    }
-}
-
 fn main() -> ExitCode {
-    keep_freed_memory();
+    shardline_train::kernels::keep_freed_memory();
     let definition = Cli::command();
     let matches = definition.clone().get_matches();
     let cli = match Cli::from_arg_matches(&matches) {

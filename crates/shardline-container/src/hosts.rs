@@ -169,12 +169,15 @@ impl TrainingHosts {
     /// and waits for it; on failure writes SageMaker's `<root>/output/failure` (what the console
     /// shows) and returns the error.
     pub fn lead(&self, root: &Path, program: &Path, args: &[OsString]) -> Result<(), Error> {
-        let status = self.mpirun(program, args).status().map_err(|source| Error::Start {
-            stage: "train",
-            program: "mpirun".into(),
-            source,
-            hint: "is Open MPI installed in the image?".into(),
-        })?;
+        let status = self
+            .mpirun(program, args)
+            .status()
+            .map_err(|source| Error::Start {
+                stage: "train",
+                program: "mpirun".into(),
+                source,
+                hint: "is Open MPI installed in the image?".into(),
+            })?;
         if status.success() {
             return Ok(());
         }
@@ -184,7 +187,10 @@ impl TrainingHosts {
             && std::fs::create_dir_all(dir).is_ok()
         {
             // Best effort: the error below is the report; this file is SageMaker's copy of it.
-            let _ = std::fs::write(&failure, format!("train: {}: {reason}", self.hosts.join(", ")));
+            let _ = std::fs::write(
+                &failure,
+                format!("train: {}: {reason}", self.hosts.join(", ")),
+            );
         }
         Err(bad(self.hosts.join(", "), reason))
     }

@@ -267,7 +267,13 @@ impl ModelConfig {
         };
         // A 3x3 convolution (stride, padding 1 unless unpadded) from `cin` to `cout` channels at
         // the current size; updates the size.
-        let conv = |h: &mut usize, w: &mut usize, cin: usize, cout: usize, k: usize, stride: usize, padded: bool| {
+        let conv = |h: &mut usize,
+                    w: &mut usize,
+                    cin: usize,
+                    cout: usize,
+                    k: usize,
+                    stride: usize,
+                    padded: bool| {
             let pad = if padded { k / 2 } else { 0 };
             *h = (*h + 2 * pad - k) / stride + 1;
             *w = (*w + 2 * pad - k) / stride + 1;
@@ -427,7 +433,7 @@ impl Model {
         } else if self.convs.is_empty() {
             let mut x: Tensor<2> = images.flatten(1, 3);
             for layer in &self.hidden {
-                x = relu(layer.forward(x));
+                x = relu(crate::kernels::linear(layer, x));
             }
             x
         } else if !self.norms.is_empty() {
@@ -437,47 +443,70 @@ impl Model {
             }
             let mut x: Tensor<2> = x.flatten(1, 3);
             for layer in &self.hidden {
-                x = relu(layer.forward(x));
+                x = relu(crate::kernels::linear(layer, x));
             }
             x
         } else if let Some(maxpool) = &self.maxpool {
             let mut x = images;
             for layer in &self.convs {
-                x = crate::kernels::max_pool2d(maxpool, relu(conv(layer, x)));
+                x = crate::kernels::max_pool2d(maxpool, conv_relu(layer, x));
             }
             let mut x: Tensor<2> = x.flatten(1, 3);
             for layer in &self.hidden {
-                x = relu(layer.forward(x));
+                x = relu(crate::kernels::linear(layer, x));
             }
             x
         } else {
             let mut x = images;
             for layer in &self.convs {
-                x = relu(conv(layer, x));
+                x = conv_relu(layer, x);
             }
             self.pool.forward(x).flatten(1, 3)
         };
-        self.head.forward(features)
+        crate::kernels::linear(&self.head, features)
     }
 }
 
-/// `layer` applied to `x` through Shardline's kernels ([`crate::kernels::conv2d`]), with the
-/// options `Conv2d::forward` would use.
-fn conv(layer: &Conv2d, x: Tensor<4>) -> Tensor<4> {
+/// `layer`'s options as `Conv2d::forward` works them out; `None` for "same" padding (not in the
+/// zoo), which Burn's own layer works out.
+fn conv_options(layer: &Conv2d) -> Option<ConvOptions<2>> {
     let padding = match layer.padding {
         PaddingConfig2d::Valid => [(0, 0), (0, 0)],
         PaddingConfig2d::Explicit(top, left, bottom, right) => [(top, bottom), (left, right)],
-        // Not in the zoo: Burn's own layer works out "same".
-        PaddingConfig2d::Same => return layer.forward(x),
+        PaddingConfig2d::Same => return None,
     };
-    let options =
-        ConvOptions::new_with_padding(layer.stride, padding, layer.dilation, layer.groups);
-    crate::kernels::conv2d(
-        x,
-        layer.weight.val(),
-        layer.bias.as_ref().map(|b| b.val()),
-        options,
-    )
+    Some(ConvOptions::new_with_padding(
+        layer.stride,
+        padding,
+        layer.dilation,
+        layer.groups,
+    ))
+}
+
+/// `layer` applied to `x` through Shardline's kernels ([`crate::kernels::conv2d`]).
+fn conv(layer: &Conv2d, x: Tensor<4>) -> Tensor<4> {
+    match conv_options(layer) {
+        Some(options) => crate::kernels::conv2d(
+            x,
+            layer.weight.val(),
+            layer.bias.as_ref().map(|b| b.val()),
+            options,
+        ),
+        None => layer.forward(x),
+    }
+}
+
+/// `conv_relu(layer, x)`, fused at inference ([`crate::kernels::conv2d_relu`]).
+fn conv_relu(layer: &Conv2d, x: Tensor<4>) -> Tensor<4> {
+    match conv_options(layer) {
+        Some(options) => crate::kernels::conv2d_relu(
+            x,
+            layer.weight.val(),
+            layer.bias.as_ref().map(|b| b.val()),
+            options,
+        ),
+        None => relu(layer.forward(x)),
+    }
 }
 
 /// Dense layers of `widths` after `features` inputs, pushed onto `hidden`; the features they end

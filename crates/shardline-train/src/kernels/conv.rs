@@ -58,9 +58,14 @@ impl Geometry {
         self.c * self.h * self.w
     }
 
-    /// Samples per GEMM.
-    fn group(&self) -> usize {
-        MIN_COLUMNS.div_ceil(self.positions().max(1)).clamp(1, self.n.max(1))
+    /// Samples per GEMM of a thread's `share` of the batch: enough for [`MIN_COLUMNS`] output
+    /// positions, more (up to `budget` floats of im2col buffer) where asked.
+    fn group(&self, share: usize, budget: usize) -> usize {
+        let p = self.positions().max(1);
+        let wanted = MIN_COLUMNS
+            .div_ceil(p)
+            .max(budget / (self.rows().max(1) * p));
+        wanted.clamp(1, share.max(1))
     }
 
     /// Multiply-adds of one pass over the batch (forward, or one of the gradients).
@@ -69,12 +74,16 @@ impl Geometry {
     }
 }
 
-/// Scoped threads for `groups` groups: each thread gets a contiguous run of groups.
-fn split(g: &Geometry, groups: usize) -> usize {
-    // Below ~4 M multiply-adds a thread costs more than it saves.
+/// Scoped threads for a pass over the batch: every sample to one thread at most, none for less
+/// than ~4 M multiply-adds (a thread costs more than it saves there).
+fn split(g: &Geometry) -> usize {
     let by_work = (g.work() / (4 << 20)).max(1);
-    super::threads().min(groups).min(by_work).max(1)
+    super::threads().min(g.n).min(by_work).max(1)
 }
+
+/// Floats of im2col buffer a gradient pass may take per thread (8 MiB): a wide inner dimension
+/// for the weight gradient's GEMM, whose output is read and written once per group.
+const GRADIENT_BUDGET: usize = 2 << 20;
 
 /// Fills `col` (`[rows, group * p]`, row-major) from samples `x` (`group` samples of
 /// `c*h*w`); column `s * p + q` is output position `q` of sample `s`.
@@ -93,7 +102,8 @@ fn im2col(g: &Geometry, x: &[f32], group: usize, col: &mut [f32]) {
                     let dst = &mut dst_row[s * p..(s + 1) * p];
                     for oy in 0..oh {
                         let out_row = &mut dst[oy * ow..(oy + 1) * ow];
-                        let iy = (oy * g.stride[0] + ki * g.dilation[0]) as isize - g.pad[0] as isize;
+                        let iy =
+                            (oy * g.stride[0] + ki * g.dilation[0]) as isize - g.pad[0] as isize;
                         if iy < 0 || iy >= g.h as isize {
                             out_row.fill(0.0);
                             continue;
@@ -103,8 +113,8 @@ fn im2col(g: &Geometry, x: &[f32], group: usize, col: &mut [f32]) {
                         if g.stride[1] == 1 {
                             // The columns in range are one contiguous run of the input row.
                             let first = (-offset).clamp(0, ow as isize) as usize;
-                            let last = (g.w as isize - offset).clamp(first as isize, ow as isize)
-                                as usize;
+                            let last =
+                                (g.w as isize - offset).clamp(first as isize, ow as isize) as usize;
                             out_row[..first].fill(0.0);
                             let start = (first as isize + offset) as usize;
                             out_row[first..last].copy_from_slice(&src[start..start + last - first]);
@@ -142,7 +152,8 @@ fn col2im(g: &Geometry, col: &[f32], group: usize, dx: &mut [f32]) {
                     let plane = &mut dx[s * g.input_len() + ci * g.h * g.w..][..g.h * g.w];
                     let src = &src_row[s * p..(s + 1) * p];
                     for oy in 0..oh {
-                        let iy = (oy * g.stride[0] + ki * g.dilation[0]) as isize - g.pad[0] as isize;
+                        let iy =
+                            (oy * g.stride[0] + ki * g.dilation[0]) as isize - g.pad[0] as isize;
                         if iy < 0 || iy >= g.h as isize {
                             continue;
                         }
@@ -182,9 +193,19 @@ pub(crate) fn gemm(
         (rows.max(1) - 1) * strides[0] + (cols.max(1) - 1) * strides[1] + 1
     };
     // The bounds that make the raw-pointer call below sound.
-    assert!(dst.len() >= m * n, "gemm: dst holds {} < {m}x{n}", dst.len());
-    assert!(k == 0 || a.len() >= span(a_strides, m, k), "gemm: a is too short");
-    assert!(k == 0 || b.len() >= span(b_strides, k, n), "gemm: b is too short");
+    assert!(
+        dst.len() >= m * n,
+        "gemm: dst holds {} < {m}x{n}",
+        dst.len()
+    );
+    assert!(
+        k == 0 || a.len() >= span(a_strides, m, k),
+        "gemm: a is too short"
+    );
+    assert!(
+        k == 0 || b.len() >= span(b_strides, k, n),
+        "gemm: b is too short"
+    );
     if k == 0 {
         if !accumulate {
             dst[..m * n].fill(0.0);
@@ -219,8 +240,15 @@ pub(crate) fn gemm(
     }
 }
 
-/// The forward convolution: `y = conv(x, weight) + bias`, `[n, oc, oh, ow]`.
-pub fn forward(g: &Geometry, x: &[f32], weight: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+/// The forward convolution: `y = conv(x, weight) + bias`, `[n, oc, oh, ow]`; with `relu`,
+/// negative outputs become 0 as they are written (NaN stays NaN, as Burn's ReLU keeps it).
+pub fn forward(
+    g: &Geometry,
+    x: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    relu: bool,
+) -> Vec<f32> {
     let p = g.positions();
     let rows = g.rows();
     let per_out = g.oc * p;
@@ -228,46 +256,63 @@ pub fn forward(g: &Geometry, x: &[f32], weight: &[f32], bias: Option<&[f32]>) ->
     if g.n == 0 || per_out == 0 {
         return y;
     }
-    let group = g.group();
-    let groups = g.n.div_ceil(group);
-    let threads = split(g, groups);
-    let per_thread = groups.div_ceil(threads) * group;
+    let threads = split(g);
+    let per_thread = g.n.div_ceil(threads);
+    let group = g.group(per_thread, 0);
     let (col_len, tmp_len) = (rows * group * p, g.oc * group * p);
     super::with_scratch(threads * (col_len + tmp_len), |scratch| {
-    std::thread::scope(|scope| {
-        let mut scratch = scratch.chunks_mut(col_len + tmp_len);
-        for (t, y_chunk) in y.chunks_mut(per_thread * per_out).enumerate() {
-            let x_chunk = &x[t * per_thread * g.input_len()..];
-            let (col, tmp) = scratch.next().unwrap_or_default().split_at_mut(col_len);
-            let mut work = move || {
-                for (i, y_group) in y_chunk.chunks_mut(group * per_out).enumerate() {
-                    let samples = y_group.len() / per_out;
-                    let x_group = &x_chunk[i * group * g.input_len()..][..samples * g.input_len()];
-                    let width = samples * p;
-                    let col = &mut col[..rows * width];
-                    im2col(g, x_group, samples, col);
-                    let tmp = &mut tmp[..g.oc * width];
-                    gemm(g.oc, width, rows, tmp, false, weight, [rows, 1], col, [width, 1]);
-                    for s in 0..samples {
-                        for o in 0..g.oc {
-                            let b = bias.map_or(0.0, |b| b[o]);
-                            let src = &tmp[o * width + s * p..][..p];
-                            let dst = &mut y_group[s * per_out + o * p..][..p];
-                            for (d, v) in dst.iter_mut().zip(src) {
-                                *d = v + b;
+        std::thread::scope(|scope| {
+            let mut scratch = scratch.chunks_mut(col_len + tmp_len);
+            for (t, y_chunk) in y.chunks_mut(per_thread * per_out).enumerate() {
+                let x_chunk = &x[t * per_thread * g.input_len()..];
+                let (col, tmp) = scratch.next().unwrap_or_default().split_at_mut(col_len);
+                let mut work = move || {
+                    for (i, y_group) in y_chunk.chunks_mut(group * per_out).enumerate() {
+                        let samples = y_group.len() / per_out;
+                        let x_group =
+                            &x_chunk[i * group * g.input_len()..][..samples * g.input_len()];
+                        let width = samples * p;
+                        let col = &mut col[..rows * width];
+                        im2col(g, x_group, samples, col);
+                        let tmp = &mut tmp[..g.oc * width];
+                        gemm(
+                            g.oc,
+                            width,
+                            rows,
+                            tmp,
+                            false,
+                            weight,
+                            [rows, 1],
+                            col,
+                            [width, 1],
+                        );
+                        for s in 0..samples {
+                            for o in 0..g.oc {
+                                let b = bias.map_or(0.0, |b| b[o]);
+                                let src = &tmp[o * width + s * p..][..p];
+                                let dst = &mut y_group[s * per_out + o * p..][..p];
+                                if relu {
+                                    for (d, v) in dst.iter_mut().zip(src) {
+                                        let v = v + b;
+                                        *d = if v < 0.0 { 0.0 } else { v };
+                                    }
+                                } else {
+                                    for (d, v) in dst.iter_mut().zip(src) {
+                                        *d = v + b;
+                                    }
+                                }
                             }
                         }
                     }
+                };
+                // The calling thread takes the last share itself.
+                if t + 1 == g.n.div_ceil(per_thread) {
+                    work();
+                } else {
+                    scope.spawn(work);
                 }
-            };
-            // The calling thread takes the last share itself.
-            if t + 1 == g.n.div_ceil(per_thread) {
-                work();
-            } else {
-                scope.spawn(work);
             }
-        }
-    });
+        });
     });
     y
 }
@@ -300,10 +345,9 @@ pub fn backward(
     if g.n == 0 || per_out == 0 || !(want_dx || want_dw) {
         return (dx, want_dw.then(|| vec![0.0f32; g.oc * rows]));
     }
-    let group = g.group();
-    let groups = g.n.div_ceil(group);
-    let threads = split(g, groups);
-    let per_thread = groups.div_ceil(threads) * group;
+    let threads = split(g);
+    let per_thread = g.n.div_ceil(threads);
+    let group = g.group(per_thread, GRADIENT_BUDGET);
     let chunks = g.n.div_ceil(per_thread);
     // Each thread's partial weight gradient, summed after.
     let mut partial = vec![0.0f32; if want_dw { chunks * g.oc * rows } else { 0 }];
@@ -318,46 +362,68 @@ pub fn backward(
     };
     let (col_len, dy_len) = (rows * group * p, g.oc * group * p);
     super::with_scratch(chunks * (col_len + dy_len), |scratch| {
-    std::thread::scope(|scope| {
-        let mut scratch = scratch.chunks_mut(col_len + dy_len);
-        for t in 0..chunks {
-            let first = t * per_thread;
-            let count = per_thread.min(g.n - first);
-            let x_chunk = &x[first * g.input_len()..][..count * g.input_len()];
-            let dy_chunk = &dy[first * per_out..][..count * per_out];
-            let mut dx_chunk = (!dx_chunks.is_empty()).then(|| std::mem::take(&mut dx_chunks[t]));
-            let mut dw_chunk = (!dw_chunks.is_empty()).then(|| std::mem::take(&mut dw_chunks[t]));
-            let (col, dy_cols) = scratch.next().unwrap_or_default().split_at_mut(col_len);
-            let mut work = move || {
-                let mut done = 0;
-                while done < count {
-                    let samples = group.min(count - done);
-                    let width = samples * p;
-                    let dy_cols = &mut dy_cols[..g.oc * width];
-                    gather(g, &dy_chunk[done * per_out..], samples, dy_cols);
-                    let col = &mut col[..rows * width];
-                    if let Some(dw) = dw_chunk.as_deref_mut() {
-                        let xs = &x_chunk[done * g.input_len()..][..samples * g.input_len()];
-                        im2col(g, xs, samples, col);
-                        // dW[oc, rows] += dY[oc, width] · colᵀ[width, rows]
-                        gemm(g.oc, rows, width, dw, true, dy_cols, [width, 1], col, [1, width]);
+        std::thread::scope(|scope| {
+            let mut scratch = scratch.chunks_mut(col_len + dy_len);
+            for t in 0..chunks {
+                let first = t * per_thread;
+                let count = per_thread.min(g.n - first);
+                let x_chunk = &x[first * g.input_len()..][..count * g.input_len()];
+                let dy_chunk = &dy[first * per_out..][..count * per_out];
+                let mut dx_chunk =
+                    (!dx_chunks.is_empty()).then(|| std::mem::take(&mut dx_chunks[t]));
+                let mut dw_chunk =
+                    (!dw_chunks.is_empty()).then(|| std::mem::take(&mut dw_chunks[t]));
+                let (col, dy_cols) = scratch.next().unwrap_or_default().split_at_mut(col_len);
+                let mut work = move || {
+                    let mut done = 0;
+                    while done < count {
+                        let samples = group.min(count - done);
+                        let width = samples * p;
+                        let dy_cols = &mut dy_cols[..g.oc * width];
+                        gather(g, &dy_chunk[done * per_out..], samples, dy_cols);
+                        let col = &mut col[..rows * width];
+                        if let Some(dw) = dw_chunk.as_deref_mut() {
+                            let xs = &x_chunk[done * g.input_len()..][..samples * g.input_len()];
+                            im2col(g, xs, samples, col);
+                            // dW[oc, rows] += dY[oc, width] · colᵀ[width, rows]
+                            gemm(
+                                g.oc,
+                                rows,
+                                width,
+                                dw,
+                                true,
+                                dy_cols,
+                                [width, 1],
+                                col,
+                                [1, width],
+                            );
+                        }
+                        if let Some(dx) = dx_chunk.as_deref_mut() {
+                            // dcol[rows, width] = Wᵀ[rows, oc] · dY[oc, width]
+                            gemm(
+                                rows,
+                                width,
+                                g.oc,
+                                col,
+                                false,
+                                weight,
+                                [1, rows],
+                                dy_cols,
+                                [width, 1],
+                            );
+                            let dxs = &mut dx[done * g.input_len()..][..samples * g.input_len()];
+                            col2im(g, col, samples, dxs);
+                        }
+                        done += samples;
                     }
-                    if let Some(dx) = dx_chunk.as_deref_mut() {
-                        // dcol[rows, width] = Wᵀ[rows, oc] · dY[oc, width]
-                        gemm(rows, width, g.oc, col, false, weight, [1, rows], dy_cols, [width, 1]);
-                        let dxs = &mut dx[done * g.input_len()..][..samples * g.input_len()];
-                        col2im(g, col, samples, dxs);
-                    }
-                    done += samples;
+                };
+                if t + 1 == chunks {
+                    work();
+                } else {
+                    scope.spawn(work);
                 }
-            };
-            if t + 1 == chunks {
-                work();
-            } else {
-                scope.spawn(work);
             }
-        }
-    });
+        });
     });
     let dw = want_dw.then(|| {
         let mut sum = vec![0.0f32; g.oc * rows];

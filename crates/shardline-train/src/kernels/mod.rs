@@ -112,6 +112,24 @@ pub fn sgemm_gflops(threads: usize, seconds: f64) -> f64 {
     (products * 2 * N * N * N) as f64 / started.elapsed().as_secs_f64() / 1e9
 }
 
+/// For binaries to call first thing: glibc's allocator gives every freed block over 128 KiB back
+/// to the kernel at once (and trims its heaps), so each tensor of a training step is fresh memory,
+/// a page fault per 4 KiB; a third of the reference CNN's step went there. Blocks up to 64 MiB are
+/// kept for reuse instead, and heaps trimmed only past 256 MiB free. A `GLIBC_TUNABLES` naming
+/// malloc settings wins. A no-op on other C libraries.
+#[allow(unsafe_code)]
+pub fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if !std::env::var("GLIBC_TUNABLES").is_ok_and(|t| t.contains("malloc")) {
+        // SAFETY: mallopt only changes two thresholds of the allocator, which it reads under its
+        // own locks.
+        unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, 64 << 20);
+            libc::mallopt(libc::M_TRIM_THRESHOLD, 256 << 20);
+        }
+    }
+}
+
 /// The kernels' geometry of a convolution, if they take it.
 fn geometry(x: &Shape, weight: &Shape, options: &ConvOptions<2>) -> Option<Geometry> {
     let ([n, c, h, w], [oc, wc, kh, kw]) = (x.dims::<4>(), weight.dims::<4>());
@@ -143,7 +161,7 @@ pub fn conv2d(
 ) -> Tensor<4> {
     let f32s = x.dtype() == DType::F32 && weight.dtype() == DType::F32;
     if let Some(g) = geometry(&x.shape(), &weight.shape(), &options).filter(|_| f32s) {
-        if let Some(y) = on_flex(&g, &x, &weight, bias.as_ref()) {
+        if let Some(y) = on_flex(&g, &x, &weight, bias.as_ref(), false) {
             return y;
         }
         if let Some(y) = on_autodiff::<NoCheckpointing>(&g, &x, &weight, bias.as_ref()) {
@@ -154,6 +172,91 @@ pub fn conv2d(
         }
     }
     burn::tensor::module::conv2d(x, weight, bias, options)
+}
+
+/// `relu(conv2d(x, weight, bias, options))`; without autodiff (inference) on flex, the ReLU is
+/// applied as the kernel writes its output, saving a pass over the activations.
+pub fn conv2d_relu(
+    x: Tensor<4>,
+    weight: Tensor<4>,
+    bias: Option<Tensor<1>>,
+    options: ConvOptions<2>,
+) -> Tensor<4> {
+    let f32s = x.dtype() == DType::F32 && weight.dtype() == DType::F32;
+    if let Some(g) = geometry(&x.shape(), &weight.shape(), &options).filter(|_| f32s)
+        && let Some(y) = on_flex(&g, &x, &weight, bias.as_ref(), true)
+    {
+        return y;
+    }
+    burn::tensor::activation::relu(conv2d(x, weight, bias, options))
+}
+
+/// `layer` applied to `x` (`[n, d_in]`), as `Linear::forward`; without autodiff on flex, one
+/// GEMM per share of the rows on the kernels' threads (flex's matmul is single-threaded).
+pub fn linear(layer: &burn::nn::Linear, x: Tensor<2>) -> Tensor<2> {
+    let weight = layer.weight.val();
+    let bias = layer.bias.as_ref().map(|b| b.val());
+    let [n, d_in] = x.dims();
+    let [w_in, d_out] = weight.dims();
+    if w_in == d_in && x.dtype() == DType::F32 && weight.dtype() == DType::F32 {
+        let parts = (
+            primitive::<Flex, 2>(&x),
+            primitive::<Flex, 2>(&weight),
+            bias.as_ref().map(primitive::<Flex, 1>),
+        );
+        if let (Some(xp), Some(wp), None | Some(Some(_))) = parts.clone() {
+            let b = parts.2.flatten().map(|b| values(&b));
+            let y = with_values(&xp, |x| {
+                with_values(&wp, |w| dense(x, w, b.as_deref(), n, d_in, d_out))
+            });
+            return Tensor::from_primitive::<Flex>(flex(y, [n, d_out]));
+        }
+    }
+    layer.forward(x)
+}
+
+/// `x[n, d_in] · w[d_in, d_out] + b`, the rows shared out over the kernels' threads.
+fn dense(x: &[f32], w: &[f32], b: Option<&[f32]>, n: usize, d_in: usize, d_out: usize) -> Vec<f32> {
+    ran(false);
+    let mut y = vec![0.0f32; n * d_out];
+    if n == 0 || d_out == 0 {
+        return y;
+    }
+    let by_work = (n * d_in * d_out / (4 << 20)).max(1);
+    let threads = threads().min(by_work).min(n);
+    let rows = n.div_ceil(threads);
+    std::thread::scope(|scope| {
+        for (t, y) in y.chunks_mut(rows * d_out).enumerate() {
+            let x = &x[t * rows * d_in..];
+            let mut work = move || {
+                let m = y.len() / d_out;
+                conv::gemm(
+                    m,
+                    d_out,
+                    d_in,
+                    y,
+                    false,
+                    &x[..m * d_in],
+                    [d_in, 1],
+                    w,
+                    [d_out, 1],
+                );
+                if let Some(b) = b {
+                    for row in y.chunks_mut(d_out) {
+                        for (v, b) in row.iter_mut().zip(b) {
+                            *v += b;
+                        }
+                    }
+                }
+            };
+            if t + 1 == n.div_ceil(rows) {
+                work();
+            } else {
+                scope.spawn(work);
+            }
+        }
+    });
+    y
 }
 
 /// A float tensor's primitive on backend `B`, if it lives there.
@@ -187,24 +290,42 @@ fn out_shape(g: &Geometry) -> [usize; 4] {
     [g.n, g.oc, oh, ow]
 }
 
-fn forward(g: &Geometry, x: &FlexTensor, w: &FlexTensor, b: Option<&FlexTensor>) -> FlexTensor {
+fn forward(
+    g: &Geometry,
+    x: &FlexTensor,
+    w: &FlexTensor,
+    b: Option<&FlexTensor>,
+    relu: bool,
+) -> FlexTensor {
     ran(false);
     let bias = b.map(values);
     let y = with_values(x, |x| {
-        with_values(w, |w| conv::forward(g, x, w, bias.as_deref()))
+        with_values(w, |w| conv::forward(g, x, w, bias.as_deref(), relu))
     });
     flex(y, out_shape(g))
 }
 
 /// Inference: every tensor on flex without autodiff.
-fn on_flex(g: &Geometry, x: &Tensor<4>, w: &Tensor<4>, b: Option<&Tensor<1>>) -> Option<Tensor<4>> {
+fn on_flex(
+    g: &Geometry,
+    x: &Tensor<4>,
+    w: &Tensor<4>,
+    b: Option<&Tensor<1>>,
+    relu: bool,
+) -> Option<Tensor<4>> {
     let xp = primitive::<Flex, 4>(x)?;
     let wp = primitive::<Flex, 4>(w)?;
     let bp = match b {
         Some(b) => Some(primitive::<Flex, 1>(b)?),
         None => None,
     };
-    Some(Tensor::from_primitive::<Flex>(forward(g, &xp, &wp, bp.as_ref())))
+    Some(Tensor::from_primitive::<Flex>(forward(
+        g,
+        &xp,
+        &wp,
+        bp.as_ref(),
+        relu,
+    )))
 }
 
 /// What the backward pass needs: the input and the weight as the forward saw them.
@@ -292,7 +413,7 @@ where
     let state = (x.primitive().clone(), w.primitive().clone(), *g);
     let out = match b {
         Some(b) => {
-            let y = forward(g, &state.0, &state.1, Some(b.primitive()));
+            let y = forward(g, &state.0, &state.1, Some(b.primitive()), false);
             match ConvWithBias
                 .prepare::<C>([x.node(), w.node(), b.node()])
                 .compute_bound()
@@ -303,7 +424,7 @@ where
             }
         }
         None => {
-            let y = forward(g, &state.0, &state.1, None);
+            let y = forward(g, &state.0, &state.1, None, false);
             match ConvNoBias
                 .prepare::<C>([x.node(), w.node()])
                 .compute_bound()

@@ -17,6 +17,35 @@ pub fn forward(x: &[f32], planes: usize, h: usize, w: usize) -> (Vec<f32>, Vec<u
     if oh == 0 || ow == 0 {
         return (y, arg);
     }
+    let per = per_thread(planes, h * w);
+    std::thread::scope(|scope| {
+        let parts = x.chunks(per * h * w).zip(
+            y.chunks_mut(per * oh * ow)
+                .zip(arg.chunks_mut(per * oh * ow)),
+        );
+        let count = planes.div_ceil(per);
+        for (i, (x, (y, arg))) in parts.enumerate() {
+            let mut work = move || forward_planes(x, y, arg, h, w);
+            if i + 1 == count {
+                work();
+            } else {
+                scope.spawn(work);
+            }
+        }
+    });
+    (y, arg)
+}
+
+/// Planes per thread: a thread for every 256 Ki inputs at most, up to the kernels' threads.
+fn per_thread(planes: usize, plane: usize) -> usize {
+    let threads = super::threads()
+        .min((planes * plane) >> 18)
+        .clamp(1, planes.max(1));
+    planes.div_ceil(threads).max(1)
+}
+
+fn forward_planes(x: &[f32], y: &mut [f32], arg: &mut [u8], h: usize, w: usize) {
+    let (oh, ow) = out(h, w);
     let chunks = y.chunks_mut(oh * ow).zip(arg.chunks_mut(oh * ow));
     for (plane, (y, arg)) in chunks.enumerate() {
         let x = &x[plane * h * w..][..h * w];
@@ -29,8 +58,16 @@ pub fn forward(x: &[f32], planes: usize, h: usize, w: usize) -> (Vec<f32>, Vec<u
             let windows = top.chunks_exact(2).zip(bottom.chunks_exact(2));
             for ((y, arg), (t, b)) in y.iter_mut().zip(arg.iter_mut()).zip(windows) {
                 let window = [t[0], t[1], b[0], b[1]];
-                let upper = if window[1] > window[0] { window[1] } else { window[0] };
-                let lower = if window[3] > window[2] { window[3] } else { window[2] };
+                let upper = if window[1] > window[0] {
+                    window[1]
+                } else {
+                    window[0]
+                };
+                let lower = if window[3] > window[2] {
+                    window[3]
+                } else {
+                    window[2]
+                };
                 let best = if lower > upper { lower } else { upper };
                 let (e0, e1, e2) = (window[0] == best, window[1] == best, window[2] == best);
                 let first = u8::from(!e0) * (1 + u8::from(!e1) * (1 + u8::from(!e2)));
@@ -45,7 +82,6 @@ pub fn forward(x: &[f32], planes: usize, h: usize, w: usize) -> (Vec<f32>, Vec<u
             }
         }
     }
-    (y, arg)
 }
 
 /// The input gradient: each output's gradient `dy` added to the input that won its window.
@@ -55,9 +91,32 @@ pub fn backward(dy: &[f32], arg: &[u8], planes: usize, h: usize, w: usize) -> Ve
     if oh == 0 || ow == 0 {
         return dx;
     }
-    for plane in 0..planes {
+    let per = per_thread(planes, h * w);
+    std::thread::scope(|scope| {
+        let parts = dx
+            .chunks_mut(per * h * w)
+            .zip(dy.chunks(per * oh * ow).zip(arg.chunks(per * oh * ow)));
+        let count = planes.div_ceil(per);
+        for (i, (dx, (dy, arg))) in parts.enumerate() {
+            let mut work = move || backward_planes(dy, arg, dx, h, w);
+            if i + 1 == count {
+                work();
+            } else {
+                scope.spawn(work);
+            }
+        }
+    });
+    dx
+}
+
+fn backward_planes(dy: &[f32], arg: &[u8], dx: &mut [f32], h: usize, w: usize) {
+    let (oh, ow) = out(h, w);
+    for plane in 0..dx.len() / (h * w) {
         let dx = &mut dx[plane * h * w..][..h * w];
-        let (dy, arg) = (&dy[plane * oh * ow..][..oh * ow], &arg[plane * oh * ow..][..oh * ow]);
+        let (dy, arg) = (
+            &dy[plane * oh * ow..][..oh * ow],
+            &arg[plane * oh * ow..][..oh * ow],
+        );
         for oy in 0..oh {
             for ox in 0..ow {
                 let a = arg[oy * ow + ox] as usize;
@@ -65,5 +124,4 @@ pub fn backward(dy: &[f32], arg: &[u8], planes: usize, h: usize, w: usize) -> Ve
             }
         }
     }
-    dx
 }

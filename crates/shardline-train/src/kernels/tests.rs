@@ -29,8 +29,10 @@ fn random<const D: usize>(shape: [usize; D], device: &Device) -> Tensor<D> {
 
 fn close<const D: usize>(ours: Tensor<D>, theirs: Tensor<D>, what: &str) {
     assert_eq!(ours.dims(), theirs.dims(), "{what}: shape");
-    ours.into_data()
-        .assert_approx_eq::<f32>(&theirs.into_data(), Tolerance::absolute(2e-4).set_relative(2e-4));
+    ours.into_data().assert_approx_eq::<f32>(
+        &theirs.into_data(),
+        Tolerance::absolute(2e-4).set_relative(2e-4),
+    );
 }
 
 #[test]
@@ -56,8 +58,8 @@ fn conv2d_gradients_match_burn_under_autodiff() {
         let w = random(ws, &device);
         let b = bias.then(|| random([ws[0]], &device));
         // A loss that weighs every output differently, so that a gradient in the wrong place shows.
-        let y_shape = burn::tensor::module::conv2d(x.clone(), w.clone(), b.clone(), options.clone())
-            .dims();
+        let y_shape =
+            burn::tensor::module::conv2d(x.clone(), w.clone(), b.clone(), options.clone()).dims();
         let weights = random(y_shape, &device);
         let run = |ours: bool| {
             let (x, w) = (x.clone().require_grad(), w.clone().require_grad());
@@ -107,16 +109,25 @@ fn several_threads_give_the_single_thread_result() {
     };
     let values = |n: usize, seed: u32| -> Vec<f32> {
         (0..n)
-            .map(|i| ((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 8) as f32 / 16777216.0 - 0.5)
+            .map(|i| {
+                ((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 8) as f32 / 16777216.0
+                    - 0.5
+            })
             .collect()
     };
     let x = values(g.n * g.c * g.h * g.w, 1);
     let w = values(g.oc * g.c * 9, 2);
     let dy = values(g.n * g.oc * 13 * 13, 3);
     set_threads(1);
-    let one = (conv::forward(&g, &x, &w, None), conv::backward(&g, &x, &w, &dy, true, true));
+    let one = (
+        conv::forward(&g, &x, &w, None, false),
+        conv::backward(&g, &x, &w, &dy, true, true),
+    );
     set_threads(3);
-    let three = (conv::forward(&g, &x, &w, None), conv::backward(&g, &x, &w, &dy, true, true));
+    let three = (
+        conv::forward(&g, &x, &w, None, false),
+        conv::backward(&g, &x, &w, &dy, true, true),
+    );
     set_threads(0);
     assert_eq!(one.0, three.0, "forward");
     assert_eq!(one.1.0, three.1.0, "dx");
@@ -142,7 +153,11 @@ fn shapes_the_kernels_do_not_take_fall_back_to_burn() {
     let before = RAN.with(|r| r.get());
     let y = conv2d(x.clone(), w.clone(), None, grouped.clone());
     assert_eq!(RAN.with(|r| r.get()), before, "Burn's convolution ran");
-    close(y, burn::tensor::module::conv2d(x, w, None, grouped), "grouped");
+    close(
+        y,
+        burn::tensor::module::conv2d(x, w, None, grouped),
+        "grouped",
+    );
     let asymmetric = ConvOptions::new_with_padding([1, 1], [(0, 1), (1, 0)], [1, 1], 1);
     let x = random([1, 2, 6, 6], &device);
     let w = random([3, 2, 3, 3], &device);
@@ -157,7 +172,14 @@ fn pool_layer() -> MaxPool2d {
 fn max_pool_matches_burn_forward_and_backward() {
     let layer = pool_layer();
     // Even and odd sizes (the last row and column of an odd plane are left out).
-    for shape in [[3, 4, 30, 30], [2, 3, 7, 9], [1, 1, 2, 2], [2, 2, 13, 13]] {
+    // [16, 32, 30, 30] is large enough to be shared out over threads.
+    for shape in [
+        [3, 4, 30, 30],
+        [2, 3, 7, 9],
+        [1, 1, 2, 2],
+        [2, 2, 13, 13],
+        [16, 32, 30, 30],
+    ] {
         let device = Device::flex();
         let x = random(shape, &device);
         let before = RAN.with(|r| r.get());
@@ -201,6 +223,43 @@ fn max_pool_picks_winners_as_burn_does() {
     let padded = burn::nn::pool::MaxPool2dConfig::new([3, 3]).init();
     let x = random([1, 1, 6, 6], &Device::flex());
     let before = RAN.with(|r| r.get());
-    close(max_pool2d(&padded, x.clone()), padded.forward(x), "3x3 pool");
+    close(
+        max_pool2d(&padded, x.clone()),
+        padded.forward(x),
+        "3x3 pool",
+    );
+    assert_eq!(RAN.with(|r| r.get()), before);
+}
+
+#[test]
+fn fused_relu_and_threaded_dense_match_burn_at_inference() {
+    let device = Device::flex();
+    for (xs, ws, options, bias) in cases() {
+        let x = random(xs, &device);
+        let w = random(ws, &device);
+        let b = bias.then(|| random([ws[0]], &device));
+        let ours = conv2d_relu(x.clone(), w.clone(), b.clone(), options.clone());
+        let theirs = burn::tensor::activation::relu(burn::tensor::module::conv2d(x, w, b, options));
+        close(ours, theirs, &format!("conv + relu {xs:?} {ws:?}"));
+    }
+    for (n, d_in, d_out, bias) in [(64, 2304, 128, true), (3, 5, 7, false), (257, 64, 10, true)] {
+        let layer = burn::nn::LinearConfig::new(d_in, d_out)
+            .with_bias(bias)
+            .init(&device);
+        let x = random([n, d_in], &device);
+        let before = RAN.with(|r| r.get());
+        let ours = linear(&layer, x.clone());
+        assert_eq!(RAN.with(|r| r.get()).0, before.0 + 1, "the kernel ran");
+        close(
+            ours,
+            layer.forward(x),
+            &format!("linear {n}x{d_in}x{d_out}"),
+        );
+    }
+    // Under autodiff the layer is Burn's, so its gradients are.
+    let device = Device::flex().autodiff();
+    let layer = burn::nn::LinearConfig::new(4, 3).init(&device);
+    let before = RAN.with(|r| r.get());
+    let _ = linear(&layer, random([2, 4], &device));
     assert_eq!(RAN.with(|r| r.get()), before);
 }

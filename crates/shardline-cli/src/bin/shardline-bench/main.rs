@@ -90,6 +90,8 @@ pub fn out(line: &str) {
 }
 
 fn main() -> ExitCode {
+    // As `shardline` does: inference is timed in this process.
+    shardline_train::kernels::keep_freed_memory();
     let cli = Cli::parse();
     let _ = SHARDLINE.set(cli.shardline);
     let runtime = match tokio::runtime::Builder::new_multi_thread()

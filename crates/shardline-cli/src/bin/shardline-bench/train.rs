@@ -41,7 +41,11 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 3)]
     pub resnet_epochs: usize,
     /// The models, by name: defaults, reference, resnet18.
-    #[arg(long, value_delimiter = ',', default_value = "defaults,reference,resnet18")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "defaults,reference,resnet18"
+    )]
     pub models: Vec<String>,
     /// Where the generated data and outputs live (reused across runs).
     #[arg(long, default_value = "bench/data")]
@@ -96,13 +100,7 @@ impl Run {
 
 /// The shapes dataset with `per_class` images per class, processed at `size` (RGB, 2
 /// instances) once and reused.
-fn processed(
-    exe: &Path,
-    dir: &Path,
-    per_class: usize,
-    size: u32,
-    ui: &Ui,
-) -> Result<PathBuf> {
+fn processed(exe: &Path, dir: &Path, per_class: usize, size: u32, ui: &Ui) -> Result<PathBuf> {
     let dir = dir.join(format!("train-{per_class}x{size}"));
     let processed = dir.join("processed");
     if processed.join("lineage.json").is_file() {
@@ -142,7 +140,14 @@ fn processed(
         "datagen.log",
     )?;
     quiet(
-        s(&["manifest", "--source", &data_s, "--out", &manifests_s, "--force"]),
+        s(&[
+            "manifest",
+            "--source",
+            &data_s,
+            "--out",
+            &manifests_s,
+            "--force",
+        ]),
         "manifest.log",
     )?;
     let mut process = s(&[
@@ -331,7 +336,9 @@ pub async fn run(args: TrainArgs, ui: &Ui) -> Result<()> {
         }
         let mut runs = Vec::new();
         for workers in [1, 2] {
-            ui.say(format!("  {model}: Shardline, {workers} worker(s), {epochs} epochs ..."));
+            ui.say(format!(
+                "  {model}: Shardline, {workers} worker(s), {epochs} epochs ..."
+            ));
             let mut f = flags.clone();
             f.extend(["--workers".into(), workers.to_string()]);
             runs.push(
@@ -351,13 +358,15 @@ pub async fn run(args: TrainArgs, ui: &Ui) -> Result<()> {
         let mut peers = Vec::new();
         if !args.no_peer {
             for onednn in ["on", "off"] {
-                ui.say(format!("  {model}: Keras, oneDNN {onednn}, {epochs} epochs ..."));
+                ui.say(format!(
+                    "  {model}: Keras, oneDNN {onednn}, {epochs} epochs ..."
+                ));
                 peers.push(peer_run(&data, &work, kind, epochs, onednn)?);
             }
         }
-        let config: shardline_train::ModelConfig = serde_json::from_slice(
-            &std::fs::read(work.join(format!("{model}-1w")).join("model.json"))?,
-        )?;
+        let config: shardline_train::ModelConfig = serde_json::from_slice(&std::fs::read(
+            work.join(format!("{model}-1w")).join("model.json"),
+        )?)?;
         let flops = 2.0 * config.forward_macs() as f64;
         let target = peers
             .first()
