@@ -796,3 +796,23 @@ fn reading_commands_never_create_a_store() {
         assert!(!t.path("nowhere").exists(), "{args:?} created the store");
     }
 }
+
+/// A datagen step, as `shardline datagen` does, refuses an out that holds other data; the user's
+/// file is left as it was.
+#[test]
+fn a_datagen_step_refuses_an_out_holding_other_data() {
+    let t = common::TestDir::new();
+    std::fs::create_dir_all(t.path("lake/cats")).unwrap();
+    std::fs::write(t.path("lake/cats/mine.jpg"), b"a photo").unwrap();
+    std::fs::write(
+        t.path("p.toml"),
+        "name = \"over\"\n\n[steps.data]\nkind = \"datagen\"\nout = \"lake\"\nclasses = 2\nper_class = 2\nsize = 8\n",
+    )
+    .unwrap();
+    let err = t.run(&["pipeline", "run", "p.toml"]).fails();
+    assert!(err.contains("this dataset does not write"), "{err}");
+    assert_eq!(
+        std::fs::read(t.path("lake/cats/mine.jpg")).unwrap(),
+        b"a photo"
+    );
+}

@@ -177,6 +177,11 @@ fn fewer_objects_than_instances_leaves_some_empty() {
     );
 }
 
+/// The error of `process --input INPUT --out OUT`, which must fail.
+fn refused(t: &TestDir, input: &str, out: &str) -> String {
+    t.run(&["process", "--input", input, "--out", out]).fails()
+}
+
 #[test]
 fn bad_inputs_fail_before_any_work() {
     let t = TestDir::new();
@@ -195,15 +200,7 @@ fn bad_inputs_fail_before_any_work() {
         .fails();
     assert!(err.contains("given twice"), "{err}");
     std::fs::write(t.path("empty.manifest"), "[{\"prefix\":\"file:///tmp/\"}]").expect("write");
-    let err = t
-        .run(&[
-            "process",
-            "--input",
-            &format!("train={}", t.arg("empty.manifest")),
-            "--out",
-            "p",
-        ])
-        .fails();
+    let err = refused(&t, &format!("train={}", t.arg("empty.manifest")), "p");
     assert!(err.contains("lists no objects"), "{err}");
     // The same object twice, and a channel that would land on the logs.
     std::fs::write(
@@ -211,83 +208,37 @@ fn bad_inputs_fail_before_any_work() {
         format!("[{{\"prefix\":\"file://{m}/\"}},\"a.jpg\",\"a.jpg\"]"),
     )
     .expect("write");
-    let err = t
-        .run(&[
-            "process",
-            "--input",
-            &format!("train={}", t.arg("twice.manifest")),
-            "--out",
-            "p",
-        ])
-        .fails();
+    let err = refused(&t, &format!("train={}", t.arg("twice.manifest")), "p");
     assert!(err.contains("more than once"), "{err}");
-    let err = t
-        .run(&[
-            "process",
-            "--input",
-            &format!("train={}", t.arg("twice.manifest")),
-            "--out",
-            "memory://x/",
-        ])
-        .fails();
+    let err = refused(
+        &t,
+        &format!("train={}", t.arg("twice.manifest")),
+        "memory://x/",
+    );
     assert!(err.contains("process of its own"), "{err}");
-    let err = t
-        .run(&[
-            "process",
-            "--input",
-            &format!("logs={}", t.arg("twice.manifest")),
-            "--out",
-            "p",
-        ])
-        .fails();
+    let err = refused(&t, &format!("logs={}", t.arg("twice.manifest")), "p");
     assert!(err.contains("instances' logs"), "{err}");
     std::fs::write(
         t.path("escape.manifest"),
         format!("[{{\"prefix\":\"file://{m}/\"}},\"../../etc/passwd\"]"),
     )
     .expect("write");
-    let err = t
-        .run(&[
-            "process",
-            "--input",
-            &format!("train={}", t.arg("escape.manifest")),
-            "--out",
-            "p",
-        ])
-        .fails();
+    let err = refused(&t, &format!("train={}", t.arg("escape.manifest")), "p");
     assert!(err.contains("not a plain relative path"), "{err}");
     std::fs::write(
         t.path("moved.manifest"),
         "[{\"prefix\":\"file:///nowhere/\"},\"circle/000000.jpg\"]",
     )
     .expect("write");
-    let err = t
-        .run(&[
-            "process",
-            "--input",
-            &format!("train={}", t.arg("moved.manifest")),
-            "--out",
-            "p",
-        ])
-        .fails();
+    let err = refused(&t, &format!("train={}", t.arg("moved.manifest")), "p");
     assert!(
         err.contains("does not exist; is the manifest's prefix right?"),
         "{err}"
     );
-    let err = t
-        .run(&["process", "--input", "train=missing.manifest", "--out", "p"])
-        .fails();
+    let err = refused(&t, "train=missing.manifest", "p");
     assert!(err.contains("does not exist"), "{err}");
     // An --out inside an input prefix: the next run would read the outputs as a class.
-    let err = t
-        .run(&[
-            "process",
-            "--input",
-            "train=data",
-            "--out",
-            "data/processed",
-        ])
-        .fails();
+    let err = refused(&t, "train=data", "data/processed");
     assert!(
         err.contains("train=data") && err.contains("--out is inside this input prefix"),
         "{err}"

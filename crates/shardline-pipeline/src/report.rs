@@ -130,3 +130,81 @@ pub fn show_json(db: &Db, e: &Execution) -> Result<serde_json::Value, DbError> {
     execution["status"] = json!(e.shown_status());
     Ok(json!({"execution": execution, "steps": steps}))
 }
+
+/// Which log `shardline logs` shows: a step's instance (`main` unless named) at an attempt (the
+/// last unless named).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogChoice {
+    /// The log file.
+    pub path: std::path::PathBuf,
+    /// The execution the step's cache hit came from, when the step was cached (its logs are
+    /// that run's: a cached step did no work here).
+    pub cached_from: Option<String>,
+}
+
+/// Why there is no such log.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    /// The store failed.
+    #[error(transparent)]
+    Db(#[from] DbError),
+    /// No log matches; what to ask for instead.
+    #[error("{0}")]
+    Missing(String),
+}
+
+/// The log of `step`'s `instance` at `attempt` in `execution`, following a cached step to the
+/// execution its result came from.
+pub fn step_log(
+    db: &Db,
+    execution: &str,
+    step: &str,
+    instance: Option<&str>,
+    attempt: Option<i64>,
+) -> Result<LogChoice, LogError> {
+    let mut logs = db.logs(execution, step)?;
+    let rows = db.steps(execution)?;
+    let row = rows.iter().find(|s| s.step == step);
+    let mut cached_from = None;
+    if !logs.iter().any(|(_, i, _)| i == "main")
+        && let Some(row) = row
+        && row.status == "cached"
+        && let Some(key) = &row.cache_key
+        && let Some(entry) = db.cache_entries(key)?.into_iter().next()
+    {
+        logs = db.logs(&entry.execution, step)?;
+        cached_from = Some(entry.execution);
+    }
+    if logs.is_empty() {
+        let steps: Vec<String> = rows.iter().map(|s| s.step.clone()).collect();
+        return Err(LogError::Missing(if steps.iter().any(|s| s == step) {
+            format!("step {step} of {execution} has no log yet (it has not started)")
+        } else {
+            format!(
+                "execution {execution} has no step {step:?}; its steps are {}",
+                steps.join(", ")
+            )
+        }));
+    }
+    let instance = instance.unwrap_or("main");
+    let attempt = attempt.unwrap_or_else(|| {
+        logs.iter()
+            .filter(|(_, i, _)| i == instance)
+            .map(|(a, _, _)| *a)
+            .max()
+            .unwrap_or(1)
+    });
+    match logs.iter().find(|(a, i, _)| *a == attempt && i == instance) {
+        Some((_, _, path)) => Ok(LogChoice {
+            path: path.clone(),
+            cached_from,
+        }),
+        None => Err(LogError::Missing(format!(
+            "no log of {instance} for attempt {attempt} of step {step}; there are: {}",
+            logs.iter()
+                .map(|(a, i, _)| format!("attempt {a} {i}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+    }
+}

@@ -364,6 +364,17 @@ async fn datagen(s: &Resolved, cx: &Context<'_>) -> Result<Done, StepError> {
     };
     let out = s.need_str("out")?;
     let store = Store::open(&out).map_err(|e| StepError::invalid(e.to_string()))?;
+    // As the CLI does: an out holding other data is refused, unless the step owns it (the
+    // executor sets `force` when an earlier run of this step wrote it).
+    if !s.bool_or("force", false) {
+        shardline_datagen::check_out(&store, &config)
+            .await
+            .map_err(|e| match e {
+                shardline_datagen::Error::BadConfig(_)
+                | shardline_datagen::Error::OutputTaken { .. } => StepError::invalid(e.to_string()),
+                other => StepError::infra(other),
+            })?;
+    }
     cx.log.line(&format!(
         "datagen: {} classes × {} images into {out}",
         config.classes, config.per_class

@@ -230,6 +230,7 @@ const DATAGEN: &[Field] = &[
     f("height", Ty::Int),
     f("format", Ty::Str),
     f("seed", Ty::Int),
+    runtime("force", Ty::Bool),
 ];
 
 const MANIFEST: &[Field] = &[

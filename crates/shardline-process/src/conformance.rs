@@ -48,6 +48,10 @@ impl<'a> Watched<'a> {
 }
 
 impl Launcher for Watched<'_> {
+    fn shares_memory(&self) -> bool {
+        self.inner.shares_memory()
+    }
+
     fn start(&self, job: &InstanceJob) -> Result<Running, Error> {
         self.starts
             .lock()
@@ -84,6 +88,10 @@ impl Launcher for Watched<'_> {
 pub struct Fake;
 
 impl Launcher for Fake {
+    fn shares_memory(&self) -> bool {
+        true
+    }
+
     fn start(&self, job: &InstanceJob) -> Result<Running, Error> {
         let (tx, messages) = tokio::sync::mpsc::unbounded_channel();
         let rank = job.rank;

@@ -70,6 +70,12 @@ pub struct Running {
 pub trait Launcher: Send + Sync {
     /// Starts `job` (its rank and attempt inside).
     fn start(&self, job: &InstanceJob) -> Result<Running, Error>;
+
+    /// Whether the instances run inside this process (and so share its `memory://` stores);
+    /// OS processes do not.
+    fn shares_memory(&self) -> bool {
+        false
+    }
 }
 
 /// Starts instances as OS processes of this machine: `program args...`, the job as JSON on
@@ -246,6 +252,10 @@ pub fn progress_line(tick: Tick) -> String {
 pub struct InProcess;
 
 impl Launcher for InProcess {
+    fn shares_memory(&self) -> bool {
+        true
+    }
+
     fn start(&self, job: &InstanceJob) -> Result<Running, Error> {
         let (tx, messages) = unbounded_channel();
         let (kill_tx, mut kill_rx) = tokio::sync::watch::channel(false);

@@ -272,6 +272,26 @@ pub async fn run(
     progress: &dyn Progress,
 ) -> Result<ProcessReport, Error> {
     config.validate()?;
+    // Instances that are processes of their own (OS processes, an external launcher's) do not
+    // see this process's memory:// stores.
+    if !matches!(&role, Role::Launch(launcher) if launcher.shares_memory()) {
+        let memory = std::iter::once(("out", config.out.as_str()))
+            .chain(
+                config
+                    .inputs
+                    .iter()
+                    .map(|(_, url)| ("inputs", url.as_str())),
+            )
+            .find(|(_, url)| url.starts_with("memory://"));
+        if let Some((setting, url)) = memory {
+            return Err(Error::Setting {
+                setting,
+                reason: format!(
+                    "{url} is a memory:// store, which lives inside one process, and every instance is a process of its own; give a local path or an s3:// URL"
+                ),
+            });
+        }
+    }
     let out = Store::open(&config.out)?;
     job::check_out(&config.inputs, out.location())?;
     let job = job::load(&config.inputs, config.settings.clone()).await?;
@@ -576,6 +596,26 @@ mod tests {
             .await
             .expect("the rerun");
         assert!(matches!(again.outcome, Outcome::Unchanged), "{again:?}");
+    }
+
+    #[tokio::test]
+    async fn memory_stores_are_only_for_instances_inside_this_process() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut config = crate::conformance::job(dir.path(), 2, 6).expect("job");
+        config.out = "memory://elsewhere/out".into();
+        let processes = crate::launch::LocalProcesses {
+            program: "/bin/true".into(),
+            args: Vec::new(),
+            env: Vec::new(),
+        };
+        let err = run(&config, Role::Launch(&processes), &NoProgress)
+            .await
+            .expect_err("OS processes do not share this process's memory");
+        assert!(
+            matches!(&err, Error::Setting { setting: "out", .. })
+                && err.to_string().contains("process of its own"),
+            "{err}"
+        );
     }
 
     #[test]

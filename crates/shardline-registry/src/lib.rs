@@ -207,24 +207,13 @@ pub struct Registry {
     store: Store,
 }
 
-/// The named file of a `.tar.gz`, if present.
-fn member(tarball: &[u8], name: &str) -> Option<Vec<u8>> {
-    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(tarball));
-    for entry in archive.entries().ok()? {
-        let mut entry = entry.ok()?;
-        let path = entry.path().ok()?.to_string_lossy().into_owned();
-        if path.trim_start_matches("./") == name {
-            let mut out = Vec::new();
-            entry.read_to_end(&mut out).ok()?;
-            return Some(out);
-        }
-    }
-    None
-}
-
-/// What a model archive must hold to be served: the files `shardline train` packs, the JSON ones
-/// readable. Checked before a version number is taken, so that garbage never becomes a version.
-fn check_archive(tarball: &[u8], source: &str) -> Result<()> {
+/// A model archive's members by name, read in one walk, checked for what serving needs: the
+/// files `shardline train` packs, the JSON ones readable. Checked before a version number is
+/// taken, so that garbage never becomes a version.
+fn read_archive(
+    tarball: &[u8],
+    source: &str,
+) -> Result<std::collections::BTreeMap<String, Vec<u8>>> {
     let not = |reason: String| Error::NotAModel(format!("{source}: {reason}"));
     let mut found = std::collections::BTreeMap::new();
     let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(tarball));
@@ -265,7 +254,7 @@ fn check_archive(tarball: &[u8], source: &str) -> Result<()> {
                 .map_err(|e| not(format!("model.tar.gz's {name} is not JSON ({e})")))?;
         }
     }
-    Ok(())
+    Ok(found)
 }
 
 /// The last row of a `metrics.csv`, by column.
@@ -319,13 +308,12 @@ impl Registry {
         description: Option<String>,
     ) -> Result<Record> {
         check_name(name)?;
-        let (tarball, lineage, csv, source_uri) = if source.ends_with(".tar.gz") {
+        // A directory's own lineage.json and metrics.csv; an archive's are among its members.
+        let (tarball, beside, source_uri) = if source.ends_with(".tar.gz") {
             let (dir, file) = source.rsplit_once('/').unwrap_or((".", source));
             let store = Store::open(dir)?;
             let tarball = store.get(file).await?;
-            let lineage = member(&tarball, "lineage.json");
-            let csv = member(&tarball, "metrics.csv");
-            (tarball, lineage, csv, store.uri_of(file))
+            (tarball, None, store.uri_of(file))
         } else {
             let store = Store::open(source)?;
             let tarball = store.get_opt("model.tar.gz").await?.ok_or_else(|| {
@@ -336,9 +324,15 @@ impl Registry {
             })?;
             let lineage = store.get_opt("lineage.json").await?.map(|b| b.to_vec());
             let csv = store.get_opt("metrics.csv").await?.map(|b| b.to_vec());
-            (tarball, lineage, csv, store.uri())
+            (tarball, Some((lineage, csv)), store.uri())
         };
-        check_archive(&tarball, &source_uri)?;
+        let mut members = read_archive(&tarball, &source_uri)?;
+        let (lineage, csv) = beside.unwrap_or_else(|| {
+            (
+                members.remove("lineage.json"),
+                members.remove("metrics.csv"),
+            )
+        });
         let lineage: serde_json::Value = match lineage {
             Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
                 Error::NotAModel(format!("{source_uri}: lineage.json is not JSON: {e}"))

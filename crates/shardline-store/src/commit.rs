@@ -109,22 +109,22 @@ impl<'a> Commit<'a> {
             .put(&staging_key(&self.control, &self.id, name), bytes)
             .await;
         if let Err(e) = staged {
-            self.discard().await;
+            // The staging error is the one to report; discarding is best effort.
+            let _ = self.discard().await;
             return Err(e);
         }
         self.files.push(name.to_string());
         Ok(())
     }
 
-    /// Deletes what this commit staged, as far as the store lets it.
-    async fn discard(&self) {
-        let _ = self
-            .store
-            .delete_prefix(&format!("{}/staging/{}", self.control, self.id))
-            .await;
-        self.store
-            .remove_interrupted_uploads(&format!("{}/staging/{}", self.control, self.id));
+    /// Deletes what this commit staged (finished files and unfinished uploads), as far as the
+    /// store lets it; the first failure to delete is returned after the rest was tried.
+    async fn discard(&self) -> Result<()> {
+        let staging = format!("{}/staging/{}", self.control, self.id);
+        let deleted = self.store.delete_prefix(&staging).await;
+        self.store.remove_interrupted_uploads(&staging);
         self.store.remove_empty_dirs(&self.control);
+        deleted
     }
 
     /// Starts streaming one file, to be published under `name`: write to it, then hand it to
@@ -143,7 +143,8 @@ impl<'a> Commit<'a> {
     /// cannot be finished, what this commit staged is deleted, as [`Commit::stage`] does.
     pub async fn finish_staged(&mut self, staged: StagedWriter) -> Result<()> {
         if let Err(e) = staged.writer.finish().await {
-            self.discard().await;
+            // The upload's error is the one to report; discarding is best effort.
+            let _ = self.discard().await;
             return Err(e);
         }
         self.files.push(staged.name);
@@ -152,11 +153,7 @@ impl<'a> Commit<'a> {
 
     /// Abandons the commit, deleting what was staged.
     pub async fn abort(self) -> Result<()> {
-        self.store
-            .delete_prefix(&format!("{}/staging/{}", self.control, self.id))
-            .await?;
-        self.store.remove_empty_dirs(&self.control);
-        Ok(())
+        self.discard().await
     }
 
     /// Publishes the staged files in the order they were staged: stage the file that marks the

@@ -153,23 +153,41 @@ pub fn broadcast_parameters<M: Module>(comm: &mut dyn Communicator, model: M) ->
     load_parameters(model, values)
 }
 
+/// How [`seeded`] draws the weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Init {
+    /// He-uniform, `±sqrt(6 / fan_in)`: for ReLU networks (PyTorch's and Burn's family).
+    HeUniform,
+    /// Glorot-uniform, `±sqrt(6 / (fan_in + fan_out))`: Keras's default, which the benchmark's
+    /// reference CNN keeps so that it is the Keras peer's model.
+    GlorotUniform,
+}
+
 /// Replaces every parameter with a value drawn from a seeded stream, so that every run and every
 /// process starts from the same weights (Burn's own initialisers draw from an unseeded generator).
-/// Weights get He-uniform values (`±sqrt(6 / fan_in)`, for ReLU networks), biases zeros, and a
+/// Weights get He-uniform values ([`seeded_as`] takes the scheme), biases zeros, and a
 /// vector Burn initialised to one constant (a batch norm's scale and shift, its running mean and
-/// variance) keeps it. Fan-in
-/// is `in × kh × kw` for a convolution weight `[out, in, kh, kw]` and `in` for a linear weight
-/// `[in, out]`.
+/// variance) keeps it.
 pub fn seeded<M: Module>(model: M, seed: u64) -> Result<M, Error> {
+    seeded_as(model, seed, Init::HeUniform)
+}
+
+/// [`seeded`] with the weights drawn by `init`. Fan-in is `in × kh × kw` for a convolution weight
+/// `[out, in, kh, kw]` and `in` for a linear weight `[in, out]`; fan-out `out × kh × kw` and
+/// `out`.
+pub fn seeded_as<M: Module>(model: M, seed: u64, init: Init) -> Result<M, Error> {
     let mut rng = shardline_lineage::SplitMix64(seed ^ 0x5eed_5eed_5eed_5eed);
     let mut uniform = move || (rng.next_u64() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0;
     let values = parameters(&model)
         .into_iter()
         .map(|(shape, old)| {
-            let fan_in = match shape.len() {
-                4 => shape[1] * shape[2] * shape[3],
-                2 => shape[0],
-                _ => 0,
+            let (fan_in, fan_out) = match shape.len() {
+                4 => (
+                    shape[1] * shape[2] * shape[3],
+                    shape[0] * shape[2] * shape[3],
+                ),
+                2 => (shape[0], shape[1]),
+                _ => (0, 0),
             };
             let constant = old
                 .first()
@@ -179,7 +197,10 @@ pub fn seeded<M: Module>(model: M, seed: u64) -> Result<M, Error> {
             } else if fan_in == 0 {
                 vec![0.0; old.len()]
             } else {
-                let bound = (6.0 / fan_in as f32).sqrt();
+                let bound = match init {
+                    Init::HeUniform => (6.0 / fan_in as f32).sqrt(),
+                    Init::GlorotUniform => (6.0 / (fan_in + fan_out) as f32).sqrt(),
+                };
                 (0..old.len()).map(|_| uniform() * bound).collect()
             };
             (shape, values)
@@ -268,6 +289,25 @@ mod tests {
     use shardline_comm::InProcess;
 
     use super::*;
+
+    #[test]
+    fn weights_are_drawn_within_the_schemes_bounds() {
+        let device = crate::device::by_name("cpu").expect("cpu");
+        // A 3x3 convolution from 3 to 32 channels: fan-in 27, fan-out 288.
+        let conv = burn::nn::conv::Conv2dConfig::new([3, 32], [3, 3]).init(&device);
+        let largest = |init| {
+            let conv = seeded_as(conv.clone(), 1, init).expect("seeded");
+            let weights = parameters(&conv).remove(0).1;
+            weights.iter().fold(0.0f32, |m, v| m.max(v.abs()))
+        };
+        let (he, glorot) = (largest(Init::HeUniform), largest(Init::GlorotUniform));
+        assert!(
+            he <= (6.0f32 / 27.0).sqrt() && he > 0.9 * (6.0f32 / 27.0).sqrt(),
+            "{he}"
+        );
+        let bound = (6.0f32 / (27.0 + 288.0)).sqrt();
+        assert!(glorot <= bound && glorot > 0.9 * bound, "{glorot}");
+    }
 
     #[test]
     fn seeding_keeps_a_batch_norms_constants() {

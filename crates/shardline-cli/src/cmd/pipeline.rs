@@ -698,55 +698,15 @@ pub async fn run(command: Command, ui: &Ui) -> Result<()> {
 pub async fn logs(args: LogsArgs) -> Result<()> {
     let db = Db::open_read_only(&args.state.state)?;
     let id = execution_id(&db, &args.execution)?;
-    let mut logs = db.logs(&id, &args.step)?;
-    let rows = db.steps(&id)?;
-    let row = rows.iter().find(|s| s.step == args.step);
-    if !logs.iter().any(|(_, i, _)| i == "main")
-        && let Some(row) = row
-        && row.status == "cached"
-        && let Some(key) = &row.cache_key
-        && let Some(entry) = db.cache_entries(key)?.into_iter().next()
-    {
-        // A cached step did no work here: its logs are those of the run it came from.
+    let choice = report::step_log(&db, &id, &args.step, args.instance.as_deref(), args.attempt)
+        .map_err(|e| anyhow::anyhow!("logs: {e}"))?;
+    if let Some(source) = &choice.cached_from {
         eprintln!(
-            "logs: step {} of {id} came from the cache; these are its logs in execution {}",
-            args.step, entry.execution
-        );
-        logs = db.logs(&entry.execution, &args.step)?;
-    }
-    if logs.is_empty() {
-        let steps: Vec<String> = rows.iter().map(|s| s.step.clone()).collect();
-        if !steps.contains(&args.step) {
-            bail!(
-                "logs: execution {id} has no step {:?}; its steps are {}",
-                args.step,
-                steps.join(", ")
-            );
-        }
-        bail!(
-            "logs: step {} of {id} has no log yet (it has not started)",
+            "logs: step {} of {id} came from the cache; these are its logs in execution {source}",
             args.step
         );
     }
-    let instance = args.instance.as_deref().unwrap_or("main");
-    let attempt = args.attempt.unwrap_or_else(|| {
-        logs.iter()
-            .filter(|(_, i, _)| i == instance)
-            .map(|(a, _, _)| *a)
-            .max()
-            .unwrap_or(1)
-    });
-    let Some((_, _, path)) = logs.iter().find(|(a, i, _)| *a == attempt && i == instance) else {
-        let have: Vec<String> = logs
-            .iter()
-            .map(|(a, i, _)| format!("attempt {a} {i}"))
-            .collect();
-        bail!(
-            "logs: no log of {instance} for attempt {attempt} of step {}; there are: {}",
-            args.step,
-            have.join(", ")
-        );
-    };
+    let path = &choice.path;
     let mut offset = 0u64;
     loop {
         let bytes = std::fs::read(path).with_context(|| format!("logs: {}", path.display()))?;

@@ -274,15 +274,6 @@ pub async fn run(args: Args, ui: &Ui) -> Result<()> {
 pub async fn run_config(config: &ProcessConfig, identity: Option<Identity>, ui: &Ui) -> Result<()> {
     // Before a bar per instance is drawn.
     config.validate()?;
-    // The instances are processes of their own: a memory:// store of this one is not theirs.
-    let memory = std::iter::once(config.out.as_str())
-        .chain(config.inputs.iter().map(|(_, url)| url.as_str()))
-        .find(|url| url.starts_with("memory://"));
-    if let Some(url) = memory {
-        anyhow::bail!(
-            "process: {url} is a memory:// store, which lives inside one process, and every instance is a process of its own; give a local path or an s3:// URL"
-        );
-    }
     let program = std::env::current_exe().context("process: cannot find this executable")?;
     let launcher = LocalProcesses {
         program,
