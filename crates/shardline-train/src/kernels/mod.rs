@@ -49,10 +49,17 @@ fn ran(backward: bool) {
 /// Threads one kernel call may use; 0 until set (then the machine's cores).
 static THREADS: AtomicUsize = AtomicUsize::new(0);
 
+/// The machine's cores, read once: `available_parallelism` reads the cgroup's CPU quota files on
+/// every call, which cost more than a small model's whole forward pass at the endpoint.
+fn cores() -> usize {
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
 /// Threads a kernel call may use: what [`set_threads`] said, else every core.
 pub fn threads() -> usize {
     match THREADS.load(Ordering::Relaxed) {
-        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        0 => cores(),
         n => n,
     }
 }
