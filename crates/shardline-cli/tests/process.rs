@@ -644,6 +644,68 @@ fn augmented_manifests_and_prefixes_are_inputs_too() {
     assert_eq!(lineage["labels"], serde_json::json!(["circle", "square"]));
 }
 
+/// A manifest whose keys are sorted (as the manifest step writes them) is streamed by each
+/// instance; one that is not is read into memory and sorted by the distribution rule. Both give
+/// every instance the same objects and the same shards.
+#[test]
+fn an_unsorted_manifest_gives_the_same_shares_as_its_sorted_copy() {
+    let t = TestDir::new();
+    t.manifests(3, 14);
+    let sorted = std::fs::read(t.path("m/train.manifest")).expect("manifest");
+    let mut entries: Vec<serde_json::Value> = serde_json::from_slice(&sorted).expect("json");
+    let keys: Vec<String> = entries[1..]
+        .iter()
+        .map(|k| k.as_str().expect("key").to_string())
+        .collect();
+    assert!(
+        keys.windows(2).all(|w| w[0] < w[1]),
+        "the manifest step writes sorted keys"
+    );
+    entries[1..].reverse();
+    std::fs::write(
+        t.path("m/unsorted.manifest"),
+        serde_json::to_vec(&entries).expect("json"),
+    )
+    .expect("write");
+    for (manifest, out) in [("train.manifest", "s"), ("unsorted.manifest", "u")] {
+        t.run(&[
+            "process",
+            "--input",
+            &format!("train={}/{manifest}", t.arg("m")),
+            "--out",
+            out,
+            "--instances",
+            "3",
+            "--size",
+            "8",
+        ])
+        .ok();
+    }
+    let (s, u) = (
+        json(t.path("s/train/index.json")),
+        json(t.path("u/train/index.json")),
+    );
+    assert_eq!(s["shardlist"], u["shardlist"]);
+    for shard in s["shardlist"].as_array().expect("list") {
+        let url = shard["url"].as_str().expect("url");
+        assert_eq!(
+            std::fs::read(t.path("s/train").join(url)).expect("shard"),
+            std::fs::read(t.path("u/train").join(url)).expect("shard"),
+            "{url}"
+        );
+    }
+    for host in ["algo-1", "algo-2", "algo-3"] {
+        let (a, b) = (
+            json(t.path(&format!("s/.shardline/instances/{host}.json"))),
+            json(t.path(&format!("u/.shardline/instances/{host}.json"))),
+        );
+        assert_eq!(
+            a["channels"]["train"]["assignment"],
+            b["channels"]["train"]["assignment"]
+        );
+    }
+}
+
 #[test]
 fn objects_named_with_any_characters_are_processed() {
     let t = TestDir::new();

@@ -560,11 +560,14 @@ fn render(
         let parquet = scope.spawn(|| table::to_parquet(rows, &labels.classes));
         let mut files = Vec::new();
         for channel in config.split.channels() {
-            let keys: Vec<&str> = rows
+            let mut keys: Vec<&str> = rows
                 .iter()
                 .filter(|r| r.channel == channel)
                 .map(|r| r.key.as_str())
                 .collect();
+            // Byte-wise order (rows are class by class, and class `a-b` sorts before `a/`): the
+            // stages stream their shares from a sorted manifest instead of holding it.
+            keys.sort_unstable();
             files.extend(channel_manifest(
                 &format!("{channel}.manifest"),
                 &prefix,

@@ -13,9 +13,8 @@ use shardline_store::Store;
 use shardline_store::commit::{self, Commit, StagedWriter};
 
 use crate::Error;
-use crate::job::{Input, Job};
+use crate::job::Job;
 use crate::shards::ShardWriter;
-use shardline_contract::distribute::share;
 use shardline_contract::instance::host;
 use shardline_contract::shards::ShardRecord;
 use shardline_preprocess::{self as transform, Reject};
@@ -149,16 +148,7 @@ pub async fn run(
         return Ok(result.clone());
     }
     let started = Instant::now();
-    let size = job.settings.instances;
-    let shares: Vec<(&Input, Vec<usize>)> = job
-        .inputs
-        .iter()
-        .map(|input| {
-            let uris = input.uris();
-            (input, share(&uris, rank, size, job.settings.distribution))
-        })
-        .collect();
-    let total: u64 = shares.iter().map(|(_, s)| s.len() as u64).sum();
+    let total: u64 = job.inputs.iter().map(|i| job.share_len(i, rank)).sum();
     let mut tick = Tick {
         total,
         ..Tick::default()
@@ -170,12 +160,12 @@ pub async fn run(
     let mut channels = BTreeMap::new();
     let mut quarantine = Vec::new();
     let shape = job.settings.recipe.shape();
-    for (input, positions) in shares {
+    for input in &job.inputs {
         let mut recipe = job.settings.recipe.clone();
         if !job.settings.augment_channels.contains(&input.channel) {
             recipe.augment.clear();
         }
-        let mut result = ChannelResult::new(positions.len(), shape[2]);
+        let mut result = ChannelResult::new(job.share_len(input, rank) as usize, shape[2]);
         let mut assignment = Hasher::new();
         for root in &input.roots {
             if !stores.contains_key(root) {
@@ -186,22 +176,38 @@ pub async fn run(
         let mut writer = ShardWriter::new(&host, job.settings.shard_bytes);
         let mut staged: Option<StagedWriter> = None;
         let mut scratch = transform::Scratch::new();
-        let fetches = positions.iter().map(|&p| {
-            let record = &input.records[p];
-            let root = &input.roots[record.root];
-            let store = stores.get(root).cloned();
+        // The share arrives record by record (streamed from a sorted manifest, or from memory)
+        // and eight fetches run ahead of the decoder.
+        let share = job.share(input, rank).await?;
+        let records = futures::stream::unfold(Some(share), |share| async move {
+            let mut share = share?;
+            match share.next().await {
+                Ok(Some(record)) => Some((Ok(record), Some(share))),
+                Ok(None) => None,
+                Err(e) => Some((Err(e), None)),
+            }
+        });
+        let fetches = records.map(|record| {
+            let store = record
+                .as_ref()
+                .ok()
+                .and_then(|r| stores.get(&input.roots[r.root]).cloned());
+            let roots = &input.roots;
             async move {
+                let record = record?;
+                let root = &roots[record.root];
                 let uri = format!("{root}{}", record.key);
                 let bytes = match store {
                     Some(store) => store.get(&record.key).await,
                     None => unreachable_store(root),
                 };
-                (record, uri, bytes)
+                Ok::<_, Error>((record, uri, bytes))
             }
         });
-        let mut fetched = futures::stream::iter(fetches).buffered(8);
+        let mut fetched = std::pin::pin!(fetches.buffered(8));
         let mut sequence = 0u64;
-        while let Some((record, uri, bytes)) = fetched.next().await {
+        while let Some(item) = fetched.next().await {
+            let (record, uri, bytes) = item?;
             assignment.update(uri.as_bytes());
             assignment.update(b"\n");
             let outcome = match bytes {

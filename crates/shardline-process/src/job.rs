@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::{Deserialize, Serialize};
-use shardline_contract::sagemaker;
+use shardline_contract::{distribute, manifest_stream};
 use shardline_lineage::{Digest, Hasher};
 use shardline_store::{Location, Store};
 
@@ -34,10 +34,29 @@ pub struct Input {
     pub uri: String,
     /// The store URIs the records' keys are relative to.
     pub roots: Vec<String>,
-    /// The objects, in manifest order.
-    pub records: Vec<Record>,
+    /// The objects.
+    pub objects: Objects,
     /// A digest of the input (the manifest's bytes, or the listing).
     pub digest: Digest,
+}
+
+/// Where an input's objects are, for the instances to take their shares from.
+#[derive(Debug, Clone)]
+pub enum Objects {
+    /// In memory, in manifest order: a listing, an augmented manifest, or a manifest whose keys
+    /// are not sorted (the distribution rule sorts them, which needs them all).
+    Listed(Vec<Record>),
+    /// A plain manifest (or an index of parts) whose keys are sorted byte-wise and unique, as the
+    /// manifest step writes them: each instance streams its share from it (see
+    /// `shardline_contract::manifest_stream::Share`), so no process holds the list.
+    Sorted {
+        /// The folder (a store URL) holding the manifest.
+        dir: String,
+        /// The manifest's name in it.
+        name: String,
+        /// Its keys.
+        keys: u64,
+    },
 }
 
 impl Input {
@@ -47,16 +66,78 @@ impl Input {
             ("channel".to_string(), self.channel.clone()),
             ("uri".to_string(), self.uri.clone()),
             ("digest".to_string(), self.digest.to_string()),
-            ("objects".to_string(), self.records.len().to_string()),
+            ("objects".to_string(), self.len().to_string()),
         ])
     }
 
-    /// The full URI of every record, the key the distribution sorts on.
-    pub fn uris(&self) -> Vec<String> {
-        self.records
-            .iter()
-            .map(|r| format!("{}{}", self.roots[r.root], r.key))
-            .collect()
+    /// How many objects the input names.
+    pub fn len(&self) -> u64 {
+        match &self.objects {
+            Objects::Listed(records) => records.len() as u64,
+            Objects::Sorted { keys, .. } => *keys,
+        }
+    }
+
+    /// Whether it names none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// An instance's share of one input, record by record (see [`Job::share`]).
+pub struct ShareRecords {
+    inner: ShareInner,
+    ids: HashMap<String, u32>,
+    input: String,
+    /// The input's digest, which the streamed manifest must still have.
+    digest: Digest,
+}
+
+enum ShareInner {
+    Listed(std::vec::IntoIter<Record>),
+    Sorted(manifest_stream::Share),
+}
+
+impl ShareRecords {
+    fn changed(&self) -> Error {
+        Error::BadInput {
+            input: self.input.clone(),
+            reason: "the manifest changed while the job ran; rerun the job".into(),
+        }
+    }
+
+    /// The next record of the share, `None` at its end.
+    pub async fn next(&mut self) -> Result<Option<Record>, Error> {
+        match &mut self.inner {
+            ShareInner::Listed(records) => Ok(records.next()),
+            ShareInner::Sorted(share) => {
+                let Some(key) = share.next().await? else {
+                    let changed = share
+                        .keys()
+                        .scanned()
+                        .is_some_and(|s| s.digest != self.digest);
+                    if changed {
+                        return Err(self.changed());
+                    }
+                    return Ok(None);
+                };
+                let class = class_of(&key).to_string();
+                let Some(&label) = self.ids.get(&class) else {
+                    return Err(Error::BadInput {
+                        input: self.input.clone(),
+                        reason: format!(
+                            "class {class:?} of {key} is not in the job's labels, though it was when the job began; rerun the job"
+                        ),
+                    });
+                };
+                Ok(Some(Record {
+                    root: 0,
+                    key,
+                    class,
+                    label,
+                }))
+            }
+        }
     }
 }
 
@@ -96,6 +177,74 @@ pub struct Job {
 }
 
 impl Job {
+    /// How many objects instance `rank` processes from `input`.
+    pub fn share_len(&self, input: &Input, rank: usize) -> u64 {
+        let (n, distribution) = (self.settings.instances, self.settings.distribution);
+        match &input.objects {
+            Objects::Listed(records) => {
+                manifest_stream::share_len(records.len() as u64, rank, n, distribution)
+            }
+            Objects::Sorted { keys, .. } => {
+                manifest_stream::share_len(*keys, rank, n, distribution)
+            }
+        }
+    }
+
+    /// Instance `rank`'s share of `input`, in sorted-URI order
+    /// ([`shardline_contract::distribute`]'s rule): from memory, or streamed from a sorted
+    /// manifest.
+    pub async fn share(&self, input: &Input, rank: usize) -> Result<ShareRecords, Error> {
+        let (n, distribution) = (self.settings.instances, self.settings.distribution);
+        let inner = match &input.objects {
+            Objects::Listed(records) => {
+                let uris: Vec<String> = records
+                    .iter()
+                    .map(|r| format!("{}{}", input.roots[r.root], r.key))
+                    .collect();
+                let mine: Vec<Record> = distribute::share(&uris, rank, n, distribution)
+                    .into_iter()
+                    .map(|p| records[p].clone())
+                    .collect();
+                ShareInner::Listed(mine.into_iter())
+            }
+            Objects::Sorted { dir, name, .. } => {
+                let store = Store::open(dir)?;
+                match manifest_stream::open(&store, name).await? {
+                    manifest_stream::Opened::Keys(keys) => {
+                        let index_changed = keys
+                            .index()
+                            .is_some_and(|(_, bytes)| Digest::of(bytes) != input.digest);
+                        if index_changed {
+                            return Err(Error::BadInput {
+                                input: format!("{}={}", input.channel, input.uri),
+                                reason: "the manifest changed while the job ran; rerun the job"
+                                    .into(),
+                            });
+                        }
+                        ShareInner::Sorted(manifest_stream::Share::new(keys, rank, n, distribution))
+                    }
+                    manifest_stream::Opened::Other(_) => {
+                        return Err(Error::BadInput {
+                            input: format!("{}={}", input.channel, input.uri),
+                            reason: "it is no longer a plain manifest, though it was when the job began; rerun the job".into(),
+                        });
+                    }
+                }
+            }
+        };
+        Ok(ShareRecords {
+            inner,
+            ids: self
+                .labels
+                .iter()
+                .enumerate()
+                .map(|(i, l)| (l.clone(), i as u32))
+                .collect(),
+            input: format!("{}={}", input.channel, input.uri),
+            digest: input.digest.clone(),
+        })
+    }
+
     /// The digest of everything that decides the outputs: inputs, labels and settings.
     pub fn digest(&self) -> Digest {
         let mut hasher = Hasher::new();
@@ -173,9 +322,107 @@ fn class_of(key: &str) -> &str {
 
 struct Raw {
     roots: Vec<String>,
-    entries: Vec<(usize, String, String, Option<u32>)>,
+    objects: RawObjects,
     digest: Digest,
     labels_hint: Option<Vec<String>>,
+}
+
+enum RawObjects {
+    /// (root, key, class, label) in input order.
+    Entries(Vec<(usize, String, String, Option<u32>)>),
+    /// A sorted plain manifest or index, checked in one streamed pass.
+    Sorted {
+        dir: String,
+        name: String,
+        keys: u64,
+        /// Each class and its first key.
+        classes: BTreeMap<String, String>,
+        first: Option<String>,
+    },
+}
+
+impl RawObjects {
+    fn len(&self) -> u64 {
+        match self {
+            RawObjects::Entries(entries) => entries.len() as u64,
+            RawObjects::Sorted { keys, .. } => *keys,
+        }
+    }
+}
+
+/// What one streamed pass over a plain manifest found: `None` when its keys are not sorted
+/// byte-wise (then it is read into memory, where the distribution rule sorts it).
+struct SortedPass {
+    keys: u64,
+    classes: BTreeMap<String, String>,
+    first: Option<String>,
+    prefix: String,
+}
+
+/// Checks every key of a plain manifest or index in one pass that holds one key at a time:
+/// each key a plain relative path, in byte-wise order, each once; the classes and their first
+/// keys collected.
+async fn sorted_pass(
+    input: &str,
+    keys: &mut manifest_stream::Keys,
+) -> Result<Option<SortedPass>, Error> {
+    let mut pass = SortedPass {
+        keys: 0,
+        classes: BTreeMap::new(),
+        first: None,
+        prefix: String::new(),
+    };
+    let mut last = String::new();
+    let mut failure: Option<Error> = None;
+    let mut unsorted = false;
+    let mut twice: Option<String> = None;
+    loop {
+        let pulled = keys
+            .pull(&mut |key| {
+                if let Err(e) = check_key(input, key) {
+                    failure = Some(e);
+                    return Err(String::new());
+                }
+                if pass.keys > 0 && last.as_str() >= key {
+                    if last == key {
+                        twice = Some(key.to_string());
+                    } else {
+                        unsorted = true;
+                    }
+                    return Err(String::new());
+                }
+                let class = class_of(key);
+                if !pass.classes.contains_key(class) {
+                    pass.classes.insert(class.to_string(), key.to_string());
+                }
+                if pass.first.is_none() {
+                    pass.first = Some(key.to_string());
+                }
+                pass.keys += 1;
+                last.clear();
+                last.push_str(key);
+                Ok(())
+            })
+            .await;
+        match pulled {
+            Ok(true) => continue,
+            Ok(false) => break,
+            Err(_) if unsorted => return Ok(None),
+            Err(_) if twice.is_some() => {
+                return Err(Error::BadInput {
+                    input: input.to_string(),
+                    reason: format!(
+                        "it lists {}{} more than once; list each object once",
+                        keys.prefix().unwrap_or_default(),
+                        twice.unwrap_or_default()
+                    ),
+                });
+            }
+            Err(e) => return Err(failure.take().unwrap_or(Error::Contract(e))),
+        }
+    }
+    pass.prefix = keys.prefix().unwrap_or_default().to_string();
+    Ok(Some(pass))
 }
 
 /// Reads one input: a plain or augmented manifest, or a store prefix to list.
@@ -191,13 +438,15 @@ async fn read_input(channel: &str, url: &str) -> Result<Raw, Error> {
             .rsplit_once('/')
             .ok_or_else(|| bad("not a URL".into()))?;
         let store = Store::open(dir)?;
-        let bytes = store.get(name).await.map_err(|e| match e {
-            shardline_store::Error::NotFound { url } => {
+        let not_found = |e: shardline_contract::Error| match e {
+            shardline_contract::Error::Store(shardline_store::Error::NotFound { url }) => {
                 bad(format!("the manifest {url} does not exist"))
             }
-            other => Error::Store(other),
-        })?;
-        let digest = Digest::of(&bytes);
+            other => Error::Contract(other),
+        };
+        let opened = manifest_stream::open(&store, name)
+            .await
+            .map_err(not_found)?;
         let labels_hint = match store.get_opt("labels.json").await? {
             // A hint only (the manifest's own records decide): the contract's type reads it.
             Some(labels) => serde_json::from_slice::<shardline_contract::model::Labels>(&labels)
@@ -205,36 +454,58 @@ async fn read_input(channel: &str, url: &str) -> Result<Raw, Error> {
                 .map(|l| l.classes),
             None => None,
         };
-        let trimmed = bytes
-            .iter()
-            .position(|b| !b.is_ascii_whitespace())
-            .map(|i| bytes[i]);
-        // A manifest written in parts: its index names them (its digest covers theirs).
-        let index = shardline_contract::manifest_stream::index_of(&store.uri_of(name), &bytes)?;
-        if trimmed == Some(b'[') || index.is_some() {
-            let manifest = match index {
-                Some(_) => {
-                    shardline_contract::manifest_stream::read_manifest(&store, name)
-                        .await?
-                        .0
+        let bytes = match opened {
+            manifest_stream::Opened::Keys(mut keys) => {
+                // A manifest written in parts: its index names them (its digest covers theirs).
+                let index_digest = keys.index().map(|(_, bytes)| Digest::of(bytes));
+                let input = format!("{channel}={url}");
+                if let Some(pass) = sorted_pass(&input, &mut keys).await? {
+                    let digest = match index_digest {
+                        Some(digest) => digest,
+                        None => keys
+                            .scanned()
+                            .map(|s| s.digest.clone())
+                            .ok_or_else(|| bad("the manifest was not read to its end".into()))?,
+                    };
+                    return Ok(Raw {
+                        roots: vec![pass.prefix],
+                        objects: RawObjects::Sorted {
+                            dir: dir.to_string(),
+                            name: name.to_string(),
+                            keys: pass.keys,
+                            classes: pass.classes,
+                            first: pass.first,
+                        },
+                        digest,
+                        labels_hint,
+                    });
                 }
-                None => sagemaker::parse_manifest(&store.uri_of(name), &bytes)?,
-            };
-            let entries = manifest
-                .keys
-                .into_iter()
-                .map(|key| {
-                    let class = class_of(&key).to_string();
-                    (0, key, class, None)
-                })
-                .collect();
-            return Ok(Raw {
-                roots: vec![manifest.prefix],
-                entries,
-                digest,
-                labels_hint,
-            });
-        }
+                // Not sorted: the distribution rule sorts the whole list, in memory.
+                tracing::info!(
+                    input = %input,
+                    "the manifest's keys are not sorted byte-wise; reading it into memory (sort it to stream it)"
+                );
+                let (manifest, bytes) = manifest_stream::read_manifest(&store, name)
+                    .await
+                    .map_err(not_found)?;
+                let entries = manifest
+                    .keys
+                    .into_iter()
+                    .map(|key| {
+                        let class = class_of(&key).to_string();
+                        (0, key, class, None)
+                    })
+                    .collect();
+                return Ok(Raw {
+                    roots: vec![manifest.prefix],
+                    objects: RawObjects::Entries(entries),
+                    digest: Digest::of(&bytes),
+                    labels_hint,
+                });
+            }
+            manifest_stream::Opened::Other(bytes) => bytes,
+        };
+        let digest = Digest::of(&bytes);
         // Augmented manifest: JSON Lines with a `source-ref` (or any `-ref`) attribute.
         let mut roots: Vec<String> = Vec::new();
         let mut entries = Vec::new();
@@ -280,7 +551,7 @@ async fn read_input(channel: &str, url: &str) -> Result<Raw, Error> {
         }
         return Ok(Raw {
             roots,
-            entries,
+            objects: RawObjects::Entries(entries),
             digest,
             labels_hint,
         });
@@ -304,7 +575,7 @@ async fn read_input(channel: &str, url: &str) -> Result<Raw, Error> {
         .collect();
     Ok(Raw {
         roots: vec![store.uri()],
-        entries,
+        objects: RawObjects::Entries(entries),
         digest: hasher.finish(),
         labels_hint: None,
     })
@@ -400,51 +671,69 @@ pub async fn load(inputs: &[(String, String)], settings: Settings) -> Result<Job
     let mut raws = Vec::new();
     for (channel, url) in inputs {
         let raw = read_input(channel, url).await?;
-        if raw.entries.is_empty() {
+        let input = format!("{channel}={url}");
+        if raw.objects.len() == 0 {
             return Err(Error::BadInput {
-                input: format!("{channel}={url}"),
+                input,
                 reason: "it lists no objects; point it at a non-empty manifest or prefix".into(),
             });
         }
-        let mut keys = std::collections::HashSet::new();
-        for (root, key, _, _) in &raw.entries {
-            check_key(&format!("{channel}={url}"), key)?;
-            // The same object twice would be processed twice and weigh twice in training.
-            if !keys.insert((*root, key.as_str())) {
+        let first = match &raw.objects {
+            RawObjects::Entries(entries) => {
+                let mut keys = std::collections::HashSet::new();
+                for (root, key, _, _) in entries {
+                    check_key(&input, key)?;
+                    // The same object twice would be processed twice and weigh twice in training.
+                    if !keys.insert((*root, key.as_str())) {
+                        return Err(Error::BadInput {
+                            input,
+                            reason: format!(
+                                "it lists {}{key} more than once; list each object once",
+                                raw.roots[*root]
+                            ),
+                        });
+                    }
+                }
+                entries
+                    .first()
+                    .map(|(root, key, _, _)| (*root, key.clone()))
+            }
+            // Checked key by key in the pass that read it.
+            RawObjects::Sorted { first, .. } => first.clone().map(|key| (0, key)),
+        };
+        // The first object must be reachable: a wrong prefix or credentials fail here, not later.
+        if let Some((root, key)) = first {
+            let root = &raw.roots[root];
+            let store = Store::open(root)?;
+            if !store.exists(&key).await.map_err(|e| Error::BadInput {
+                input: input.clone(),
+                reason: format!("its objects cannot be reached: {e}"),
+            })? {
                 return Err(Error::BadInput {
-                    input: format!("{channel}={url}"),
+                    input,
                     reason: format!(
-                        "it lists {}{key} more than once; list each object once",
-                        raw.roots[*root]
+                        "its first object {root}{key} does not exist; is the manifest's prefix right?"
                     ),
                 });
             }
-        }
-        // The first object must be reachable: a wrong prefix or credentials fail here, not later.
-        let (root, key) = (&raw.roots[raw.entries[0].0], &raw.entries[0].1);
-        let store = Store::open(root)?;
-        if !store.exists(key).await.map_err(|e| Error::BadInput {
-            input: format!("{channel}={url}"),
-            reason: format!("its objects cannot be reached: {e}"),
-        })? {
-            return Err(Error::BadInput {
-                input: format!("{channel}={url}"),
-                reason: format!(
-                    "its first object {root}{key} does not exist; is the manifest's prefix right?"
-                ),
-            });
         }
         raws.push(raw);
     }
     // Label ids: the manifest step's labels.json when there is one, else the sorted class names.
     let labels: Vec<String> = match raws.iter().find_map(|r| r.labels_hint.clone()) {
         Some(labels) => labels,
-        None => raws
-            .iter()
-            .flat_map(|r| r.entries.iter().map(|(_, _, class, _)| class.clone()))
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect(),
+        None => {
+            let mut classes = BTreeSet::new();
+            for raw in &raws {
+                match &raw.objects {
+                    RawObjects::Entries(entries) => {
+                        classes.extend(entries.iter().map(|(_, _, class, _)| class.clone()))
+                    }
+                    RawObjects::Sorted { classes: c, .. } => classes.extend(c.keys().cloned()),
+                }
+            }
+            classes.into_iter().collect()
+        }
     };
     let ids: HashMap<&str, u32> = labels
         .iter()
@@ -453,29 +742,46 @@ pub async fn load(inputs: &[(String, String)], settings: Settings) -> Result<Job
         .collect();
     let mut built = Vec::new();
     for ((channel, url), raw) in inputs.iter().zip(raws) {
-        let mut records = Vec::with_capacity(raw.entries.len());
-        for (root, key, class, label) in raw.entries {
-            let label = match label.or_else(|| ids.get(class.as_str()).copied()) {
-                Some(label) => label,
-                None => {
-                    return Err(Error::BadInput {
-                        input: format!("{channel}={url}"),
-                        reason: format!("class {class:?} of {key} is not in labels.json"),
+        let not_labelled = |class: &str, key: &str| Error::BadInput {
+            input: format!("{channel}={url}"),
+            reason: format!("class {class:?} of {key} is not in labels.json"),
+        };
+        let objects = match raw.objects {
+            RawObjects::Entries(entries) => {
+                let mut records = Vec::with_capacity(entries.len());
+                for (root, key, class, label) in entries {
+                    let Some(label) = label.or_else(|| ids.get(class.as_str()).copied()) else {
+                        return Err(not_labelled(&class, &key));
+                    };
+                    records.push(Record {
+                        root,
+                        key,
+                        class,
+                        label,
                     });
                 }
-            };
-            records.push(Record {
-                root,
-                key,
-                class,
-                label,
-            });
-        }
+                Objects::Listed(records)
+            }
+            RawObjects::Sorted {
+                dir,
+                name,
+                keys,
+                classes,
+                ..
+            } => {
+                if let Some((class, key)) =
+                    classes.iter().find(|(c, _)| !ids.contains_key(c.as_str()))
+                {
+                    return Err(not_labelled(class, key));
+                }
+                Objects::Sorted { dir, name, keys }
+            }
+        };
         built.push(Input {
             channel: channel.clone(),
             uri: url.clone(),
             roots: raw.roots,
-            records,
+            objects,
             digest: raw.digest,
         });
     }

@@ -26,7 +26,6 @@ use shardline_store::commit::{self, Commit};
 use crate::Error;
 use crate::instance::{ChannelResult, InstanceResult, Tick, read_result, result_key};
 use crate::job::Job;
-use shardline_contract::distribute::share;
 use shardline_contract::instance::host;
 use shardline_contract::shards::ShardRecord;
 
@@ -127,30 +126,13 @@ pub async fn run(
     }
     // Download this instance's share of every channel.
     let mut channels = BTreeMap::new();
-    let total: u64 = job
-        .inputs
-        .iter()
-        .map(|i| {
-            share(
-                &i.uris(),
-                rank,
-                job.settings.instances,
-                job.settings.distribution,
-            )
-            .len() as u64
-        })
-        .sum();
+    let total: u64 = job.inputs.iter().map(|i| job.share_len(i, rank)).sum();
     let mut tick = Tick {
         total,
         ..Tick::default()
     };
     for input in &job.inputs {
-        let positions = share(
-            &input.uris(),
-            rank,
-            job.settings.instances,
-            job.settings.distribution,
-        );
+        let mut share = job.share(input, rank).await?;
         let dir = root.join("processing/input").join(&input.channel);
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
         std::fs::create_dir_all(root.join("processing/output").join(&input.channel))
@@ -161,8 +143,7 @@ pub async fn run(
             .map(|root| Store::open(root))
             .collect::<Result<Vec<_>, _>>()?;
         let mut assignment = shardline_lineage::Hasher::new();
-        for p in &positions {
-            let record = &input.records[*p];
+        while let Some(record) = share.next().await? {
             let bytes = stores[record.root].get(&record.key).await?;
             place(&dir, &record.key, &bytes, &input.roots[record.root])?;
             assignment.update(format!("{}{}\n", input.roots[record.root], record.key).as_bytes());
@@ -173,7 +154,7 @@ pub async fn run(
             input.channel.clone(),
             ChannelResult {
                 assignment: assignment.finish(),
-                ..ChannelResult::new(positions.len(), 0)
+                ..ChannelResult::new(job.share_len(input, rank) as usize, 0)
             },
         );
     }

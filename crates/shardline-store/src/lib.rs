@@ -323,6 +323,21 @@ impl Store {
         result.bytes().await.map_err(|e| self.fail(key, e))
     }
 
+    /// Reads an object as a stream of chunks, for objects too large to hold (a manifest of a
+    /// hundred million keys): memory holds one chunk at a time.
+    pub async fn get_stream(&self, key: &str) -> Result<BoxStream<'static, Result<Bytes>>> {
+        let result = self
+            .inner
+            .get(&self.path(key))
+            .await
+            .map_err(|e| self.fail(key, e))?;
+        let uri = self.uri_of(key);
+        Ok(result
+            .into_stream()
+            .map_err(move |e| Error::from_object_store(uri.clone(), e))
+            .boxed())
+    }
+
     /// Reads a whole object, or `None` when it does not exist.
     pub async fn get_opt(&self, key: &str) -> Result<Option<Bytes>> {
         match self.get(key).await {
