@@ -199,6 +199,134 @@ fn process_on_s3_survives_an_instance_killed_mid_upload() {
     );
 }
 
+/// The S3 server restarted while processing runs: algo-1 stops after its fifth object (with
+/// shards already uploaded), the server goes down, algo-1 carries on while it is down (its
+/// requests fail and are retried) and after it is back. Nothing is lost and nothing is written
+/// twice: the output is, file for file, an uninterrupted run's.
+#[test]
+fn process_on_s3_survives_the_server_restarting_mid_run() {
+    let mut t = TestDir::new();
+    let mut garage = LocalGarage::start(&t.path("garage"), "lake").expect("start garage");
+    t.env = garage.env();
+    let source = garage.url("pets");
+    t.shapes(&source, 2, 24);
+    let manifests = garage.url("datasets/pets");
+    t.run(&["manifest", "--source", &source, "--out", &manifests])
+        .ok();
+    let args = |out: &str| -> Vec<String> {
+        let mut args = vec!["process".to_string()];
+        for channel in ["train", "validation", "test"] {
+            args.push("--input".into());
+            args.push(format!("{channel}={manifests}/{channel}.manifest"));
+        }
+        let flags = ["--out", out, "--instances", "2", "--size", "16x16"];
+        args.extend(flags.map(String::from));
+        // Small shards: several uploads before the pause and after it.
+        args.extend(["--shard-size", "4000"].map(String::from));
+        args
+    };
+    let steady = garage.url("steady");
+    let steady_args = args(&steady);
+    t.run(&steady_args.iter().map(String::as_str).collect::<Vec<_>>())
+        .ok();
+
+    let resume = t.path("resume");
+    t.env
+        .push(("SHARDLINE_FAULT", "algo-1:pause-after-5".into()));
+    t.env
+        .push(("SHARDLINE_FAULT_RESUME", resume.display().to_string()));
+    let restarted = garage.url("restarted");
+    let restarted_args = args(&restarted);
+    let refs: Vec<&str> = restarted_args.iter().map(String::as_str).collect();
+    let paused = t.path("resume.paused");
+    let t = &t;
+    let run = std::thread::scope(|scope| {
+        let job = scope.spawn(|| t.run(&refs));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        while !paused.exists() {
+            assert!(
+                std::time::Instant::now() < deadline && !job.is_finished(),
+                "algo-1 never paused"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        // algo-1 goes on half a second into the server's two seconds down.
+        let go = scope.spawn(|| {
+            std::thread::sleep(std::time::Duration::from_millis(500));
+            std::fs::write(&resume, b"").expect("resume");
+        });
+        garage
+            .restart(std::time::Duration::from_secs(2))
+            .expect("garage restarts");
+        go.join().expect("resume thread");
+        job.join().expect("process thread")
+    });
+    // Carried through by retried requests, not by the launcher starting algo-1's share again.
+    let stdout = run.ok();
+    assert!(!stdout.contains("retried algo-1"), "{stdout}");
+
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let env = garage.env();
+    let files = |url: &str| -> Vec<(String, Vec<u8>)> {
+        let store = shardline_store::Store::open_with(url, &env).expect("open");
+        let mut keys: Vec<String> = runtime
+            .block_on(store.list_all(""))
+            .expect("list")
+            .into_iter()
+            .map(|o| o.key)
+            .collect();
+        keys.sort();
+        keys.into_iter()
+            .map(|k| {
+                let bytes = runtime.block_on(store.get(&k)).expect("get").to_vec();
+                (k, bytes)
+            })
+            .collect()
+    };
+    let log = String::from_utf8_lossy(
+        &files(&restarted)
+            .into_iter()
+            .find(|(k, _)| k == "logs/algo-1.log")
+            .expect("algo-1's log")
+            .1,
+    )
+    .into_owned();
+    assert!(log.contains("pausing algo-1"), "{log}");
+    assert!(!log.contains("algo-1 attempt 2"), "{log}");
+    assert!(
+        log.contains("retry 1 of"),
+        "the restart was not felt (no request was retried):\n{log}"
+    );
+    // Shards, indexes and recipe byte for byte; logs, timings and lineage differ by nature.
+    let data = |url: &str| -> Vec<(String, Vec<u8>)> {
+        files(url)
+            .into_iter()
+            .filter(|(k, _)| k.ends_with(".tar") || k.ends_with("index.json") || k == "recipe.json")
+            .collect()
+    };
+    let (a, b) = (data(&steady), data(&restarted));
+    assert!(
+        a.iter().filter(|(k, _)| k.ends_with(".tar")).count() >= 6,
+        "{:?}",
+        a.iter().map(|f| &f.0).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        a.iter().map(|f| &f.0).collect::<Vec<_>>(),
+        b.iter().map(|f| &f.0).collect::<Vec<_>>(),
+        "the same files, no duplicates"
+    );
+    assert!(
+        a == b,
+        "the restarted run's shards differ from the steady run's"
+    );
+    assert!(
+        files(&restarted)
+            .iter()
+            .all(|(k, _)| !k.contains("staging")),
+        "staging left behind"
+    );
+}
+
 /// A model trained into S3, registered in an S3 registry and used from there by batch
 /// transform (which loads models exactly as `shardline serve` does), with its predictions on S3.
 #[test]

@@ -7,12 +7,19 @@
 //! Writing: sorted keys (`class-NNN/NNNNNNNNNN.jpg`) as parts of `--part-keys` behind an index
 //! (`PartsWriter`). Sharding: instance `--rank` of `--instances` takes every key at a position
 //! `i ≡ rank (mod instances)` of the sorted stream (ShardedByKey on a sorted manifest), checking
-//! the order as it reads, and writes its share as one manifest (`ManifestWriter`).
+//! the order as it reads, and writes its share as one manifest (`ManifestWriter`): the
+//! contract's `Share`, which `shardline process` instances use.
+//!
+//! Processing: the real `shardline process` binary as one instance (`--process-rank` of
+//! `--process-instances`, an Indexed Job's identity) of the same manifest, with only its share of
+//! the objects present (hard links to one small JPEG): it validates the whole manifest in one
+//! streamed pass, then streams its share and processes it. Its peak memory is the stage's.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail, ensure};
-use shardline_contract::manifest_stream::{ManifestWriter, PartsWriter, index_of, read_stream};
+use shardline_contract::distribute::Distribution;
+use shardline_contract::manifest_stream::{ManifestWriter, Opened, PartsWriter, Share, open};
 
 use crate::Ui;
 
@@ -35,6 +42,12 @@ pub struct StreamArgs {
     /// The instance whose share is taken.
     #[arg(long, default_value_t = 3)]
     pub rank: u64,
+    /// Instances of the `shardline process` run (its share's objects are created on disk).
+    #[arg(long, default_value_t = 4096)]
+    pub process_instances: u64,
+    /// The instance of the `shardline process` run.
+    #[arg(long, default_value_t = 1)]
+    pub process_rank: u64,
     /// Sizes up to this many keys also run in memory and with the Python peer.
     #[arg(long, default_value_t = 10_000_000)]
     pub in_memory_up_to: u64,
@@ -57,7 +70,7 @@ fn key(i: u64, n: u64) -> String {
 
 fn write_phase(dir: &Path, n: u64, part_keys: u64) -> Result<()> {
     std::fs::create_dir_all(dir)?;
-    let mut w = PartsWriter::new(dir, "train.manifest", "s3://lake/raw/", part_keys);
+    let mut w = PartsWriter::new(dir, "train.manifest", &lake_uri(dir)?, part_keys);
     for i in 0..n {
         w.key(&key(i, n))?;
     }
@@ -66,48 +79,62 @@ fn write_phase(dir: &Path, n: u64, part_keys: u64) -> Result<()> {
     Ok(())
 }
 
-/// Streams the index's parts, keeping rank's keys in sorted order, into `share.manifest`.
-fn shard_phase(dir: &Path, instances: u64, rank: u64) -> Result<()> {
-    let index_path = dir.join("train.manifest");
-    let bytes = std::fs::read(&index_path)?;
-    let index = index_of(&index_path.display().to_string(), &bytes)?
-        .context("bench: the manifest is not an index")?;
+fn lake_uri(dir: &Path) -> Result<String> {
+    Ok(format!(
+        "file://{}/",
+        std::path::absolute(dir)?.join("lake").display()
+    ))
+}
+
+/// Streams the index's parts through the contract's `Share` (rank's keys, in sorted order,
+/// the order checked as they come) into `share.manifest`.
+async fn shard_phase(dir: &Path, instances: u64, rank: u64) -> Result<()> {
+    let store = shardline_store::Store::open(&dir.display().to_string())?;
+    let Opened::Keys(keys) = open(&store, "train.manifest").await? else {
+        bail!("bench: the manifest is not an index");
+    };
+    let total = keys.index().map(|(index, _)| index.keys).unwrap_or(0);
+    let prefix = keys.prefix().unwrap_or_default().to_string();
     let out = std::fs::File::create(dir.join("share.manifest"))?;
-    let mut share = ManifestWriter::new(
-        std::io::BufWriter::with_capacity(1 << 20, out),
-        &index.prefix,
-    )?;
-    let mut position = 0u64;
-    let mut last = String::new();
-    let mut error: Option<std::io::Error> = None;
-    for part in &index.parts {
-        let path = dir.join(&part.manifest);
-        let file = std::fs::File::open(&path)?;
-        read_stream(&path.display().to_string(), file, &mut |k| {
-            if k < last.as_str() {
-                return Err(format!(
-                    "{k:?} comes after {last:?}: the manifest is not sorted"
-                ));
-            }
-            last.clear();
-            last.push_str(k);
-            if position % instances == rank
-                && let Err(e) = share.key(k)
-            {
-                error.get_or_insert(e);
-            }
-            position += 1;
-            Ok(())
-        })?;
-    }
-    if let Some(e) = error {
-        return Err(e.into());
-    }
-    let (_, keys, _, _) = share.finish()?;
-    ensure!(
-        keys == index.keys / instances + u64::from(index.keys % instances > rank),
-        "the share has {keys} keys"
+    let mut writer = ManifestWriter::new(std::io::BufWriter::with_capacity(1 << 20, out), &prefix)?;
+    let mut share = Share::new(
+        keys,
+        rank as usize,
+        instances as usize,
+        Distribution::ShardedByKey,
     );
+    while let Some(key) = share.next().await? {
+        writer.key(&key)?;
+    }
+    let (_, written, _, _) = writer.finish()?;
+    ensure!(
+        written == total / instances + u64::from(total % instances > rank),
+        "the share has {written} keys"
+    );
+    Ok(())
+}
+
+/// The objects instance `rank` of `instances` processes, and the manifest's first one (which
+/// `process` checks is reachable), as hard links to one small JPEG.
+fn make_share_objects(dir: &Path, n: u64, instances: u64, rank: u64) -> Result<()> {
+    let lake = dir.join("lake");
+    std::fs::create_dir_all(&lake)?;
+    let config = shardline_datagen::ShapesConfig {
+        size: 16,
+        ..shardline_datagen::ShapesConfig::default()
+    };
+    let image = lake.join("image.jpg");
+    std::fs::write(&image, shardline_datagen::encode(&config, 0, 0)?)?;
+    for i in std::iter::once(0).chain((rank..n).step_by(instances as usize)) {
+        let path = lake.join(key(i, n));
+        if path.exists() {
+            continue;
+        }
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::hard_link(&image, &path)?;
+    }
     Ok(())
 }
 
@@ -146,7 +173,7 @@ pub async fn phase(args: &StreamArgs, name: &str) -> Result<()> {
     let n = *args.keys.first().context("bench: --keys")?;
     match name {
         "write" => write_phase(&args.dir, n, args.part_keys),
-        "shard" => shard_phase(&args.dir, args.instances, args.rank),
+        "shard" => shard_phase(&args.dir, args.instances, args.rank).await,
         "memory" => memory_phase(&args.dir, args.instances, args.rank).await,
         other => bail!("bench: unknown phase {other}"),
     }
@@ -228,6 +255,42 @@ pub async fn run(args: StreamArgs, ui: &Ui) -> Result<()> {
         row("write in parts", "shardline stream", write);
         let shard = crate::stages::measure_command(&mut child("shard"), &log)?;
         row("read + shard + write", "shardline stream", shard);
+        // The stage itself: one instance of `shardline process` on the same manifest.
+        make_share_objects(&dir, n, args.process_instances, args.process_rank)?;
+        let mut process = std::process::Command::new(me.with_file_name("shardline"));
+        process
+            .arg("process")
+            .arg("--input")
+            .arg(format!(
+                "train=file://{}",
+                std::path::absolute(dir.join("train.manifest"))?.display()
+            ))
+            .arg("--out")
+            .arg(dir.join("processed"))
+            .args(["--size", "8", "--instances"])
+            .arg(args.process_instances.to_string())
+            .env("JOB_COMPLETION_INDEX", args.process_rank.to_string())
+            .env("SHARDLINE_WORLD_SIZE", args.process_instances.to_string());
+        let processed = crate::stages::measure_command(&mut process, &log)?;
+        let host = shardline_contract::instance::host(args.process_rank as usize);
+        let result: serde_json::Value = serde_json::from_slice(&std::fs::read(
+            dir.join(format!("processed/.shardline/instances/{host}.json")),
+        )?)?;
+        let expected =
+            n / args.process_instances + u64::from(n % args.process_instances > args.process_rank);
+        ensure!(
+            result["channels"]["train"]["written"].as_u64() == Some(expected),
+            "bench: {host} processed {} objects, its share is {expected}",
+            result["channels"]["train"]["written"]
+        );
+        row(
+            &format!(
+                "validate + stream share + process {expected} objects ({host} of {})",
+                args.process_instances
+            ),
+            "shardline process",
+            processed,
+        );
         if n <= args.in_memory_up_to {
             let memory = crate::stages::measure_command(&mut child("memory"), &log)?;
             row(
