@@ -11,6 +11,19 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// A manifest's keys are out of byte-wise order where a streamed share needs them in order
+    /// (a reader may then read the manifest into memory and sort it).
+    #[error(
+        "manifest: {uri}: its keys are not sorted byte-wise ({key:?} comes after {after:?}), which a streamed share needs; sort the manifest"
+    )]
+    Unsorted {
+        /// The manifest's URI.
+        uri: String,
+        /// The key out of order.
+        key: String,
+        /// The key before it.
+        after: String,
+    },
     /// A record (lineage, index, recipe, owner) cannot be read.
     #[error("{uri}: {reason}")]
     BadRecord {

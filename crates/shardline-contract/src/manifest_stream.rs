@@ -788,7 +788,8 @@ impl Share {
         &self.keys
     }
 
-    /// The next key of the share, `None` at its end.
+    /// The next key of the share, `None` at its end. Keys out of order are
+    /// [`Error::Unsorted`].
     pub async fn next(&mut self) -> Result<Option<String>, Error> {
         while self.ready.is_empty() && !self.done {
             let Share {
@@ -801,13 +802,14 @@ impl Share {
                 last,
                 ..
             } = self;
+            let mut unsorted = None;
             let more = keys
                 .pull(&mut |key| {
-                    if last.as_deref().is_some_and(|l| l >= key) {
-                        return Err(format!(
-                            "its keys are not sorted byte-wise ({key:?} comes after {:?}), which a streamed share needs; sort the manifest",
-                            last.as_deref().unwrap_or_default()
-                        ));
+                    if let Some(l) = last.as_deref()
+                        && l >= key
+                    {
+                        unsorted = Some((key.to_string(), l.to_string()));
+                        return Err(String::new());
                     }
                     let mine = *distribution == Distribution::FullyReplicated
                         || *position % *instances == *rank;
@@ -820,7 +822,17 @@ impl Share {
                     l.push_str(key);
                     Ok(())
                 })
-                .await?;
+                .await;
+            let more = match (more, unsorted) {
+                (Err(_), Some((key, after))) => {
+                    return Err(Error::Unsorted {
+                        uri: keys.uri().to_string(),
+                        key,
+                        after,
+                    });
+                }
+                (more, _) => more?,
+            };
             self.done = !more;
         }
         Ok(self.ready.pop_front())

@@ -331,24 +331,28 @@ async fn run_job(
         .manifest
         .rsplit_once('/')
         .unwrap_or((".", config.manifest.as_str()));
-    let (manifest, manifest_bytes) =
-        shardline_contract::manifest_stream::read_manifest(&Store::open(dir)?, name)
-            .await
-            .map_err(|e| {
-                match e {
-        shardline_contract::Error::Store(shardline_store::Error::NotFound { .. }) => bad_manifest(
-            "does not exist; give a manifest `shardline manifest` wrote (its `<channel>.manifest`)"
-                .into(),
-        ),
-        other => Error::Contract(other),
-    }
-            })?;
-    if manifest.keys.is_empty() {
+    let manifest_store = Store::open(dir)?;
+    let ranks: Vec<usize> = match config.rank {
+        Some(rank) => vec![rank],
+        None => (0..config.instances).collect(),
+    };
+    let manifest = read_shares(&manifest_store, name, &ranks, config.instances)
+        .await
+        .map_err(|e| match e {
+            shardline_contract::Error::Store(shardline_store::Error::NotFound { .. }) => {
+                bad_manifest(
+                    "does not exist; give a manifest `shardline manifest` wrote (its `<channel>.manifest`)"
+                        .into(),
+                )
+            }
+            other => Error::Contract(other),
+        })?;
+    if manifest.keys == 0 {
         return Err(bad_manifest(
             "lists no objects; give a manifest of the objects to predict".into(),
         ));
     }
-    let manifest_digest = Digest::of(&manifest_bytes);
+    let manifest_digest = manifest.digest.clone();
     let source = Store::open(&manifest.prefix)?;
     let out = Store::open(&config.out)?;
     // The job: everything that changes the outputs. Another model, manifest, k or instance count
@@ -381,22 +385,8 @@ async fn run_job(
     // Which instances have work: those without a finished output for this job.
     let mut instances = Vec::new();
     let mut todo = Vec::new();
-    let ranks: Vec<usize> = match config.rank {
-        Some(rank) => vec![rank],
-        None => (0..config.instances).collect(),
-    };
-    for rank in ranks {
+    for (rank, keys) in ranks.iter().copied().zip(manifest.shares) {
         let host = host(rank);
-        let positions = share(
-            &manifest.keys,
-            rank,
-            config.instances,
-            Distribution::ShardedByKey,
-        );
-        let keys: Vec<String> = positions
-            .iter()
-            .map(|&p| manifest.keys[p].clone())
-            .collect();
         if !force
             && let Some(done) = out
                 .get_opt(&format!(".shardline/transform/{host}.json"))
@@ -479,7 +469,7 @@ async fn run_job(
     let objects = if others_wrote {
         instances.iter().map(|i| i.objects).sum()
     } else {
-        manifest.keys.len()
+        manifest.keys as usize
     };
     let summary = TransformSummary {
         schema: SCHEMA,
@@ -533,10 +523,82 @@ async fn run_job(
     )
     .await?;
     Ok(TransformReport {
-        objects: manifest.keys.len(),
+        objects: manifest.keys as usize,
         predicted,
         failed,
         predictions: out.uri_of("predictions/"),
         summary,
+    })
+}
+
+/// A manifest as batch transform needs it: its prefix, digest (of the manifest's bytes, or of
+/// the index's for one in parts), key count, and the keys of each rank asked for.
+struct Shares {
+    prefix: String,
+    digest: Digest,
+    keys: u64,
+    shares: Vec<Vec<String>>,
+}
+
+/// One instance of a sorted manifest streams its share (memory holds its share, not the
+/// list); several instances in this process, or an unsorted manifest, read the whole list.
+async fn read_shares(
+    store: &Store,
+    name: &str,
+    ranks: &[usize],
+    instances: usize,
+) -> Result<Shares, shardline_contract::Error> {
+    use shardline_contract::manifest_stream::{self, Opened, Share};
+    if let [rank] = ranks
+        && let Opened::Keys(keys) = manifest_stream::open(store, name).await?
+    {
+        let index = keys
+            .index()
+            .map(|(index, bytes)| (index.keys, Digest::of(bytes)));
+        let mut share = Share::new(keys, *rank, instances, Distribution::ShardedByKey);
+        let mut mine = Vec::new();
+        let streamed = loop {
+            match share.next().await {
+                Ok(Some(key)) => mine.push(key),
+                Ok(None) => break true,
+                Err(shardline_contract::Error::Unsorted { .. }) => break false,
+                Err(e) => return Err(e),
+            }
+        };
+        if streamed {
+            let keys = share.keys();
+            let (count, digest) = match (index, keys.scanned()) {
+                (Some(index), _) => index,
+                (None, Some(scanned)) => (scanned.keys, scanned.digest.clone()),
+                (None, None) => {
+                    return Err(shardline_contract::Error::BadManifest {
+                        uri: keys.uri().to_string(),
+                        reason: "it was not read to its end".into(),
+                    });
+                }
+            };
+            return Ok(Shares {
+                prefix: keys.prefix().unwrap_or_default().to_string(),
+                digest,
+                keys: count,
+                shares: vec![mine],
+            });
+        }
+    }
+    let (manifest, bytes) = manifest_stream::read_manifest(store, name).await?;
+    let shares = ranks
+        .iter()
+        .map(|&rank| {
+            share(&manifest.keys, rank, instances, Distribution::ShardedByKey)
+                .into_iter()
+                .map(|p| manifest.keys[p].clone())
+                .collect()
+        })
+        .collect();
+    Ok(Shares {
+        prefix: manifest.prefix,
+        digest: Digest::of(&bytes),
+        keys: manifest.keys.len() as u64,
+        shares,
     })
 }
