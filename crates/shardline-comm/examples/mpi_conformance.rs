@@ -23,8 +23,8 @@ fn main() {
             }
         }
         Some("stall") => {
-            if rank == 1 {
-                // Alive, but never joins the collective.
+            if rank + 1 == comm.size() {
+                // The last rank: alive, but never joins the collective.
                 std::thread::sleep(Duration::from_secs(30));
             }
             let _ = comm.barrier();

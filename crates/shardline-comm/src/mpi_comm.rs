@@ -1,16 +1,20 @@
 //! Workers as MPI processes, on one machine or many (`mpirun -np 4 -H host1:2,host2:2 ...`).
 //!
-//! Every collective is preceded by an all-gather of a small header (sequence number, operation,
-//! length), so ranks that submit different collectives are named instead of deadlocking. A rank
-//! that dies or stops submitting cannot be detected by MPI itself; a watchdog thread bounds every
-//! collective by the timeout and, when it passes, prints which collective stalled and exits the
-//! process with an error, which makes `mpirun` stop the whole job rather than hang.
+//! Every collective is preceded by an exchange of a small header (sequence number, operation,
+//! length): each rank sends its header to rank 0, which broadcasts the table back, so ranks that
+//! submit different collectives are named instead of deadlocking. A rank that dies, stops
+//! submitting or is cut off cannot be detected by MPI itself: rank 0 receives the headers with
+//! non-blocking receives bounded by the timeout, and names the ranks (and their hosts) that did
+//! not reach the collective; on the other ranks a watchdog thread bounds every collective by the
+//! same timeout. Either way the process prints what stalled and exits with an error, which makes
+//! `mpirun` stop the whole job rather than hang.
 
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use mpi::collective::SystemOperation;
 use mpi::environment::Universe;
+use mpi::point_to_point::{Destination as _, Source as _};
 use mpi::topology::SimpleCommunicator;
 use mpi::traits::{Communicator as _, CommunicatorCollectives as _, Root as _};
 
@@ -27,8 +31,25 @@ pub struct Mpi {
     /// Reused send buffer: a fresh allocation per allreduce costs page faults on every step.
     scratch: Vec<f32>,
     watchdog: mpsc::Sender<Option<(u64, &'static str)>>,
+    timeout: Duration,
+    /// Every rank's host name, for naming a rank that does not answer.
+    hosts: Vec<String>,
     // Dropped last: finalises MPI.
     _universe: Universe,
+}
+
+/// The tag of the header messages (point-to-point, apart from the collectives' traffic).
+const HEADER_TAG: i32 = 0x5348;
+
+/// Bytes of a host name in the exchange at start-up.
+const HOST_BYTES: usize = 64;
+
+fn name(op: Op) -> &'static str {
+    match op {
+        Op::AllreduceSum => "allreduce",
+        Op::Broadcast { .. } => "broadcast",
+        Op::Barrier => "barrier",
+    }
 }
 
 fn code(op: Op) -> u64 {
@@ -82,12 +103,27 @@ impl Mpi {
                 }
             }
         });
+        let mut mine = [0u8; HOST_BYTES];
+        let host = mpi::environment::processor_name().unwrap_or_default();
+        let n = host.len().min(HOST_BYTES);
+        mine[..n].copy_from_slice(&host.as_bytes()[..n]);
+        let mut all = vec![0u8; HOST_BYTES * world.size() as usize];
+        world.all_gather_into(&mine[..], &mut all[..]);
+        let hosts = all
+            .chunks_exact(HOST_BYTES)
+            .map(|h| {
+                let end = h.iter().position(|&b| b == 0).unwrap_or(HOST_BYTES);
+                String::from_utf8_lossy(&h[..end]).into_owned()
+            })
+            .collect();
         Ok(Mpi {
             world,
             local_rank,
             sequence: 0,
             scratch: Vec::new(),
             watchdog,
+            timeout,
+            hosts,
             _universe: universe,
         })
     }
@@ -96,17 +132,19 @@ impl Mpi {
     fn agree(&mut self, op: Op, len: usize) -> Result<u64, Error> {
         let sequence = self.sequence;
         self.sequence += 1;
-        let _ = self.watchdog.send(Some((
-            sequence,
-            match op {
-                Op::AllreduceSum => "allreduce",
-                Op::Broadcast { .. } => "broadcast",
-                Op::Barrier => "barrier",
-            },
-        )));
         let header = [sequence, code(op), len as u64];
         let mut all = vec![0u64; 3 * self.size()];
-        self.world.all_gather_into(&header[..], &mut all[..]);
+        if self.rank() == 0 {
+            all[..3].copy_from_slice(&header);
+            self.gather_headers(&mut all, sequence, op);
+            let _ = self.watchdog.send(Some((sequence, name(op))));
+        } else {
+            let _ = self.watchdog.send(Some((sequence, name(op))));
+            self.world
+                .process_at_rank(0)
+                .send_with_tag(&header[..], HEADER_TAG);
+        }
+        self.world.process_at_rank(0).broadcast_into(&mut all[..]);
         let me = self.rank();
         for (rank, theirs) in all.chunks_exact(3).enumerate() {
             if theirs != header {
@@ -128,6 +166,56 @@ impl Mpi {
 
     fn done(&self) {
         let _ = self.watchdog.send(None);
+    }
+
+    /// On rank 0: every other rank's header into `all`, or, once the timeout has passed, the
+    /// ranks that did not send it named (with their hosts) and this process ended.
+    fn gather_headers(&self, all: &mut [u64], sequence: u64, op: Op) {
+        let deadline = Instant::now() + self.timeout;
+        let world = &self.world;
+        mpi::request::scope(|scope| {
+            let mut pending: Vec<_> = all
+                .chunks_exact_mut(3)
+                .enumerate()
+                .skip(1)
+                .map(|(rank, slot)| {
+                    let request = world
+                        .process_at_rank(rank as i32)
+                        .immediate_receive_into_with_tag(scope, slot, HEADER_TAG);
+                    (rank, request)
+                })
+                .collect();
+            loop {
+                pending = pending
+                    .into_iter()
+                    .filter_map(|(rank, request)| match request.test() {
+                        Ok(_) => None,
+                        Err(request) => Some((rank, request)),
+                    })
+                    .collect();
+                if pending.is_empty() {
+                    return;
+                }
+                if Instant::now() > deadline {
+                    let missing: Vec<String> = pending
+                        .iter()
+                        .map(|(rank, _)| {
+                            let host = self.hosts.get(*rank).map_or("?", String::as_str);
+                            format!("rank {rank} (on {host})")
+                        })
+                        .collect();
+                    eprintln!(
+                        "error: rank 0: {} did not reach collective #{sequence} ({}) within {:.1}s: it died, is stuck, its host is unreachable, or it submitted other collectives; stopping this rank so that the job ends",
+                        missing.join(", "),
+                        name(op),
+                        self.timeout.as_secs_f64()
+                    );
+                    // The requests are never completed: the process ends here.
+                    std::process::exit(STALLED_EXIT);
+                }
+                std::thread::yield_now();
+            }
+        });
     }
 }
 

@@ -66,10 +66,20 @@ fn a_mismatched_collective_is_named_on_every_rank() {
 
 #[test]
 fn a_stalled_rank_ends_the_job_instead_of_hanging() {
-    // Rank 1 sleeps 30 s without joining; the watchdog (5 s in the example) stops rank 0 and
-    // mpirun ends the job. A hang would end in timeout's status 124 after 120 s.
-    let (status, text) = mpirun(2, &["stall"]);
+    // Rank 2 sleeps 30 s without joining; rank 0 stops waiting for its header after the
+    // timeout (5 s in the example), naming it and its host, and mpirun ends the job. A hang
+    // would end in timeout's status 124 after 120 s.
+    let (status, text) = mpirun(3, &["stall"]);
     assert_ne!(status, Some(124), "the job hung: {text}");
     assert_ne!(status, Some(0), "{text}");
-    assert!(text.contains("collective #0 (barrier) stalled"), "{text}");
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").expect("host name");
+    let named = format!(
+        "rank 2 (on {}) did not reach collective #0 (barrier)",
+        host.trim()
+    );
+    assert!(text.contains(&named), "{named:?} not in:\n{text}");
+    assert!(
+        !text.contains("rank 1 (on"),
+        "only the stalled rank is named:\n{text}"
+    );
 }
