@@ -64,6 +64,15 @@ pub struct ModelConfig {
 }
 
 impl ModelConfig {
+    /// How its weights start: the reference CNN as Keras's layers do (Glorot-uniform, which the
+    /// benchmark's Keras peer uses), the others as ReLU networks do (He-uniform).
+    pub fn init_scheme(&self) -> crate::sync::Init {
+        match self.kind {
+            Kind::Reference => crate::sync::Init::GlorotUniform,
+            _ => crate::sync::Init::HeUniform,
+        }
+    }
+
     /// The default model for an input and a number of classes: the batch-normalised CNN.
     pub fn bncnn(input: [usize; 3], classes: usize) -> ModelConfig {
         ModelConfig {
@@ -425,7 +434,7 @@ impl Model {
     /// Class logits, `[batch, classes]`.
     pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
         let features: Tensor<2> = if !self.blocks.is_empty() {
-            let mut x = relu(self.norms[0].forward(conv(&self.convs[0], images)));
+            let mut x = relu(self.norms[0].forward(conv(&self.convs[0], images, false)));
             for block in &self.blocks {
                 x = block.forward(x);
             }
@@ -439,7 +448,7 @@ impl Model {
         } else if !self.norms.is_empty() {
             let mut x = images;
             for (layer, norm) in self.convs.iter().zip(&self.norms) {
-                x = relu(norm.forward(conv(layer, x)));
+                x = relu(norm.forward(conv(layer, x, false)));
             }
             let mut x: Tensor<2> = x.flatten(1, 3);
             for layer in &self.hidden {
@@ -449,7 +458,7 @@ impl Model {
         } else if let Some(maxpool) = &self.maxpool {
             let mut x = images;
             for layer in &self.convs {
-                x = crate::kernels::max_pool2d(maxpool, conv_relu(layer, x));
+                x = crate::kernels::max_pool2d(maxpool, conv(layer, x, true));
             }
             let mut x: Tensor<2> = x.flatten(1, 3);
             for layer in &self.hidden {
@@ -459,7 +468,7 @@ impl Model {
         } else {
             let mut x = images;
             for layer in &self.convs {
-                x = conv_relu(layer, x);
+                x = conv(layer, x, true);
             }
             self.pool.forward(x).flatten(1, 3)
         };
@@ -483,29 +492,19 @@ fn conv_options(layer: &Conv2d) -> Option<ConvOptions<2>> {
     ))
 }
 
-/// `layer` applied to `x` through Shardline's kernels ([`crate::kernels::conv2d`]).
-fn conv(layer: &Conv2d, x: Tensor<4>) -> Tensor<4> {
-    match conv_options(layer) {
-        Some(options) => crate::kernels::conv2d(
-            x,
-            layer.weight.val(),
-            layer.bias.as_ref().map(|b| b.val()),
-            options,
-        ),
-        None => layer.forward(x),
-    }
-}
-
-/// `conv_relu(layer, x)`, fused at inference ([`crate::kernels::conv2d_relu`]).
-fn conv_relu(layer: &Conv2d, x: Tensor<4>) -> Tensor<4> {
-    match conv_options(layer) {
-        Some(options) => crate::kernels::conv2d_relu(
-            x,
-            layer.weight.val(),
-            layer.bias.as_ref().map(|b| b.val()),
-            options,
-        ),
-        None => relu(layer.forward(x)),
+/// `layer` on `x`, then ReLU when `then_relu`: our kernels where they apply
+/// ([`crate::kernels::conv2d`]; ReLU fused into it at inference,
+/// [`crate::kernels::conv2d_relu`]), Burn's otherwise.
+fn conv(layer: &Conv2d, x: Tensor<4>, then_relu: bool) -> Tensor<4> {
+    let Some(options) = conv_options(layer) else {
+        let y = layer.forward(x);
+        return if then_relu { relu(y) } else { y };
+    };
+    let (weight, bias) = (layer.weight.val(), layer.bias.as_ref().map(|b| b.val()));
+    if then_relu {
+        crate::kernels::conv2d_relu(x, weight, bias, options)
+    } else {
+        crate::kernels::conv2d(x, weight, bias, options)
     }
 }
 
@@ -564,10 +563,10 @@ impl Residual {
     }
 
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let y = relu(self.norm1.forward(conv(&self.conv1, x.clone())));
-        let y = self.norm2.forward(conv(&self.conv2, y));
+        let y = relu(self.norm1.forward(conv(&self.conv1, x.clone(), false)));
+        let y = self.norm2.forward(conv(&self.conv2, y, false));
         let shortcut = match (&self.down, &self.down_norm) {
-            (Some(down), Some(norm)) => norm.forward(conv(down, x)),
+            (Some(down), Some(norm)) => norm.forward(conv(down, x, false)),
             _ => x,
         };
         relu(y + shortcut)

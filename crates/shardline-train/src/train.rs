@@ -355,12 +355,11 @@ pub fn train(
     let (normalise, train, validation) = (&data.normalise, &data.train, data.validation.as_ref());
     let autodiff = device.clone().autodiff();
     // Rank 0's seeded weights reach every rank through the broadcast, as in Horovod.
-    // The reference CNN starts as Keras's layers do (Glorot), the others as ReLU networks do.
-    let init = match model_config.kind {
-        crate::Kind::Reference => crate::sync::Init::GlorotUniform,
-        _ => crate::sync::Init::HeUniform,
-    };
-    let model = crate::sync::seeded_as(model_config.init(&autodiff), config.seed, init)?;
+    let model = crate::sync::seeded_as(
+        model_config.init(&autodiff),
+        config.seed,
+        model_config.init_scheme(),
+    )?;
     let (model, mut optimizer, first_epoch, mut metrics) = match resume {
         None => (model, AdamConfig::new().init(), 0, Vec::new()),
         Some(r) => (

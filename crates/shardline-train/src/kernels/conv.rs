@@ -261,58 +261,55 @@ pub fn forward(
     let group = g.group(per_thread, 0);
     let (col_len, tmp_len) = (rows * group * p, g.oc * group * p);
     super::with_scratch(threads * (col_len + tmp_len), |scratch| {
-        std::thread::scope(|scope| {
-            let mut scratch = scratch.chunks_mut(col_len + tmp_len);
-            for (t, y_chunk) in y.chunks_mut(per_thread * per_out).enumerate() {
-                let x_chunk = &x[t * per_thread * g.input_len()..];
-                let (col, tmp) = scratch.next().unwrap_or_default().split_at_mut(col_len);
-                let mut work = move || {
-                    for (i, y_group) in y_chunk.chunks_mut(group * per_out).enumerate() {
-                        let samples = y_group.len() / per_out;
-                        let x_group =
-                            &x_chunk[i * group * g.input_len()..][..samples * g.input_len()];
-                        let width = samples * p;
-                        let col = &mut col[..rows * width];
-                        im2col(g, x_group, samples, col);
-                        let tmp = &mut tmp[..g.oc * width];
-                        gemm(
-                            g.oc,
-                            width,
-                            rows,
-                            tmp,
-                            false,
-                            weight,
-                            [rows, 1],
-                            col,
-                            [width, 1],
-                        );
-                        for s in 0..samples {
-                            for o in 0..g.oc {
-                                let b = bias.map_or(0.0, |b| b[o]);
-                                let src = &tmp[o * width + s * p..][..p];
-                                let dst = &mut y_group[s * per_out + o * p..][..p];
-                                if relu {
-                                    for (d, v) in dst.iter_mut().zip(src) {
-                                        let v = v + b;
-                                        *d = if v < 0.0 { 0.0 } else { v };
-                                    }
-                                } else {
-                                    for (d, v) in dst.iter_mut().zip(src) {
-                                        *d = v + b;
+        let mut scratch = scratch.chunks_mut(col_len + tmp_len);
+        // The calling thread takes the last share itself.
+        super::run_shares(
+            y.chunks_mut(per_thread * per_out)
+                .enumerate()
+                .map(|(t, y_chunk)| {
+                    let x_chunk = &x[t * per_thread * g.input_len()..];
+                    let (col, tmp) = scratch.next().unwrap_or_default().split_at_mut(col_len);
+                    move || {
+                        for (i, y_group) in y_chunk.chunks_mut(group * per_out).enumerate() {
+                            let samples = y_group.len() / per_out;
+                            let x_group =
+                                &x_chunk[i * group * g.input_len()..][..samples * g.input_len()];
+                            let width = samples * p;
+                            let col = &mut col[..rows * width];
+                            im2col(g, x_group, samples, col);
+                            let tmp = &mut tmp[..g.oc * width];
+                            gemm(
+                                g.oc,
+                                width,
+                                rows,
+                                tmp,
+                                false,
+                                weight,
+                                [rows, 1],
+                                col,
+                                [width, 1],
+                            );
+                            for s in 0..samples {
+                                for o in 0..g.oc {
+                                    let b = bias.map_or(0.0, |b| b[o]);
+                                    let src = &tmp[o * width + s * p..][..p];
+                                    let dst = &mut y_group[s * per_out + o * p..][..p];
+                                    if relu {
+                                        for (d, v) in dst.iter_mut().zip(src) {
+                                            let v = v + b;
+                                            *d = if v < 0.0 { 0.0 } else { v };
+                                        }
+                                    } else {
+                                        for (d, v) in dst.iter_mut().zip(src) {
+                                            *d = v + b;
+                                        }
                                     }
                                 }
                             }
                         }
                     }
-                };
-                // The calling thread takes the last share itself.
-                if t + 1 == g.n.div_ceil(per_thread) {
-                    work();
-                } else {
-                    scope.spawn(work);
-                }
-            }
-        });
+                }),
+        );
     });
     y
 }
@@ -362,68 +359,59 @@ pub fn backward(
     };
     let (col_len, dy_len) = (rows * group * p, g.oc * group * p);
     super::with_scratch(chunks * (col_len + dy_len), |scratch| {
-        std::thread::scope(|scope| {
-            let mut scratch = scratch.chunks_mut(col_len + dy_len);
-            for t in 0..chunks {
-                let first = t * per_thread;
-                let count = per_thread.min(g.n - first);
-                let x_chunk = &x[first * g.input_len()..][..count * g.input_len()];
-                let dy_chunk = &dy[first * per_out..][..count * per_out];
-                let mut dx_chunk =
-                    (!dx_chunks.is_empty()).then(|| std::mem::take(&mut dx_chunks[t]));
-                let mut dw_chunk =
-                    (!dw_chunks.is_empty()).then(|| std::mem::take(&mut dw_chunks[t]));
-                let (col, dy_cols) = scratch.next().unwrap_or_default().split_at_mut(col_len);
-                let mut work = move || {
-                    let mut done = 0;
-                    while done < count {
-                        let samples = group.min(count - done);
-                        let width = samples * p;
-                        let dy_cols = &mut dy_cols[..g.oc * width];
-                        gather(g, &dy_chunk[done * per_out..], samples, dy_cols);
-                        let col = &mut col[..rows * width];
-                        if let Some(dw) = dw_chunk.as_deref_mut() {
-                            let xs = &x_chunk[done * g.input_len()..][..samples * g.input_len()];
-                            im2col(g, xs, samples, col);
-                            // dW[oc, rows] += dY[oc, width] · colᵀ[width, rows]
-                            gemm(
-                                g.oc,
-                                rows,
-                                width,
-                                dw,
-                                true,
-                                dy_cols,
-                                [width, 1],
-                                col,
-                                [1, width],
-                            );
-                        }
-                        if let Some(dx) = dx_chunk.as_deref_mut() {
-                            // dcol[rows, width] = Wᵀ[rows, oc] · dY[oc, width]
-                            gemm(
-                                rows,
-                                width,
-                                g.oc,
-                                col,
-                                false,
-                                weight,
-                                [1, rows],
-                                dy_cols,
-                                [width, 1],
-                            );
-                            let dxs = &mut dx[done * g.input_len()..][..samples * g.input_len()];
-                            col2im(g, col, samples, dxs);
-                        }
-                        done += samples;
+        let mut scratch = scratch.chunks_mut(col_len + dy_len);
+        super::run_shares((0..chunks).map(|t| {
+            let first = t * per_thread;
+            let count = per_thread.min(g.n - first);
+            let x_chunk = &x[first * g.input_len()..][..count * g.input_len()];
+            let dy_chunk = &dy[first * per_out..][..count * per_out];
+            let mut dx_chunk = (!dx_chunks.is_empty()).then(|| std::mem::take(&mut dx_chunks[t]));
+            let mut dw_chunk = (!dw_chunks.is_empty()).then(|| std::mem::take(&mut dw_chunks[t]));
+            let (col, dy_cols) = scratch.next().unwrap_or_default().split_at_mut(col_len);
+            move || {
+                let mut done = 0;
+                while done < count {
+                    let samples = group.min(count - done);
+                    let width = samples * p;
+                    let dy_cols = &mut dy_cols[..g.oc * width];
+                    gather(g, &dy_chunk[done * per_out..], samples, dy_cols);
+                    let col = &mut col[..rows * width];
+                    if let Some(dw) = dw_chunk.as_deref_mut() {
+                        let xs = &x_chunk[done * g.input_len()..][..samples * g.input_len()];
+                        im2col(g, xs, samples, col);
+                        // dW[oc, rows] += dY[oc, width] · colᵀ[width, rows]
+                        gemm(
+                            g.oc,
+                            rows,
+                            width,
+                            dw,
+                            true,
+                            dy_cols,
+                            [width, 1],
+                            col,
+                            [1, width],
+                        );
                     }
-                };
-                if t + 1 == chunks {
-                    work();
-                } else {
-                    scope.spawn(work);
+                    if let Some(dx) = dx_chunk.as_deref_mut() {
+                        // dcol[rows, width] = Wᵀ[rows, oc] · dY[oc, width]
+                        gemm(
+                            rows,
+                            width,
+                            g.oc,
+                            col,
+                            false,
+                            weight,
+                            [1, rows],
+                            dy_cols,
+                            [width, 1],
+                        );
+                        let dxs = &mut dx[done * g.input_len()..][..samples * g.input_len()];
+                        col2im(g, col, samples, dxs);
+                    }
+                    done += samples;
                 }
             }
-        });
+        }));
     });
     let dw = want_dw.then(|| {
         let mut sum = vec![0.0f32; g.oc * rows];

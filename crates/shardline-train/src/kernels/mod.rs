@@ -14,6 +14,7 @@ pub mod pool;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use burn::backend::autodiff::NodeId;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::{
     BalancedCheckpointing, CheckpointStrategy, NoCheckpointing,
@@ -222,6 +223,21 @@ pub fn linear(layer: &burn::nn::Linear, x: Tensor<2>) -> Tensor<2> {
     layer.forward(x)
 }
 
+/// Runs each share's work on a scoped thread of its own, except the last, which the calling
+/// thread runs itself; returns once all have finished.
+pub(crate) fn run_shares<W: FnOnce() + Send>(works: impl Iterator<Item = W>) {
+    std::thread::scope(|scope| {
+        let mut works = works.peekable();
+        while let Some(work) = works.next() {
+            if works.peek().is_none() {
+                work();
+            } else {
+                scope.spawn(work);
+            }
+        }
+    });
+}
+
 /// `x[n, d_in] · w[d_in, d_out] + b`, the rows shared out over the kernels' threads.
 fn dense(x: &[f32], w: &[f32], b: Option<&[f32]>, n: usize, d_in: usize, d_out: usize) -> Vec<f32> {
     ran(false);
@@ -232,37 +248,30 @@ fn dense(x: &[f32], w: &[f32], b: Option<&[f32]>, n: usize, d_in: usize, d_out: 
     let by_work = (n * d_in * d_out / (4 << 20)).max(1);
     let threads = threads().min(by_work).min(n);
     let rows = n.div_ceil(threads);
-    std::thread::scope(|scope| {
-        for (t, y) in y.chunks_mut(rows * d_out).enumerate() {
-            let x = &x[t * rows * d_in..];
-            let mut work = move || {
-                let m = y.len() / d_out;
-                conv::gemm(
-                    m,
-                    d_out,
-                    d_in,
-                    y,
-                    false,
-                    &x[..m * d_in],
-                    [d_in, 1],
-                    w,
-                    [d_out, 1],
-                );
-                if let Some(b) = b {
-                    for row in y.chunks_mut(d_out) {
-                        for (v, b) in row.iter_mut().zip(b) {
-                            *v += b;
-                        }
+    run_shares(y.chunks_mut(rows * d_out).enumerate().map(|(t, y)| {
+        let x = &x[t * rows * d_in..];
+        move || {
+            let m = y.len() / d_out;
+            conv::gemm(
+                m,
+                d_out,
+                d_in,
+                y,
+                false,
+                &x[..m * d_in],
+                [d_in, 1],
+                w,
+                [d_out, 1],
+            );
+            if let Some(b) = b {
+                for row in y.chunks_mut(d_out) {
+                    for (v, b) in row.iter_mut().zip(b) {
+                        *v += b;
                     }
                 }
-            };
-            if t + 1 == n.div_ceil(rows) {
-                work();
-            } else {
-                scope.spawn(work);
             }
         }
-    });
+    }));
     y
 }
 
@@ -358,6 +367,15 @@ fn gradients(
     )
 }
 
+/// Each gradient registered on its node, for the parents that are tracked.
+fn register(grads: &mut Gradients, pairs: [(Option<NodeId>, Option<FlexTensor>); 2]) {
+    for (node, grad) in pairs {
+        if let (Some(node), Some(grad)) = (node, grad) {
+            grads.register::<Flex>(node, grad);
+        }
+    }
+}
+
 #[derive(Debug)]
 struct ConvWithBias;
 
@@ -369,12 +387,10 @@ impl Backward<Flex, 3> for ConvWithBias {
         let dy = grads.consume::<Flex>(&ops.node);
         let oc = ops.state.2.oc;
         let (dx, dw, db) = gradients(ops.state, dy, node_x.is_some(), node_w.is_some());
-        if let (Some(node), Some(dx)) = (node_x, dx) {
-            grads.register::<Flex>(node.id, dx);
-        }
-        if let (Some(node), Some(dw)) = (node_w, dw) {
-            grads.register::<Flex>(node.id, dw);
-        }
+        register(
+            grads,
+            [(node_x.map(|n| n.id), dx), (node_w.map(|n| n.id), dw)],
+        );
         if let Some(node) = node_b {
             grads.register::<Flex>(node.id, flex(db, [oc]));
         }
@@ -391,12 +407,10 @@ impl Backward<Flex, 2> for ConvNoBias {
         let [node_x, node_w] = ops.parents;
         let dy = grads.consume::<Flex>(&ops.node);
         let (dx, dw, _) = gradients(ops.state, dy, node_x.is_some(), node_w.is_some());
-        if let (Some(node), Some(dx)) = (node_x, dx) {
-            grads.register::<Flex>(node.id, dx);
-        }
-        if let (Some(node), Some(dw)) = (node_w, dw) {
-            grads.register::<Flex>(node.id, dw);
-        }
+        register(
+            grads,
+            [(node_x.map(|n| n.id), dx), (node_w.map(|n| n.id), dw)],
+        );
     }
 }
 

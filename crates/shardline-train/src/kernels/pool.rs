@@ -18,21 +18,11 @@ pub fn forward(x: &[f32], planes: usize, h: usize, w: usize) -> (Vec<f32>, Vec<u
         return (y, arg);
     }
     let per = per_thread(planes, h * w);
-    std::thread::scope(|scope| {
-        let parts = x.chunks(per * h * w).zip(
-            y.chunks_mut(per * oh * ow)
-                .zip(arg.chunks_mut(per * oh * ow)),
-        );
-        let count = planes.div_ceil(per);
-        for (i, (x, (y, arg))) in parts.enumerate() {
-            let mut work = move || forward_planes(x, y, arg, h, w);
-            if i + 1 == count {
-                work();
-            } else {
-                scope.spawn(work);
-            }
-        }
-    });
+    let parts = x.chunks(per * h * w).zip(
+        y.chunks_mut(per * oh * ow)
+            .zip(arg.chunks_mut(per * oh * ow)),
+    );
+    super::run_shares(parts.map(|(x, (y, arg))| move || forward_planes(x, y, arg, h, w)));
     (y, arg)
 }
 
@@ -92,20 +82,10 @@ pub fn backward(dy: &[f32], arg: &[u8], planes: usize, h: usize, w: usize) -> Ve
         return dx;
     }
     let per = per_thread(planes, h * w);
-    std::thread::scope(|scope| {
-        let parts = dx
-            .chunks_mut(per * h * w)
-            .zip(dy.chunks(per * oh * ow).zip(arg.chunks(per * oh * ow)));
-        let count = planes.div_ceil(per);
-        for (i, (dx, (dy, arg))) in parts.enumerate() {
-            let mut work = move || backward_planes(dy, arg, dx, h, w);
-            if i + 1 == count {
-                work();
-            } else {
-                scope.spawn(work);
-            }
-        }
-    });
+    let parts = dx
+        .chunks_mut(per * h * w)
+        .zip(dy.chunks(per * oh * ow).zip(arg.chunks(per * oh * ow)));
+    super::run_shares(parts.map(|(dx, (dy, arg))| move || backward_planes(dy, arg, dx, h, w)));
     dx
 }
 
