@@ -960,13 +960,13 @@ fn batch_transform_and_the_endpoint_agree() {
 fn a_transform_run_as_one_process_per_instance_equals_the_threaded_one() {
     let t = TestDir::new();
     model(&t);
-    let args = |out: &str| -> Vec<String> {
+    let args = |manifest: &str, out: &str| -> Vec<String> {
         [
             "transform",
             "--model",
             "model",
             "--manifest",
-            "m/validation.manifest",
+            manifest,
             "--out",
             out,
             "-k",
@@ -976,42 +976,58 @@ fn a_transform_run_as_one_process_per_instance_equals_the_threaded_one() {
         .map(|s| s.to_string())
         .collect()
     };
-    let mut threaded = args("threads");
+    let mut threaded = args("m/validation.manifest", "threads");
     threaded.extend(["--instances".to_string(), "3".to_string()]);
     let threaded: Vec<&str> = threaded.iter().map(String::as_str).collect();
     t.run(&threaded).ok();
-    // Instance 0 first: it waits for the others' records before it writes the summary.
-    let mut pods = Vec::new();
-    for index in 0..3 {
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_shardline"))
-            .args(args("pods"))
-            .current_dir(t.dir.path())
-            .env("JOB_COMPLETION_INDEX", index.to_string())
-            .env("SHARDLINE_WORLD_SIZE", "3")
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("a pod");
-        pods.push(child);
-        if index == 0 {
-            std::thread::sleep(std::time::Duration::from_millis(300));
+    // Each instance a process of its own (each streams its share from a sorted manifest, or
+    // reads an unsorted one whole); instance 0 first: it waits for the others' records before it
+    // writes the summary.
+    let run_pods = |manifest: &str, out: &str| {
+        let mut pods = Vec::new();
+        for index in 0..3 {
+            let child = std::process::Command::new(env!("CARGO_BIN_EXE_shardline"))
+                .args(args(manifest, out))
+                .current_dir(t.dir.path())
+                .env("JOB_COMPLETION_INDEX", index.to_string())
+                .env("SHARDLINE_WORLD_SIZE", "3")
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("a pod");
+            pods.push(child);
+            if index == 0 {
+                std::thread::sleep(std::time::Duration::from_millis(300));
+            }
         }
-    }
-    for (index, pod) in pods.into_iter().enumerate() {
-        let out = pod.wait_with_output().expect("wait");
-        let text = String::from_utf8_lossy(&out.stdout).into_owned()
-            + &String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "instance {index}: {text}");
-        assert!(
-            text.contains(&format!("instance algo-{} of 3", index + 1)),
-            "{text}"
-        );
-    }
+        for (index, pod) in pods.into_iter().enumerate() {
+            let out = pod.wait_with_output().expect("wait");
+            let text = String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr);
+            assert!(out.status.success(), "instance {index}: {text}");
+            assert!(
+                text.contains(&format!("instance algo-{} of 3", index + 1)),
+                "{text}"
+            );
+        }
+    };
+    run_pods("m/validation.manifest", "pods");
+    // The same keys out of order: read whole and sorted, the same shares.
+    let sorted = std::fs::read(t.path("m/validation.manifest")).expect("manifest");
+    let mut entries: Vec<serde_json::Value> = serde_json::from_slice(&sorted).expect("json");
+    entries[1..].reverse();
+    std::fs::write(
+        t.path("m/unsorted.manifest"),
+        serde_json::to_vec(&entries).expect("json"),
+    )
+    .expect("write");
+    run_pods("m/unsorted.manifest", "unsorted");
     for host in ["algo-1", "algo-2", "algo-3"] {
         let read = |dir: &str| {
             std::fs::read(t.path(&format!("{dir}/predictions/{host}.jsonl"))).expect("jsonl")
         };
         assert_eq!(read("threads"), read("pods"), "{host}");
+        assert_eq!(read("threads"), read("unsorted"), "{host}");
     }
     let summary = |dir: &str| {
         json(&std::fs::read_to_string(t.path(&format!("{dir}/summary.json"))).expect("summary"))
