@@ -651,6 +651,23 @@ impl Keys {
         self.prefix.as_deref()
     }
 
+    /// The digest of the manifest's bytes (the index's, for one in parts: it names its parts'
+    /// digests): at once for an index, once read to its end for a plain manifest.
+    pub fn digest(&self) -> Option<shardline_lineage::Digest> {
+        match &self.index {
+            Some((_, bytes)) => Some(shardline_lineage::Digest::of(bytes)),
+            None => self.scanned.as_ref().map(|s| s.digest.clone()),
+        }
+    }
+
+    /// The keys it holds: at once for an index, once read to its end for a plain manifest.
+    pub fn total(&self) -> Option<u64> {
+        match &self.index {
+            Some((index, _)) => Some(index.keys),
+            None => self.scanned.as_ref().map(|s| s.keys),
+        }
+    }
+
     /// What a plain manifest held, once it has been read to its end (`None` for an index).
     pub fn scanned(&self) -> Option<&Scanned> {
         self.scanned.as_ref()

@@ -98,26 +98,23 @@ enum ShareInner {
     Sorted(manifest_stream::Share),
 }
 
-impl ShareRecords {
-    fn changed(&self) -> Error {
-        Error::BadInput {
-            input: self.input.clone(),
-            reason: "the manifest changed while the job ran; rerun the job".into(),
-        }
+/// A streamed manifest that is no longer the one the job read.
+fn changed(input: &str) -> Error {
+    Error::BadInput {
+        input: input.to_string(),
+        reason: "the manifest changed while the job ran; rerun the job".into(),
     }
+}
 
+impl ShareRecords {
     /// The next record of the share, `None` at its end.
     pub async fn next(&mut self) -> Result<Option<Record>, Error> {
         match &mut self.inner {
             ShareInner::Listed(records) => Ok(records.next()),
             ShareInner::Sorted(share) => {
                 let Some(key) = share.next().await? else {
-                    let changed = share
-                        .keys()
-                        .scanned()
-                        .is_some_and(|s| s.digest != self.digest);
-                    if changed {
-                        return Err(self.changed());
+                    if share.keys().digest().is_some_and(|d| d != self.digest) {
+                        return Err(changed(&self.input));
                     }
                     return Ok(None);
                 };
@@ -180,14 +177,7 @@ impl Job {
     /// How many objects instance `rank` processes from `input`.
     pub fn share_len(&self, input: &Input, rank: usize) -> u64 {
         let (n, distribution) = (self.settings.instances, self.settings.distribution);
-        match &input.objects {
-            Objects::Listed(records) => {
-                manifest_stream::share_len(records.len() as u64, rank, n, distribution)
-            }
-            Objects::Sorted { keys, .. } => {
-                manifest_stream::share_len(*keys, rank, n, distribution)
-            }
-        }
+        manifest_stream::share_len(input.len(), rank, n, distribution)
     }
 
     /// Instance `rank`'s share of `input`, in sorted-URI order
@@ -211,15 +201,9 @@ impl Job {
                 let store = Store::open(dir)?;
                 match manifest_stream::open(&store, name).await? {
                     manifest_stream::Opened::Keys(keys) => {
-                        let index_changed = keys
-                            .index()
-                            .is_some_and(|(_, bytes)| Digest::of(bytes) != input.digest);
-                        if index_changed {
-                            return Err(Error::BadInput {
-                                input: format!("{}={}", input.channel, input.uri),
-                                reason: "the manifest changed while the job ran; rerun the job"
-                                    .into(),
-                            });
+                        // An index's digest is known at once; a plain manifest's at its end.
+                        if keys.digest().is_some_and(|d| d != input.digest) {
+                            return Err(changed(&format!("{}={}", input.channel, input.uri)));
                         }
                         ShareInner::Sorted(manifest_stream::Share::new(keys, rank, n, distribution))
                     }
@@ -456,17 +440,12 @@ async fn read_input(channel: &str, url: &str) -> Result<Raw, Error> {
         };
         let bytes = match opened {
             manifest_stream::Opened::Keys(mut keys) => {
-                // A manifest written in parts: its index names them (its digest covers theirs).
-                let index_digest = keys.index().map(|(_, bytes)| Digest::of(bytes));
                 let input = format!("{channel}={url}");
                 if let Some(pass) = sorted_pass(&input, &mut keys).await? {
-                    let digest = match index_digest {
-                        Some(digest) => digest,
-                        None => keys
-                            .scanned()
-                            .map(|s| s.digest.clone())
-                            .ok_or_else(|| bad("the manifest was not read to its end".into()))?,
-                    };
+                    // A manifest in parts: its index's digest covers theirs.
+                    let digest = keys
+                        .digest()
+                        .ok_or_else(|| bad("the manifest was not read to its end".into()))?;
                     return Ok(Raw {
                         roots: vec![pass.prefix],
                         objects: RawObjects::Sorted {

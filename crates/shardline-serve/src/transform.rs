@@ -552,9 +552,6 @@ async fn read_shares(
     if let [rank] = ranks
         && let Opened::Keys(keys) = manifest_stream::open(store, name).await?
     {
-        let index = keys
-            .index()
-            .map(|(index, bytes)| (index.keys, Digest::of(bytes)));
         let mut share = Share::new(keys, *rank, instances, Distribution::ShardedByKey);
         let mut mine = Vec::new();
         let streamed = loop {
@@ -567,15 +564,11 @@ async fn read_shares(
         };
         if streamed {
             let keys = share.keys();
-            let (count, digest) = match (index, keys.scanned()) {
-                (Some(index), _) => index,
-                (None, Some(scanned)) => (scanned.keys, scanned.digest.clone()),
-                (None, None) => {
-                    return Err(shardline_contract::Error::BadManifest {
-                        uri: keys.uri().to_string(),
-                        reason: "it was not read to its end".into(),
-                    });
-                }
+            let (Some(count), Some(digest)) = (keys.total(), keys.digest()) else {
+                return Err(shardline_contract::Error::BadManifest {
+                    uri: keys.uri().to_string(),
+                    reason: "it was not read to its end".into(),
+                });
             };
             return Ok(Shares {
                 prefix: keys.prefix().unwrap_or_default().to_string(),
